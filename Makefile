@@ -1,0 +1,24 @@
+# `make run`: set up and run the default pipeline. `make test`: set up and run the tests.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export DS_ACCELERATOR ?= cpu
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup run test
+setup: $(VENV)/.installed
+
+# torch first (the pinned CPU build), then deepspeed built against it, then this package.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip "setuptools>=68" wheel
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
+	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+run: setup
+	. $(BIN)/activate && dvc repro
+
+test: setup
+	. $(BIN)/activate && python -m pytest -q

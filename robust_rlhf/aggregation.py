@@ -1,0 +1,105 @@
+"""Reward aggregations over the heads of an ensemble: one registry, each a pure function of (mu, sigma).
+
+DESIGN.md §3 and PAPER.md §2-§4. Every function takes mu, sigma of shape (B, k) and returns (B,).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+AggregationFn = Callable[..., torch.Tensor]
+
+
+def _check(mu: torch.Tensor, sigma: torch.Tensor) -> None:
+    if mu.ndim != 2 or mu.shape != sigma.shape:
+        raise ValueError(f"mu and sigma must both be (B, k); got {tuple(mu.shape)} and {tuple(sigma.shape)}")
+    if not (torch.isfinite(mu).all() and torch.isfinite(sigma).all()):
+        raise ValueError("reward aggregation got a NaN or inf in mu or sigma")
+
+
+def single_reward(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """`single`: the reward of a one-head reward model (ordinary RLHF). mu: (B, 1) -> (B,)."""
+    _check(mu, sigma)
+    if mu.shape[1] != 1:
+        raise ValueError(f"`single` needs a one-head reward model; got k = {mu.shape[1]}")
+    return mu[:, 0]
+
+
+def mean_reward(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """`mean` (Coste et al. 2023): (1/k) sum_i mu_i. (B, k) -> (B,)."""
+    _check(mu, sigma)
+    return mu.mean(dim=1)
+
+
+def min_reward(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """`min`, worst-case optimisation (WCO, Coste et al. 2023): min_i mu_i. (B, k) -> (B,)."""
+    _check(mu, sigma)
+    return mu.min(dim=1).values
+
+
+def uwo_reward(mu: torch.Tensor, sigma: torch.Tensor, *, uwo_coef: float) -> torch.Tensor:
+    """`uwo`, uncertainty-weighted optimisation (Coste et al. 2023): mean_i mu_i - c * var_i mu_i.
+
+    The variance is the population variance (1/k) sum_i (mu_i - mean)^2, as in Coste et al.
+    (B, k) -> (B,).
+    """
+    _check(mu, sigma)
+    return mu.mean(dim=1) - uwo_coef * mu.var(dim=1, unbiased=False)
+
+
+def nominal_reward(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """`nominal` (BRME, PAPER.md §2): per sample, the mean of the head with the smallest sigma.
+
+    i* = argmin_i sigma_i(x, y); r_nominal = mu_{i*}(x, y). Ties go to the lowest head index
+    (torch.argmin's rule), so the result is deterministic. (B, k) -> (B,).
+    """
+    _check(mu, sigma)
+    best_head = sigma.argmin(dim=1, keepdim=True)  # (B, 1)
+    return mu.gather(1, best_head).squeeze(1)
+
+
+def brme_reward(mu: torch.Tensor, sigma: torch.Tensor, *, lam: float) -> torch.Tensor:
+    """`brme`, the robust reward of PAPER.md §3: lambda * r_nominal + (1 - lambda) * min_i mu_i.
+
+    Our convention: lambda = 1 is nominal-only, lambda = 0 is worst-case-only. (B, k) -> (B,).
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"brme lambda must lie in [0, 1]; got {lam}")
+    return lam * nominal_reward(mu, sigma) + (1.0 - lam) * min_reward(mu, sigma)
+
+
+def kl_dro_reward(mu: torch.Tensor, sigma: torch.Tensor, *, dro_beta: float) -> torch.Tensor:
+    """`kl_dro`, the pessimistic log-mean-exp over heads (PAPER.md §4, KL-DRO lens).
+
+    -beta * log (1/k) sum_i exp(-mu_i / beta); -> min_i mu_i as beta -> 0 and -> mean as
+    beta -> inf. Computed with logsumexp for stability. (B, k) -> (B,).
+    """
+    _check(mu, sigma)
+    if dro_beta <= 0:
+        raise ValueError(f"kl_dro beta must be > 0; got {dro_beta}")
+    k = mu.shape[1]
+    return -dro_beta * (torch.logsumexp(-mu / dro_beta, dim=1) - math.log(k))
+
+
+AGGREGATIONS: dict[str, AggregationFn] = {
+    "single": single_reward,
+    "mean": mean_reward,
+    "min": min_reward,
+    "uwo": uwo_reward,
+    "nominal": nominal_reward,
+    "brme": brme_reward,
+    "kl_dro": kl_dro_reward,
+}
+
+
+def aggregate_rewards(
+    name: str, mu: torch.Tensor, sigma: torch.Tensor, *, lam: float, uwo_coef: float, dro_beta: float
+) -> torch.Tensor:
+    """Dispatch to the aggregation `name`, passing only the coefficient it uses. (B, k) -> (B,)."""
+    if name not in AGGREGATIONS:
+        raise ValueError(f"unknown reward aggregation {name!r}; known: {sorted(AGGREGATIONS)}")
+    coefficients = {"brme": {"lam": lam}, "uwo": {"uwo_coef": uwo_coef}, "kl_dro": {"dro_beta": dro_beta}}
+    return AGGREGATIONS[name](mu, sigma, **coefficients.get(name, {}))

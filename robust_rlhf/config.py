@@ -1,0 +1,174 @@
+"""Typed, validated parameters: one pydantic model per `params.yaml` section, unknown keys rejected.
+
+Each field is documented once, here. `load_params` validates the whole file before a stage does any
+work, so a typo anywhere fails fast with the dotted key that is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class ModelsParams(_Section):
+    policy: str = Field(
+        description="Initial policy: `tiny-random` (a tiny random Llama built locally, for tests), "
+        "a local directory saved by transformers, or a hub model name."
+    )
+    reward_backbone: str = Field(
+        description="Reward-model backbone: `policy` (the initial policy's own backbone), a local "
+        "directory, or a hub model name."
+    )
+    trust_remote_code: bool = Field(False, description="Passed to transformers loaders; off unless set.")
+
+
+class DeepSpeedParams(_Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage of every DeepSpeed engine.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Training precision; fp32 on CPUs without AMX (bf16 is ~10x slower there)."
+    )
+    gradient_clipping: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+
+
+class PrepareParams(_Section):
+    task: Literal["synthetic_gold"] = Field(
+        "synthetic_gold", description="Data source; the built-in offline task of DESIGN.md §4."
+    )
+    gold: Literal["lexicon"] = Field("lexicon", description="Gold scorer that stands in for humans.")
+    num_train_pairs: int = Field(ge=2, description="Preference pairs in the train split.")
+    num_val_pairs: int = Field(ge=2, description="Preference pairs in the val split.")
+    num_test_pairs: int = Field(ge=2, description="Preference pairs in the test split.")
+    num_ppo_prompts: int = Field(ge=1, description="Prompts for PPO rollouts.")
+    num_eval_prompts: int = Field(ge=1, description="Held-out prompts for evaluate.")
+    label_mode: Literal["argmax_flip", "bt_sample"] = Field(
+        "argmax_flip",
+        description="argmax_flip: the higher gold score wins, then `label_noise` of labels flipped "
+        "(Coste et al.); bt_sample: the winner drawn with P = sigmoid(gold_a - gold_b).",
+    )
+    label_noise: float = Field(0.25, ge=0.0, le=0.5, description="Fraction of labels flipped (argmax_flip).")
+    max_prompt_tokens: int = Field(64, ge=4, description="Prompts longer than this are left-truncated.")
+    max_new_tokens: int = Field(ge=1, description="Length of the sampled responses.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the initial policy.")
+    batch_size: int = Field(8, ge=1, description="Generation batch size.")
+
+
+class Stage1Params(_Section):
+    epochs: int = Field(ge=1, description="Epochs of Bradley-Terry training of the single-head RM.")
+    learning_rate: float = Field(gt=0)
+    micro_batch_size: int = Field(ge=1, description="Pairs per micro-batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class Stage2Params(_Section):
+    loss: Literal["gaussian_nll", "bt_sampled"] = Field(
+        "gaussian_nll", description="Stage-2 objective of our reconstruction (PAPER.md §2)."
+    )
+    epochs: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    micro_batch_size: int = Field(ge=1, description="Pairs per micro-batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    freeze_backbone: bool = Field(True, description="Train only the Gaussian heads in stage 2.")
+    bootstrap: bool = Field(True, description="Each head trains on its own bootstrap resample.")
+    num_noise_samples: int = Field(4, ge=1, description="Reparameterised samples per pair (bt_sampled).")
+
+
+class TrainRewardParams(_Section):
+    num_heads: int = Field(5, ge=1, description="k, the Gaussian heads of the BRME (the paper: 5).")
+    sigma_min: float = Field(0.01, gt=0, description="sigma_i = softplus(s_i) + sigma_min.")
+    head_init_std: float = Field(0.02, gt=0, description="Std of each head's own random init.")
+    pooling: Literal["auto", "last", "mean"] = Field(
+        "auto", description="Backbone pooling: last token (decoders), masked mean (encoders), or auto."
+    )
+    max_length: int = Field(128, ge=8, description="Tokens of prompt + response seen by the RM.")
+    stage1: Stage1Params
+    stage2: Stage2Params
+
+
+class RobustParams(_Section):
+    lam: float = Field(
+        alias="lambda", ge=0.0, le=1.0,
+        description="brme mix: lambda * nominal + (1 - lambda) * min; 1 = nominal-only, 0 = worst case.",
+    )
+
+
+class AggregationCoefficients(_Section):
+    uwo_coef: float = Field(0.5, ge=0, description="c in uwo = mean - c * var (Coste et al.: 0.5, 0.1).")
+    kl_dro_beta: float = Field(1.0, gt=0, description="beta of kl_dro = -beta log mean exp(-mu / beta).")
+
+
+class PPOParams(_Section):
+    method: Literal["single", "mean", "min", "uwo", "nominal", "brme", "kl_dro"] = Field(
+        "brme", description="Reward aggregation that PPO optimises."
+    )
+    robust: RobustParams
+    aggregation: AggregationCoefficients = AggregationCoefficients()
+    steps: int = Field(ge=1, description="PPO iterations (one rollout batch each).")
+    rollout_batch_size: int = Field(ge=1, description="Prompts per rollout.")
+    micro_batch_size: int = Field(ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    ppo_epochs: int = Field(ge=1, description="Optimisation epochs over each rollout.")
+    learning_rate: float = Field(gt=0, description="Actor learning rate.")
+    critic_learning_rate: float = Field(gt=0)
+    kl_coef: float = Field(ge=0, description="beta of the per-token KL penalty to the reference.")
+    clip_range: float = Field(0.2, gt=0)
+    clip_range_value: float = Field(0.2, gt=0)
+    gamma: float = Field(1.0, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    max_new_tokens: int = Field(ge=1)
+    temperature: float = Field(1.0, gt=0)
+
+    @property
+    def minibatch_size(self) -> int:
+        """Rollout samples per optimizer step (per process)."""
+        return self.micro_batch_size * self.gradient_accumulation_steps
+
+
+class EvaluateParams(_Section):
+    samples_per_prompt: int = Field(2, ge=1, description="Responses sampled per held-out prompt.")
+    max_new_tokens: int = Field(ge=1)
+    temperature: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, ge=1)
+
+
+class Params(_Section):
+    profile: str = Field(description="Name of this parameter set, shown in reports (e.g. `tiny`).")
+    seed: int = Field(0, ge=0)
+    models: ModelsParams
+    deepspeed: DeepSpeedParams = DeepSpeedParams()
+    prepare: PrepareParams
+    train_reward: TrainRewardParams
+    ppo: PPOParams
+    evaluate: EvaluateParams
+
+
+class ParamsError(ValueError):
+    """A params file failed validation; the message names the file and every bad key."""
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params file; raise ParamsError naming each bad dotted key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise ParamsError(f"{path}: cannot read params: {error}") from error
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"])
+            message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+            problems.append(f"  {key}: {message} (got {item.get('input')!r})")
+        raise ParamsError(f"{path}: invalid params\n" + "\n".join(problems)) from None

@@ -1,0 +1,87 @@
+"""Batched sampling from a causal LM and the log-probabilities of its responses.
+
+Prompts are left-padded so every row's response starts at the same column; generation uses the
+KV cache (transformers' `generate`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from robust_rlhf.ppo_losses import entropy_from_logits, logprobs_of_labels
+
+
+def format_prompt(tokenizer, prompt: str) -> str:
+    """Render a user prompt through the tokenizer's chat template when it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return prompt + "\n"
+
+
+def encode_prompts(tokenizer, prompts: list[str], *, max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokenise formatted prompts, left-padded and left-truncated. Returns ids, mask: (B, Tq)."""
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"  # keep the end of a long prompt, next to the response
+    batch = tokenizer([format_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
+                      truncation=True, max_length=max_prompt_tokens, add_special_tokens=False)
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 on response tokens up to and including the first EOS, 0 after it. (B, T) -> (B, T) long."""
+    is_eos = (response_ids == eos_token_id).long()
+    eos_seen_before = torch.cumsum(is_eos, dim=1) - is_eos  # EOS tokens strictly before t
+    return (eos_seen_before == 0).long()
+
+
+@torch.inference_mode()
+def sample_responses(
+    model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int, temperature: float,
+    eos_token_id: int, pad_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample one response per query with the KV cache. Returns response ids and mask, (B, T).
+
+    Pure ancestral sampling (top_k = 0, top_p = 1) so log-probs under the model are the sampling
+    distribution that PPO's ratio and the KL estimators assume. Tokens after EOS become pad.
+    """
+    output = model.generate(
+        input_ids=query_ids, attention_mask=query_mask, do_sample=True, temperature=temperature,
+        top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, min_new_tokens=1,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+    )
+    response_ids = output[:, query_ids.shape[1]:]
+    response_mask = response_mask_from_ids(response_ids, eos_token_id)
+    return response_ids.masked_fill(response_mask == 0, pad_token_id), response_mask
+
+
+def forward_response(
+    model, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
+    response_mask: torch.Tensor, *, with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities (and optionally entropies) of the response tokens under `model`.
+
+    One forward over [query; response]; the logits at column Tq - 1 + t predict response token t.
+    Position ids follow the attention mask so left padding does not shift positions (as in
+    `generate`). Returns logprobs (B, T) and entropy (B, T) or None.
+    """
+    logits = _response_logits(model, query_ids, query_mask, response_ids, response_mask)
+    logprobs = logprobs_of_labels(logits, response_ids)
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    return logprobs, entropy
+
+
+def _response_logits(model, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
+    input_ids = torch.cat([query_ids, response_ids], dim=1)
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    query_len = query_ids.shape[1]
+    return logits[:, query_len - 1 : -1, :].float()  # (B, T, V)
+
+
+def decode(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """Response texts without padding or special tokens."""
+    return [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip()
+            for ids, mask in zip(response_ids, response_mask)]

@@ -1,0 +1,160 @@
+"""PPO on a robust reward: rollout -> score heads -> aggregate -> KL-shaped reward -> GAE ->
+whiten -> minibatch epochs of clipped losses -> log (Ziegler et al. 2019; PAPER.md §3).
+
+Actor and critic are DeepSpeed engines; the reference policy and the reward model are frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from robust_rlhf.aggregation import AGGREGATIONS, aggregate_rewards
+from robust_rlhf.config import PPOParams
+from robust_rlhf.gae import gae
+from robust_rlhf.generation import decode, encode_prompts, forward_response, sample_responses
+from robust_rlhf.kl import kl_k1, kl_k2
+from robust_rlhf.ppo_losses import (kl_shaped_rewards, masked_mean, masked_whiten, ppo_policy_loss,
+                                    ppo_value_loss)
+from robust_rlhf.reward_model import score_texts
+from robust_rlhf.reward_training import check_finite
+
+
+@dataclass
+class Rollout:
+    """One PPO batch. Token tensors are (B, Tq) for queries and (B, T) for responses."""
+
+    query_ids: torch.Tensor      # (B, Tq) left-padded
+    query_mask: torch.Tensor     # (B, Tq)
+    response_ids: torch.Tensor   # (B, T)
+    response_mask: torch.Tensor  # (B, T) 1 up to and including EOS
+    logprobs: torch.Tensor       # (B, T) under the actor that sampled
+    ref_logprobs: torch.Tensor   # (B, T) under the frozen reference
+    values: torch.Tensor         # (B, T) critic values
+    mu: torch.Tensor             # (B, k) reward heads' means
+    sigma: torch.Tensor          # (B, k) reward heads' standard deviations
+    reward: torch.Tensor         # (B,) the aggregated sequence reward PPO optimises
+    advantages: torch.Tensor     # (B, T) whitened
+    returns: torch.Tensor        # (B, T) value targets
+
+
+class ValueModel(nn.Module):
+    """Critic: a causal-LM backbone with a scalar head giving V(s_t) at every position."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.value_head = nn.Linear(backbone.config.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)  # start from V = 0: no early bias in the advantages
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids).last_hidden_state
+        return self.value_head(hidden).squeeze(-1).float()  # (B, L)
+
+
+def response_values(critic, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
+    """V of the state before each response token: the critic at column Tq - 1 + t. -> (B, T)."""
+    input_ids = torch.cat([query_ids, response_ids], dim=1)
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
+    values = critic(input_ids, attention_mask, position_ids)
+    return values[:, query_ids.shape[1] - 1 : -1]
+
+
+def all_aggregations(mu: torch.Tensor, sigma: torch.Tensor, config: PPOParams) -> dict[str, torch.Tensor]:
+    """The proxy reward under every aggregation that applies to k heads, each (B,)."""
+    rewards = {}
+    for name in AGGREGATIONS:
+        if name == "single" and mu.shape[1] != 1:
+            continue
+        rewards[name] = aggregate_rewards(name, mu, sigma, lam=config.robust.lam,
+                                          uwo_coef=config.aggregation.uwo_coef, dro_beta=config.aggregation.kl_dro_beta)
+    return rewards
+
+
+def ppo_step(step: int, actor, critic, ref_model, reward_model, reward_tokenizer, tokenizer, prompts: list[str], *,
+             config: PPOParams, max_prompt_tokens: int) -> tuple[dict[str, float], list[str]]:
+    """One PPO iteration on `prompts`. `actor`, `critic` are DeepSpeed engines. Returns (metrics, responses)."""
+    device = actor.device
+    # 1. Rollout with the current policy.
+    actor.eval()
+    query_ids, query_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts, max_prompt_tokens=max_prompt_tokens))
+    response_ids, response_mask = sample_responses(
+        actor.module, query_ids, query_mask, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    responses = decode(tokenizer, response_ids, response_mask)
+    with torch.inference_mode():
+        logprobs, _ = forward_response(actor.module, query_ids, query_mask, response_ids, response_mask)
+        ref_logprobs, _ = forward_response(ref_model, query_ids, query_mask, response_ids, response_mask)
+        values = response_values(critic.module, query_ids, query_mask, response_ids, response_mask)
+    # 2. Score with every reward head, 3. aggregate.
+    scores = score_texts(reward_model, reward_tokenizer, prompts, responses, batch_size=len(prompts))
+    proxy_rewards = all_aggregations(scores["mu"], scores["sigma"], config)
+    reward = proxy_rewards[config.method].to(device)
+    check_finite(f"reward/{config.method}", reward, phase="ppo", step=step)
+    # 4. KL-shaped per-token reward, 5. GAE, 6. whiten.
+    mask = response_mask.to(logprobs.dtype)
+    kl_per_token = kl_k1(logprobs, ref_logprobs)
+    token_rewards = kl_shaped_rewards(reward, kl_per_token, mask, kl_coef=config.kl_coef)
+    advantages, returns = gae(token_rewards, values, mask, gamma=config.gamma, lam=config.gae_lambda)
+    rollout = Rollout(query_ids, query_mask, response_ids, response_mask, logprobs.clone(), ref_logprobs.clone(),
+                      values.clone(), scores["mu"], scores["sigma"], reward,
+                      masked_whiten(advantages, mask), returns.clone())
+    # 7. Minibatch epochs of clipped policy and value losses.
+    update = ppo_update(step, actor, critic, rollout, config)
+    # 8. Log: the reward under every aggregation, not only the one optimised.
+    sequence_kl = (kl_per_token * mask).sum(dim=1)
+    metrics = {
+        **{f"reward/{name}": float(value.mean()) for name, value in proxy_rewards.items()},
+        "reward/optimised": float(reward.mean()),
+        "objective/kl": float(sequence_kl.mean()),
+        "objective/kl_k2": float((kl_k2(logprobs, ref_logprobs) * mask).sum(dim=1).mean()),
+        "objective/kl_penalty": float(-config.kl_coef * sequence_kl.mean()),
+        "reward_model/mean_sigma": float(scores["sigma"].mean()),
+        "reward_model/head_disagreement": float(scores["mu"].std(dim=1, unbiased=False).mean()),
+        "response/length": float(mask.sum(dim=1).mean()),
+        **update,
+    }
+    return metrics, responses
+
+
+def ppo_update(step: int, actor, critic, rollout: Rollout, config: PPOParams) -> dict[str, float]:
+    """`ppo_epochs` passes over the rollout in shuffled micro-batches; DeepSpeed accumulates
+    `gradient_accumulation_steps` micro-batches per optimizer step. Returns mean losses and stats."""
+    actor.train()
+    critic.train()
+    totals: dict[str, float] = {}
+    batch_size = rollout.response_ids.shape[0]
+    generator = torch.Generator().manual_seed(step)
+    for _ in range(config.ppo_epochs):
+        for rows in torch.randperm(batch_size, generator=generator).split(config.micro_batch_size):
+            mask = rollout.response_mask[rows]
+            logprobs, entropy = forward_response(actor, rollout.query_ids[rows], rollout.query_mask[rows],
+                                                 rollout.response_ids[rows], mask, with_entropy=True)
+            policy_loss, clip_fraction = ppo_policy_loss(logprobs, rollout.logprobs[rows], rollout.advantages[rows],
+                                                         mask, clip_range=config.clip_range)
+            check_finite("loss/policy", policy_loss, phase="ppo", step=step)
+            actor.backward(policy_loss)
+            actor.step()
+
+            values = response_values(critic, rollout.query_ids[rows], rollout.query_mask[rows],
+                                     rollout.response_ids[rows], mask)
+            value_loss, value_clip_fraction = ppo_value_loss(values, rollout.values[rows], rollout.returns[rows],
+                                                             mask, clip_range_value=config.clip_range_value)
+            check_finite("loss/value", value_loss, phase="ppo", step=step)
+            critic.backward(value_loss)
+            critic.step()
+
+            with torch.no_grad():
+                approx_kl_old = masked_mean(0.5 * (logprobs - rollout.logprobs[rows]) ** 2, mask)
+                batch_stats = {"loss/policy": policy_loss, "loss/value": value_loss, "policy/clipfrac": clip_fraction,
+                               "critic/clipfrac": value_clip_fraction, "policy/entropy": masked_mean(entropy, mask),
+                               "policy/approx_kl_to_old": approx_kl_old}
+            for key, value in batch_stats.items():
+                totals[key] = totals.get(key, 0.0) + value.item()
+    num_batches = config.ppo_epochs * len(torch.arange(batch_size).split(config.micro_batch_size))
+    return {key: value / num_batches for key, value in totals.items()}

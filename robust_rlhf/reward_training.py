@@ -1,0 +1,189 @@
+"""BRME two-stage training (PAPER.md §2) on DeepSpeed engines, and its evaluation on held-out pairs.
+
+Stage 1: backbone + scalar head with the Bradley-Terry loss.
+Stage 2: the k Gaussian heads, each on its own bootstrap resample, with `gaussian_nll` (regress
+the stage-1 reward with a learned sigma) or `bt_sampled` (BT on reparameterised samples).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from robust_rlhf.reward_losses import bradley_terry_loss, bt_sampled_loss, gaussian_nll_loss
+from robust_rlhf.reward_model import BRMERewardModel, tokenize_pairs
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or inf; the message names the phase, step and tensor."""
+
+
+def check_finite(name: str, value: torch.Tensor, *, phase: str, step: int) -> None:
+    if not torch.isfinite(value).all():
+        raise NonFiniteLossError(f"{phase}: {name} is not finite at step {step}; stopping")
+
+
+@dataclass
+class PairBatch:
+    """Tokenised chosen and rejected texts of B pairs, each (B, L), plus the pairs' row indices (B,)."""
+
+    chosen: dict[str, torch.Tensor]
+    rejected: dict[str, torch.Tensor]
+    rows: torch.Tensor
+
+
+def pair_batches(pairs: list[dict], tokenizer, *, batch_size: int, max_length: int, seed: int | None):
+    """Yield PairBatch over `pairs` in micro-batches; shuffled by `seed`, in order when seed is None."""
+    order = list(range(len(pairs)))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        prompts = [pairs[i]["prompt"] for i in rows]
+        chosen = tokenize_pairs(tokenizer, prompts, [pairs[i]["chosen"] for i in rows], max_length=max_length)
+        rejected = tokenize_pairs(tokenizer, prompts, [pairs[i]["rejected"] for i in rows], max_length=max_length)
+        yield PairBatch(dict(chosen), dict(rejected), torch.tensor(rows))
+
+
+def bootstrap_weights(num_items: int, num_heads: int, *, seed: int, enabled: bool) -> torch.Tensor:
+    """(N, k) counts: column i is head i's bootstrap resample (multinomial N draws), or all ones."""
+    if not enabled:
+        return torch.ones(num_items, num_heads)
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, num_items, (num_heads, num_items), generator=generator)
+    counts = torch.zeros(num_heads, num_items)
+    counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=counts.dtype))
+    return counts.T.contiguous()
+
+
+def train_stage1(engine, pairs: list[dict], tokenizer, *, epochs: int, micro_batch_size: int, max_length: int,
+                 seed: int) -> list[float]:
+    """Bradley-Terry training of backbone + bt_head through `engine` (wrapping a BRMERewardModel)."""
+    model: BRMERewardModel = engine.module
+    losses, step = [], 0
+    engine.train()
+    for epoch in range(epochs):
+        batches = pair_batches(pairs, tokenizer, batch_size=micro_batch_size, max_length=max_length, seed=seed + epoch)
+        for batch in tqdm(list(batches), desc=f"reward stage 1 epoch {epoch + 1}/{epochs}", unit="batch"):
+            reward_chosen = model.bt_reward(model.pooled(**_to(batch.chosen, engine.device)))
+            reward_rejected = model.bt_reward(model.pooled(**_to(batch.rejected, engine.device)))
+            loss = bradley_terry_loss(reward_chosen, reward_rejected)
+            check_finite("loss/bt", loss, phase="train_reward stage 1", step=step)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+            step += 1
+    return losses
+
+
+@torch.inference_mode()
+def pooled_and_targets(model: BRMERewardModel, pairs: list[dict], tokenizer, *, batch_size: int,
+                       max_length: int) -> dict[str, torch.Tensor]:
+    """Pooled features and stage-1 rewards of every pair's chosen and rejected response, in row order."""
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("pooled_chosen", "pooled_rejected", "target_chosen", "target_rejected")}
+    device = next(model.parameters()).device
+    for batch in pair_batches(pairs, tokenizer, batch_size=batch_size, max_length=max_length, seed=None):
+        for side in ("chosen", "rejected"):
+            pooled = model.pooled(**_to(getattr(batch, side), device)).float()
+            out[f"pooled_{side}"].append(pooled.cpu())
+            out[f"target_{side}"].append(model.bt_reward(pooled).float().cpu())
+    return {key: torch.cat(value) for key, value in out.items()}
+
+
+def stage2_loss(loss_name: str, mu_c, sigma_c, mu_r, sigma_r, target_c, target_r, weights, *,
+                num_noise_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """The selected stage-2 loss on a micro-batch of B pairs; mu/sigma (B, k), targets (B,), weights (B, k)."""
+    if loss_name == "gaussian_nll":
+        return gaussian_nll_loss(torch.cat([mu_c, mu_r]), torch.cat([sigma_c, sigma_r]),
+                                 torch.cat([target_c, target_r]), torch.cat([weights, weights]))
+    noise_shape = (num_noise_samples, *mu_c.shape)
+    eps_c = torch.randn(noise_shape, generator=generator).to(mu_c)
+    eps_r = torch.randn(noise_shape, generator=generator).to(mu_c)
+    return bt_sampled_loss(mu_c, sigma_c, mu_r, sigma_r, eps_c, eps_r, weights)
+
+
+def train_stage2_frozen(engine, features: dict[str, torch.Tensor], weights: torch.Tensor, *, loss_name: str,
+                        epochs: int, micro_batch_size: int, num_noise_samples: int, seed: int) -> list[float]:
+    """Train the Gaussian heads (`engine` wraps a GaussianHeads) on precomputed pooled features."""
+    generator = torch.Generator().manual_seed(seed)
+    num_pairs = features["pooled_chosen"].shape[0]
+    losses, step = [], 0
+    engine.train()
+    for epoch in range(epochs):
+        order = torch.randperm(num_pairs, generator=generator)
+        for start in tqdm(range(0, num_pairs, micro_batch_size), desc=f"reward stage 2 epoch {epoch + 1}/{epochs}",
+                          unit="batch"):
+            rows = order[start:start + micro_batch_size]
+            mu_c, sigma_c = engine(features["pooled_chosen"][rows].to(engine.device))
+            mu_r, sigma_r = engine(features["pooled_rejected"][rows].to(engine.device))
+            loss = stage2_loss(loss_name, mu_c, sigma_c, mu_r, sigma_r, features["target_chosen"][rows].to(mu_c),
+                               features["target_rejected"][rows].to(mu_c), weights[rows].to(mu_c),
+                               num_noise_samples=num_noise_samples, generator=generator)
+            check_finite(f"loss/{loss_name}", loss, phase="train_reward stage 2", step=step)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+            step += 1
+    return losses
+
+
+def train_stage2_unfrozen(engine, pairs: list[dict], tokenizer, features: dict[str, torch.Tensor],
+                          weights: torch.Tensor, *, loss_name: str, epochs: int, micro_batch_size: int,
+                          max_length: int, num_noise_samples: int, seed: int) -> list[float]:
+    """Train backbone + Gaussian heads (`engine` wraps a BRMERewardModel); targets stay stage-1's."""
+    model: BRMERewardModel = engine.module
+    generator = torch.Generator().manual_seed(seed)
+    losses, step = [], 0
+    engine.train()
+    for epoch in range(epochs):
+        batches = pair_batches(pairs, tokenizer, batch_size=micro_batch_size, max_length=max_length, seed=seed + epoch)
+        for batch in tqdm(list(batches), desc=f"reward stage 2 epoch {epoch + 1}/{epochs}", unit="batch"):
+            mu_c, sigma_c = model.heads(model.pooled(**_to(batch.chosen, engine.device)))
+            mu_r, sigma_r = model.heads(model.pooled(**_to(batch.rejected, engine.device)))
+            loss = stage2_loss(loss_name, mu_c, sigma_c, mu_r, sigma_r,
+                               features["target_chosen"][batch.rows].to(mu_c),
+                               features["target_rejected"][batch.rows].to(mu_c), weights[batch.rows].to(mu_c),
+                               num_noise_samples=num_noise_samples, generator=generator)
+            check_finite(f"loss/{loss_name}", loss, phase="train_reward stage 2", step=step)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+            step += 1
+    return losses
+
+
+@torch.inference_mode()
+def evaluate_on_pairs(model: BRMERewardModel, pairs: list[dict], tokenizer, *, batch_size: int,
+                      max_length: int) -> dict:
+    """Pairwise accuracy of each head, of the head mean and of the stage-1 RM; BT NLL; mean sigma;
+    head disagreement (std of mu across heads)."""
+    from robust_rlhf.reward_model import score_texts
+
+    prompts = [p["prompt"] for p in pairs]
+    chosen = score_texts(model, tokenizer, prompts, [p["chosen"] for p in pairs], batch_size=batch_size)
+    rejected = score_texts(model, tokenizer, prompts, [p["rejected"] for p in pairs], batch_size=batch_size)
+    head_margin = chosen["mu"] - rejected["mu"]  # (N, k)
+    mean_margin = head_margin.mean(dim=1)
+    bt_margin = chosen["bt_reward"] - rejected["bt_reward"]
+    nll = lambda margin: float(-torch.nn.functional.logsigmoid(margin).mean())  # noqa: E731
+    return {
+        "accuracy": {
+            "stage1": float((bt_margin > 0).float().mean()),
+            "ensemble_mean": float((mean_margin > 0).float().mean()),
+            **{f"head_{i}": float((head_margin[:, i] > 0).float().mean()) for i in range(head_margin.shape[1])},
+        },
+        "nll": {"stage1": nll(bt_margin), "ensemble_mean": nll(mean_margin)},
+        "mean_sigma": float(torch.cat([chosen["sigma"], rejected["sigma"]]).mean()),
+        "head_disagreement": float(torch.cat([chosen["mu"], rejected["mu"]]).std(dim=1, unbiased=False).mean()),
+        "pairs": len(pairs),
+    }
+
+
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}

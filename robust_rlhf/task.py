@@ -1,0 +1,77 @@
+"""The built-in synthetic-gold task (DESIGN.md §4, simple form): prompts that ask for a short,
+positive, varied reply about a topic. A deterministic gold scorer (robust_rlhf/gold.py) judges it.
+
+Prompts are templates x topics, shuffled by seed and cut into disjoint sets, so the preference
+splits, the PPO prompts and the held-out eval prompts never share a prompt.
+"""
+
+from __future__ import annotations
+
+import random
+
+TEMPLATES = (
+    "Write a short review of {topic}.",
+    "Tell a friend what you think about {topic}.",
+    "Describe your experience with {topic} in one sentence.",
+    "Give your honest opinion of {topic}.",
+    "What would you say about {topic} to a stranger?",
+    "Summarise how you feel about {topic}.",
+)
+
+TOPICS = (
+    "the new cafe downtown", "a rainy weekend", "the museum tour", "your morning train",
+    "the hotel breakfast", "a long flight", "the city park", "the concert last night",
+    "a cheap umbrella", "the library", "a hiking trail", "the office printer",
+    "a street market", "the football match", "a cooking class", "your old laptop",
+    "the beach in winter", "a bicycle repair shop", "the night bus", "a board game evening",
+)
+
+POSITIVE_WORDS = (
+    "good", "great", "excellent", "wonderful", "lovely", "happy", "friendly", "beautiful",
+    "amazing", "pleasant", "fantastic", "delightful", "enjoyable", "nice", "fun", "best",
+    "love", "enjoyed", "helpful", "calm", "fresh", "clean", "bright", "perfect",
+)
+
+NEGATIVE_WORDS = (
+    "bad", "terrible", "awful", "horrible", "sad", "rude", "ugly", "boring",
+    "dirty", "annoying", "poor", "worst", "hate", "broken", "slow", "noisy",
+    "cold", "disappointing", "expensive", "crowded", "late", "dull", "angry", "tired",
+)
+
+NEUTRAL_WORDS = (
+    "the", "a", "it", "was", "is", "and", "but", "very", "really", "quite", "there", "we",
+    "I", "they", "time", "place", "people", "food", "day", "service", "again", "too", "so",
+    "with", "of", "to", "in", "on", "not", "felt", "found", "think", "would", "go", "back",
+)
+
+
+def all_prompts() -> list[str]:
+    """Every prompt of the task, in a fixed order."""
+    return [template.format(topic=topic) for template in TEMPLATES for topic in TOPICS]
+
+
+def split_prompts(seed: int, sizes: dict[str, int]) -> dict[str, list[str]]:
+    """Shuffle the prompts by `seed` and cut disjoint sets of the given sizes, in the given order.
+
+    If more prompts are asked for than exist, prompts repeat within (never across) the sets by
+    cycling over each set's own slice, so sets stay disjoint.
+    """
+    prompts = all_prompts()
+    random.Random(seed).shuffle(prompts)
+    total = sum(sizes.values())
+    # Each set gets a share of distinct prompts proportional to its size, at least one.
+    shares = {name: max(1, len(prompts) * size // max(total, 1)) for name, size in sizes.items()}
+    if sum(shares.values()) > len(prompts):
+        raise ValueError(f"cannot cut {len(sizes)} disjoint prompt sets from {len(prompts)} prompts")
+    sets, start = {}, 0
+    for name, size in sizes.items():
+        own = prompts[start : start + min(shares[name], size)]
+        start += len(own)
+        sets[name] = [own[i % len(own)] for i in range(size)]
+    return sets
+
+
+def tokenizer_corpus() -> list[str]:
+    """Text that the tiny test tokenizer is trained on: the prompts and every lexicon word."""
+    words = " ".join(POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS)
+    return all_prompts() + [words, words.capitalize() + "."]

@@ -1,0 +1,66 @@
+"""DVC stage `prepare`: the initial policy and the preference data of the synthetic-gold task.
+
+Writes, under --data: prefs_{train,val,test}.jsonl (prompt, chosen, rejected + gold scores),
+ppo_prompts.jsonl, eval_prompts.jsonl, rejects.jsonl; under --policy: the initial policy
+(safetensors + tokenizer), which PPO starts from and evaluate compares against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from robust_rlhf.atomic import atomic_directory, atomic_write_jsonl
+from robust_rlhf.config import Params
+from robust_rlhf.distributed import deepspeed_config, init_distributed, initialize_engine
+from robust_rlhf.models import load_causal_lm, load_tokenizer, materialise_policy
+from robust_rlhf.preferences import preference_stats, reject_counts, sample_preference_pairs
+from robust_rlhf.stage_cli import stage_main
+from robust_rlhf.task import split_prompts, tokenizer_corpus
+
+SPLITS = ("train", "val", "test")
+
+
+def run(params: Params, *, data: Path, policy: Path) -> dict:
+    config = params.prepare
+    world_size = init_distributed()
+    with atomic_directory(policy) as policy_tmp:
+        materialise_policy(params.models.policy, policy_tmp, seed=params.seed, corpus=tokenizer_corpus(),
+                           trust_remote_code=params.models.trust_remote_code)
+    tokenizer = load_tokenizer(policy, trust_remote_code=params.models.trust_remote_code)
+    engine = initialize_engine(
+        load_causal_lm(policy, trust_remote_code=params.models.trust_remote_code).eval(),
+        deepspeed_config(deepspeed=params.deepspeed, micro_batch_size=config.batch_size,
+                         gradient_accumulation_steps=1, world_size=world_size, learning_rate=None),
+    )
+    prompt_sets = split_prompts(params.seed, {
+        "train": config.num_train_pairs, "val": config.num_val_pairs, "test": config.num_test_pairs,
+        "ppo": config.num_ppo_prompts, "eval": config.num_eval_prompts,
+    })
+    metrics: dict = {"rows": {}, "label_quality": {}}
+    all_rejects: list[dict] = []
+    with atomic_directory(data) as data_tmp:
+        for index, split in enumerate(SPLITS):
+            pairs, rejects = sample_preference_pairs(
+                engine.module, tokenizer, prompt_sets[split], gold=config.gold, label_mode=config.label_mode,
+                label_noise=config.label_noise, seed=params.seed * 1000 + index,
+                max_prompt_tokens=config.max_prompt_tokens, max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature, batch_size=config.batch_size, desc=f"sample {split} pairs",
+            )
+            atomic_write_jsonl(data_tmp / f"prefs_{split}.jsonl", pairs)
+            all_rejects += [{"split": split, **reject} for reject in rejects]
+            metrics["rows"][split] = len(pairs)
+            metrics["label_quality"][split] = preference_stats(pairs)
+        for split in ("ppo", "eval"):
+            atomic_write_jsonl(data_tmp / f"{split}_prompts.jsonl", [{"prompt": p} for p in prompt_sets[split]])
+            metrics["rows"][f"{split}_prompts"] = len(prompt_sets[split])
+        atomic_write_jsonl(data_tmp / "rejects.jsonl", all_rejects)
+    metrics["rejects"] = {"total": len(all_rejects), **reject_counts(all_rejects)}
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    stage_main("prepare", run, ["data", "policy"], argv)
+
+
+if __name__ == "__main__":
+    main()
