@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Section(BaseModel):
@@ -130,6 +130,14 @@ class PPOParams(_Section):
     def minibatch_size(self) -> int:
         """Rollout samples per optimizer step (per process)."""
         return self.micro_batch_size * self.gradient_accumulation_steps
+
+    @model_validator(mode="after")
+    def _rollout_splits_into_optimizer_steps(self) -> "PPOParams":
+        # Otherwise the last micro-batches of an epoch would leave a partial gradient accumulation.
+        if self.rollout_batch_size % self.minibatch_size:
+            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
+                             f"micro_batch_size * gradient_accumulation_steps ({self.minibatch_size})")
+        return self
 
 
 class EvaluateParams(_Section):

@@ -69,13 +69,16 @@ def sample_preference_pairs(
 
 
 def preference_stats(pairs: list[dict]) -> dict[str, float]:
-    """Counts and label quality of a split: how often the chosen one really has the higher gold score."""
+    """Counts and label quality of a split: among pairs whose gold scores differ, how often the chosen
+    one really has the higher gold score (1 - label noise, when labels are argmax_flip)."""
     if not pairs:
         return {"pairs": 0}
-    agree = sum(p["gold_chosen"] > p["gold_rejected"] for p in pairs)
+    decided = [p for p in pairs if p["gold_chosen"] != p["gold_rejected"]]
+    agree = sum(p["gold_chosen"] > p["gold_rejected"] for p in decided)
     return {
         "pairs": len(pairs),
-        "gold_agreement": agree / len(pairs),
+        "gold_ties": len(pairs) - len(decided),
+        "gold_agreement": agree / len(decided) if decided else float("nan"),
         "flipped_fraction": sum(p["label_flipped"] for p in pairs) / len(pairs),
         "mean_chosen_chars": sum(len(p["chosen"]) for p in pairs) / len(pairs),
         "mean_rejected_chars": sum(len(p["rejected"]) for p in pairs) / len(pairs),

@@ -1,0 +1,86 @@
+"""Shared fixtures: the tiny profile's params, a tiny tokenizer and policy, and one run of the four
+stages' CLIs (in subprocesses, as DVC runs them) that the per-stage tests inspect."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_params(**overrides) -> dict:
+    """The repo's params.yaml (the `tiny` profile) with dotted-key overrides, e.g. {"ppo.steps": 2}."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["profile"] == "tiny", "tests expect params.yaml to be the tiny profile"
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return params
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def run_stage(stage: str, params: Path, **paths: Path) -> subprocess.CompletedProcess:
+    """Run `python -m stages.<stage>` with --params and the given path flags; return the result."""
+    command = [sys.executable, "-m", f"stages.{stage}", "--params", str(params)]
+    for name, value in paths.items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def run_stage_ok(stage: str, params: Path, **paths: Path) -> subprocess.CompletedProcess:
+    result = run_stage(stage, params, **paths)
+    assert result.returncode == 0, f"stage {stage} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory) -> dict[str, Path]:
+    """Run prepare -> train_reward -> ppo -> evaluate once on the tiny profile; return their paths."""
+    root = tmp_path_factory.mktemp("pipeline")
+    paths = {
+        "params": write_params(root / "params.yaml", tiny_params()),
+        "data": root / "data", "policy_init": root / "models/policy_init", "reward": root / "models/reward",
+        "policy": root / "models/policy", "steps": root / "plots/ppo_steps.csv",
+        "samples": root / "reports/eval_samples.jsonl", "metrics": root / "metrics",
+    }
+    metrics = paths["metrics"]
+    run_stage_ok("prepare", paths["params"], data=paths["data"], policy=paths["policy_init"],
+                 metrics=metrics / "prepare.json")
+    run_stage_ok("train_reward", paths["params"], data=paths["data"], policy=paths["policy_init"],
+                 reward=paths["reward"], metrics=metrics / "train_reward.json")
+    run_stage_ok("ppo", paths["params"], data=paths["data"], policy_init=paths["policy_init"],
+                 reward=paths["reward"], policy=paths["policy"], steps=paths["steps"], metrics=metrics / "ppo.json")
+    run_stage_ok("evaluate", paths["params"], data=paths["data"], policy_init=paths["policy_init"],
+                 policy=paths["policy"], reward=paths["reward"], samples=paths["samples"],
+                 metrics=metrics / "eval.json")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from robust_rlhf.models import build_tiny_tokenizer
+    from robust_rlhf.task import tokenizer_corpus
+
+    return build_tiny_tokenizer(tokenizer_corpus())
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tiny_tokenizer):
+    from robust_rlhf.models import build_tiny_policy
+
+    return build_tiny_policy(tiny_tokenizer, seed=0).eval()

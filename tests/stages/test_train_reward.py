@@ -1,0 +1,58 @@
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from robust_rlhf.atomic import read_jsonl
+from robust_rlhf.reward_model import BRMERewardModel, load_reward_model, score_texts
+from tests.conftest import run_stage_ok, tiny_params, write_params
+
+
+def test_train_reward_metrics_are_sane(pipeline_run):
+    metrics = json.loads((pipeline_run["metrics"] / "train_reward.json").read_text())
+    k = tiny_params()["train_reward"]["num_heads"]
+    accuracy = metrics["val"]["accuracy"]
+    assert set(accuracy) == {"stage1", "ensemble_mean", *(f"head_{i}" for i in range(k))}
+    assert all(0.0 <= value <= 1.0 for value in accuracy.values())
+    assert metrics["val"]["mean_sigma"] > tiny_params()["train_reward"]["sigma_min"]
+    assert math.isfinite(metrics["train"]["stage1_final_loss"]) and math.isfinite(metrics["train"]["stage2_final_loss"])
+
+
+def test_saved_reward_model_loads_and_scores_k_heads(pipeline_run):
+    model, tokenizer = load_reward_model(pipeline_run["reward"])
+    k = tiny_params()["train_reward"]["num_heads"]
+    scores = score_texts(model, tokenizer, ["Rate this.", "And this."], ["great fun", "awful"], batch_size=2)
+    assert scores["mu"].shape == (2, k) and scores["sigma"].shape == (2, k)
+    assert (scores["sigma"] > model.config.sigma_min).all()
+
+
+def test_training_changed_every_head_and_the_backbone(pipeline_run):
+    """Stage 1 trains the backbone; stage 2 trains every head (TRL's 'every parameter changed' habit)."""
+    trained, _ = load_reward_model(pipeline_run["reward"])
+    initial = BRMERewardModel(trained.backbone.__class__(trained.backbone.config), trained.config,
+                              head_init_std=tiny_params()["train_reward"]["head_init_std"], seed=tiny_params()["seed"])
+    for name, value in initial.heads.state_dict().items():
+        assert not torch.equal(value, trained.heads.state_dict()[name]), f"heads.{name} did not change"
+    policy_weights = load_file(str(pipeline_run["policy_init"] / "model.safetensors"))
+    backbone_weights = trained.backbone.state_dict()
+    changed = [name for name, value in backbone_weights.items()
+               if f"model.{name}" in policy_weights and not torch.equal(value, policy_weights[f"model.{name}"])]
+    assert len(changed) >= len(backbone_weights) // 2
+
+
+@pytest.mark.parametrize("loss, freeze", [("bt_sampled", True), ("gaussian_nll", False)])
+def test_train_reward_stage2_variants(pipeline_run, tmp_path, loss, freeze):
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{
+        "train_reward.stage2.loss": loss, "train_reward.stage2.freeze_backbone": freeze,
+        "train_reward.stage2.epochs": 1, "train_reward.stage1.epochs": 1}))
+    run_stage_ok("train_reward", params, data=pipeline_run["data"], policy=pipeline_run["policy_init"],
+                 reward=tmp_path / "reward", metrics=tmp_path / "metrics.json")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train"]["stage2_loss"] == loss
+    assert math.isfinite(metrics["train"]["stage2_final_loss"])
+    model, tokenizer = load_reward_model(tmp_path / "reward")
+    rows = read_jsonl(pipeline_run["data"] / "prefs_val.jsonl")[:3]
+    scores = score_texts(model, tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows], batch_size=3)
+    assert torch.isfinite(scores["mu"]).all()

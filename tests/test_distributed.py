@@ -1,0 +1,26 @@
+import pytest
+
+from robust_rlhf.config import DeepSpeedParams
+from robust_rlhf.distributed import deepspeed_config
+
+
+def test_deepspeed_config_batch_identity_and_optimizer():
+    config = deepspeed_config(deepspeed=DeepSpeedParams(zero_stage=2, precision="bf16"), micro_batch_size=4,
+                              gradient_accumulation_steps=3, world_size=2, learning_rate=1e-5, weight_decay=0.1)
+    assert config["train_batch_size"] == 4 * 3 * 2
+    assert config["zero_optimization"] == {"stage": 2}
+    assert config["bf16"] == {"enabled": True} and config["fp16"] == {"enabled": False}
+    assert config["optimizer"]["params"] == {"lr": 1e-5, "weight_decay": 0.1, "torch_adam": True}
+    assert config["gradient_clipping"] == 1.0
+
+
+def test_inference_config_has_no_optimizer():
+    config = deepspeed_config(deepspeed=DeepSpeedParams(), micro_batch_size=8, gradient_accumulation_steps=1,
+                              world_size=1, learning_rate=None)
+    assert "optimizer" not in config and "gradient_clipping" not in config
+    assert config["bf16"]["enabled"] is False
+
+
+def test_zero_stage_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match="zero_stage"):
+        DeepSpeedParams(zero_stage=4)

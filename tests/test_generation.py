@@ -1,0 +1,28 @@
+import torch
+
+from robust_rlhf.generation import encode_prompts, forward_response, response_mask_from_ids, sample_responses
+
+
+def test_response_mask_keeps_first_eos_and_drops_the_rest():
+    eos = 9
+    ids = torch.tensor([[4, 5, 9, 6, 9], [9, 1, 2, 3, 4], [1, 2, 3, 4, 5]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]])
+    assert torch.equal(response_mask_from_ids(ids, eos), expected)
+
+
+def test_sampled_logprobs_match_a_separate_forward(tiny_policy, tiny_tokenizer):
+    """Left padding must not shift positions: the log-probs of one padded batch equal each row alone."""
+    prompts = ["Write a short review of the library.", "Give your honest opinion of a long flight today."]
+    query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)
+    assert (query_mask[0] == 0).any() or (query_mask[1] == 0).any()  # one row is padded
+    torch.manual_seed(0)
+    response_ids, response_mask = sample_responses(
+        tiny_policy, query_ids, query_mask, max_new_tokens=6, temperature=1.0,
+        eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        batched, _ = forward_response(tiny_policy, query_ids, query_mask, response_ids, response_mask)
+        for row, prompt in enumerate(prompts):
+            ids, mask = encode_prompts(tiny_tokenizer, [prompt], max_prompt_tokens=32)
+            alone, _ = forward_response(tiny_policy, ids, mask, response_ids[row:row + 1], response_mask[row:row + 1])
+            keep = response_mask[row].bool()
+            torch.testing.assert_close(batched[row][keep], alone[0][keep], atol=1e-4, rtol=1e-4)
