@@ -71,8 +71,8 @@ def train_stage1(engine, pairs: list[dict], tokenizer, *, epochs: int, micro_bat
     for epoch in range(epochs):
         batches = pair_batches(pairs, tokenizer, batch_size=micro_batch_size, max_length=max_length, seed=seed + epoch)
         for batch in tqdm(list(batches), desc=f"reward stage 1 epoch {epoch + 1}/{epochs}", unit="batch"):
-            reward_chosen = model.bt_reward(model.pooled(**_to(batch.chosen, engine.device)))
-            reward_rejected = model.bt_reward(model.pooled(**_to(batch.rejected, engine.device)))
+            reward_chosen = model.bt_reward(model.pooled(**_to(batch.chosen, engine.device))).float()
+            reward_rejected = model.bt_reward(model.pooled(**_to(batch.rejected, engine.device))).float()
             loss = bradley_terry_loss(reward_chosen, reward_rejected)
             check_finite("loss/bt", loss, phase="train_reward stage 1", step=step)
             engine.backward(loss)
@@ -90,8 +90,8 @@ def pooled_and_targets(model: BRMERewardModel, pairs: list[dict], tokenizer, *, 
     device = next(model.parameters()).device
     for batch in pair_batches(pairs, tokenizer, batch_size=batch_size, max_length=max_length, seed=None):
         for side in ("chosen", "rejected"):
-            pooled = model.pooled(**_to(getattr(batch, side), device)).float()
-            out[f"pooled_{side}"].append(pooled.cpu())
+            pooled = model.pooled(**_to(getattr(batch, side), device))
+            out[f"pooled_{side}"].append(pooled.float().cpu())
             out[f"target_{side}"].append(model.bt_reward(pooled).float().cpu())
     return {key: torch.cat(value) for key, value in out.items()}
 
@@ -113,6 +113,8 @@ def train_stage2_frozen(engine, features: dict[str, torch.Tensor], weights: torc
     """Train the Gaussian heads (`engine` wraps a GaussianHeads) on precomputed pooled features."""
     generator = torch.Generator().manual_seed(seed)
     num_pairs = features["pooled_chosen"].shape[0]
+    # Features were stored in fp32; under bf16/fp16 the heads engine holds half-precision weights.
+    feature_dtype = next(engine.module.parameters()).dtype
     losses, step = [], 0
     engine.train()
     for epoch in range(epochs):
@@ -120,8 +122,8 @@ def train_stage2_frozen(engine, features: dict[str, torch.Tensor], weights: torc
         for start in tqdm(range(0, num_pairs, micro_batch_size), desc=f"reward stage 2 epoch {epoch + 1}/{epochs}",
                           unit="batch"):
             rows = order[start:start + micro_batch_size]
-            mu_c, sigma_c = engine(features["pooled_chosen"][rows].to(engine.device))
-            mu_r, sigma_r = engine(features["pooled_rejected"][rows].to(engine.device))
+            mu_c, sigma_c = _as_float(engine(features["pooled_chosen"][rows].to(engine.device, feature_dtype)))
+            mu_r, sigma_r = _as_float(engine(features["pooled_rejected"][rows].to(engine.device, feature_dtype)))
             loss = stage2_loss(loss_name, mu_c, sigma_c, mu_r, sigma_r, features["target_chosen"][rows].to(mu_c),
                                features["target_rejected"][rows].to(mu_c), weights[rows].to(mu_c),
                                num_noise_samples=num_noise_samples, generator=generator)
@@ -144,8 +146,8 @@ def train_stage2_unfrozen(engine, pairs: list[dict], tokenizer, features: dict[s
     for epoch in range(epochs):
         batches = pair_batches(pairs, tokenizer, batch_size=micro_batch_size, max_length=max_length, seed=seed + epoch)
         for batch in tqdm(list(batches), desc=f"reward stage 2 epoch {epoch + 1}/{epochs}", unit="batch"):
-            mu_c, sigma_c = model.heads(model.pooled(**_to(batch.chosen, engine.device)))
-            mu_r, sigma_r = model.heads(model.pooled(**_to(batch.rejected, engine.device)))
+            mu_c, sigma_c = _as_float(model.heads(model.pooled(**_to(batch.chosen, engine.device))))
+            mu_r, sigma_r = _as_float(model.heads(model.pooled(**_to(batch.rejected, engine.device))))
             loss = stage2_loss(loss_name, mu_c, sigma_c, mu_r, sigma_r,
                                features["target_chosen"][batch.rows].to(mu_c),
                                features["target_rejected"][batch.rows].to(mu_c), weights[batch.rows].to(mu_c),
@@ -183,6 +185,11 @@ def evaluate_on_pairs(model: BRMERewardModel, pairs: list[dict], tokenizer, *, b
         "head_disagreement": float(torch.cat([chosen["mu"], rejected["mu"]]).std(dim=1, unbiased=False).mean()),
         "pairs": len(pairs),
     }
+
+
+def _as_float(pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Losses in fp32 whatever the engine's precision (log sigma and small margins lose bits in bf16)."""
+    return pair[0].float(), pair[1].float()
 
 
 def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:

@@ -56,3 +56,28 @@ def test_train_reward_stage2_variants(pipeline_run, tmp_path, loss, freeze):
     rows = read_jsonl(pipeline_run["data"] / "prefs_val.jsonl")[:3]
     scores = score_texts(model, tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows], batch_size=3)
     assert torch.isfinite(scores["mu"]).all()
+
+
+def test_zero_stage_2_trains_the_same_reward_model_as_zero_0(pipeline_run, tmp_path):
+    """ZeRO partitions optimizer state and gradients; in one process it must not change the result."""
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{"deepspeed.zero_stage": 2}))
+    run_stage_ok("train_reward", params, data=pipeline_run["data"], policy=pipeline_run["policy_init"],
+                 reward=tmp_path / "reward", metrics=tmp_path / "metrics.json")
+    zero2 = json.loads((tmp_path / "metrics.json").read_text())
+    zero0 = json.loads((pipeline_run["metrics"] / "train_reward.json").read_text())
+    assert zero2["train"]["stage1_final_loss"] == pytest.approx(zero0["train"]["stage1_final_loss"], abs=1e-4)
+    assert zero2["train"]["stage2_final_loss"] == pytest.approx(zero0["train"]["stage2_final_loss"], abs=1e-4)
+    assert zero2["val"]["accuracy"] == zero0["val"]["accuracy"]
+
+
+def test_zero_3_bf16_with_trainable_backbone_runs(pipeline_run, tmp_path):
+    """The GPU profile's code path (ZeRO-3 partitioned weights, bf16) on DeepSpeed's CPU accelerator."""
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{
+        "deepspeed.zero_stage": 3, "deepspeed.precision": "bf16", "train_reward.stage2.freeze_backbone": False,
+        "train_reward.stage1.epochs": 1, "train_reward.stage2.epochs": 1}))
+    run_stage_ok("train_reward", params, data=pipeline_run["data"], policy=pipeline_run["policy_init"],
+                 reward=tmp_path / "reward", metrics=tmp_path / "metrics.json")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert math.isfinite(metrics["train"]["stage2_final_loss"])
+    model, _ = load_reward_model(tmp_path / "reward")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
