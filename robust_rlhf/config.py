@@ -83,6 +83,10 @@ class Stage2Params(_Section):
 
 class TrainRewardParams(_Section):
     num_heads: int = Field(5, ge=1, description="k, the Gaussian heads of the BRME (the paper: 5).")
+    ensemble_size: int = Field(
+        5, ge=0, description="Independent Bradley-Terry reward models that differ only by seed (Coste et al.: "
+        "5), for the `ensemble` reward model; 0 trains none."
+    )
     sigma_min: float = Field(0.01, gt=0, description="sigma_i = softplus(s_i) + sigma_min.")
     head_init_std: float = Field(0.02, gt=0, description="Std of each head's own random init.")
     pooling: Literal["auto", "last", "mean"] = Field(
@@ -105,10 +109,28 @@ class AggregationCoefficients(_Section):
     kl_dro_beta: float = Field(1.0, gt=0, description="beta of kl_dro = -beta log mean exp(-mu / beta).")
 
 
-class PPOParams(_Section):
-    method: Literal["single", "mean", "min", "uwo", "nominal", "brme", "kl_dro"] = Field(
-        "brme", description="Reward aggregation that PPO optimises."
+AggregationName = Literal["single", "mean", "min", "uwo", "nominal", "brme", "kl_dro"]
+
+
+class MethodParams(_Section):
+    """One compared method: which reward model scores a response, and how its heads are aggregated."""
+
+    reward_model: Literal["brme", "single", "ensemble"] = Field(
+        description="brme: the BRME's k Gaussian heads; single: the BRME's stage-1 Bradley-Terry RM (one "
+        "head, ordinary RLHF); ensemble: the independent reward models (Coste et al.)."
     )
+    aggregation: AggregationName = Field(description="Aggregation of the reward model's heads (aggregation.py).")
+
+    @model_validator(mode="after")
+    def _aggregation_fits_reward_model(self) -> "MethodParams":
+        if (self.aggregation == "single") != (self.reward_model == "single"):
+            raise ValueError("aggregation `single` goes with reward_model `single`, and only with it")
+        if self.aggregation in ("nominal", "brme") and self.reward_model != "brme":
+            raise ValueError(f"aggregation `{self.aggregation}` needs the BRME's sigmas: reward_model `brme`")
+        return self
+
+
+class PPOParams(_Section):
     robust: RobustParams
     aggregation: AggregationCoefficients = AggregationCoefficients()
     steps: int = Field(ge=1, description="PPO iterations (one rollout batch each).")
@@ -125,6 +147,11 @@ class PPOParams(_Section):
     gae_lambda: float = Field(0.95, ge=0, le=1)
     max_new_tokens: int = Field(ge=1)
     temperature: float = Field(1.0, gt=0)
+    reward_normalization: Literal["reference", "running", "none"] = Field(
+        "reference", description="How every method's reward is scaled before PPO (reward_normalization.py): "
+        "`reference` by the initial policy's reward mean/std on the PPO prompts, `running` by running moments."
+    )
+    checkpoint_every: int = Field(ge=1, description="Save the policy every N PPO steps (and after the last).")
 
     @property
     def minibatch_size(self) -> int:
@@ -151,11 +178,22 @@ class Params(_Section):
     profile: str = Field(description="Name of this parameter set, shown in reports (e.g. `tiny`).")
     seed: int = Field(0, ge=0)
     models: ModelsParams
+    methods: dict[str, MethodParams] = Field(
+        min_length=1, description="The methods compared, by name; `dvc.yaml` runs one PPO stage per entry.")
     deepspeed: DeepSpeedParams = DeepSpeedParams()
     prepare: PrepareParams
     train_reward: TrainRewardParams
     ppo: PPOParams
     evaluate: EvaluateParams
+
+    @model_validator(mode="after")
+    def _methods_are_runnable(self) -> "Params":
+        for name, method in self.methods.items():
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"methods.{name}: a method name is letters, digits and _ (it names files)")
+            if method.reward_model == "ensemble" and self.train_reward.ensemble_size < 2:
+                raise ValueError(f"methods.{name} uses the ensemble; set train_reward.ensemble_size >= 2")
+        return self
 
 
 class ParamsError(ValueError):

@@ -1,27 +1,30 @@
-"""Evaluation of a policy on held-out prompts: gold reward, proxy reward under every aggregation, KL
-to the reference (DESIGN.md §4: k1 and the k2 estimator of Coste et al. over sampled responses)."""
+"""Evaluation of a policy on held-out prompts: gold reward, every method's proxy reward, KL to the
+reference (DESIGN.md §4: k1 and the k2 estimator of Coste et al. over sampled responses)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from tqdm import tqdm
 
-from robust_rlhf.config import PPOParams
+from robust_rlhf.config import MethodParams, PPOParams
 from robust_rlhf.generation import decode, encode_prompts, forward_response, sample_responses
 from robust_rlhf.gold import gold_scores
 from robust_rlhf.kl import kl_k1, kl_k2
-from robust_rlhf.ppo import all_aggregations
-from robust_rlhf.reward_model import score_texts
+from robust_rlhf.reward_scoring import RewardModels, method_rewards
 
 
 @torch.inference_mode()
-def evaluate_policy(policy, ref_model, tokenizer, reward_model, reward_tokenizer, prompts: list[str], *,
-                    samples_per_prompt: int, max_new_tokens: int, temperature: float, batch_size: int,
-                    max_prompt_tokens: int, gold: str, ppo_config: PPOParams, seed: int, desc: str) -> dict:
+def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, prompts: list[str], *,
+                    methods: dict[str, MethodParams], samples_per_prompt: int, max_new_tokens: int,
+                    temperature: float, batch_size: int, max_prompt_tokens: int, gold: str, ppo_config: PPOParams,
+                    seed: int, desc: str) -> dict:
     """Sample `samples_per_prompt` responses per prompt and score them. Returns means and the samples.
 
     KL uses the sequence log-ratio L = log pi(y|x) - log pi_ref(y|x), y ~ pi:
-    `kl_k1` = E[L] (the usual estimate), `kl_k2` = E[0.5 L^2] (Coste et al.'s curve x-axis).
+    `kl_k1` = E[L] (the usual estimate), `kl_k2` = E[0.5 L^2] (Coste et al.'s curve x-axis, as sqrt).
+    `proxy` holds every method's (unnormalised) reward of the same samples.
     """
     torch.manual_seed(seed)
     device = next(policy.parameters()).device
@@ -39,19 +42,21 @@ def evaluate_policy(policy, ref_model, tokenizer, reward_model, reward_tokenizer
         log_ratios.append((kl_k1(logprobs, ref_logprobs) * response_mask).sum(dim=1).cpu())
         responses += decode(tokenizer, response_ids, response_mask)
     log_ratio = torch.cat(log_ratios)
-    gold = torch.tensor(gold_scores(gold, expanded, responses))
-    scores = score_texts(reward_model, reward_tokenizer, expanded, responses, batch_size=batch_size)
-    proxy = all_aggregations(scores["mu"], scores["sigma"], ppo_config)
+    gold_reward = torch.tensor(gold_scores(gold, expanded, responses))
+    scores = reward_models.score(expanded, responses, batch_size=batch_size)
+    proxy = method_rewards(scores, methods, ppo_config)
+    kl2 = float(kl_k2(log_ratio, torch.zeros_like(log_ratio)).mean())
     return {
         "metrics": {
-            "gold": float(gold.mean()),
-            "gold_std": float(gold.std(unbiased=False)),
+            "gold": float(gold_reward.mean()),
+            "gold_std": float(gold_reward.std(unbiased=False)),
             "proxy": {name: float(value.mean()) for name, value in proxy.items()},
             "kl_k1": float(log_ratio.mean()),
-            "kl_k2": float(kl_k2(log_ratio, torch.zeros_like(log_ratio)).mean()),
+            "kl_k2": kl2,
+            "sqrt_kl": math.sqrt(kl2),
             "response_chars": sum(map(len, responses)) / len(responses),
             "samples": len(responses),
         },
-        "samples": [{"prompt": p, "response": r, "gold": g, "proxy": float(proxy[ppo_config.method][i])}
-                    for i, (p, r, g) in enumerate(zip(expanded, responses, gold.tolist()))],
+        "samples": [{"prompt": p, "response": r, "gold": g, **{f"proxy/{n}": float(v[i]) for n, v in proxy.items()}}
+                    for i, (p, r, g) in enumerate(zip(expanded, responses, gold_reward.tolist()))],
     }

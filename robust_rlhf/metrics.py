@@ -26,6 +26,16 @@ def _rounded(value):
     return value
 
 
+def write_csv(path: str | Path, rows: list[Mapping]) -> None:
+    """Write rows (dicts) as CSV with the union of their keys as columns, atomically."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
 class StepLog:
     """Per-step scalars kept in memory and rewritten whole as CSV after each step (small files)."""
 
@@ -35,9 +45,4 @@ class StepLog:
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         self.rows.append({"step": step, **{key: round(float(value), 6) for key, value in scalars.items()}})
-        columns = list(dict.fromkeys(key for row in self.rows for key in row))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(self.path, buffer.getvalue())
+        write_csv(self.path, self.rows)

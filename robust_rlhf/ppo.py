@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robust_rlhf.aggregation import AGGREGATIONS, aggregate_rewards
-from robust_rlhf.config import PPOParams
+from robust_rlhf.config import MethodParams, PPOParams
 from robust_rlhf.gae import gae
 from robust_rlhf.generation import decode, encode_prompts, forward_response, sample_responses
 from robust_rlhf.kl import kl_k1, kl_k2
 from robust_rlhf.ppo_losses import (kl_shaped_rewards, masked_mean, masked_whiten, ppo_policy_loss,
                                     ppo_value_loss)
-from robust_rlhf.reward_model import score_texts
+from robust_rlhf.reward_normalization import RewardNormalizer
+from robust_rlhf.reward_scoring import RewardModels, every_aggregation, method_rewards
 from robust_rlhf.reward_training import check_finite
 
 
@@ -33,9 +33,9 @@ class Rollout:
     logprobs: torch.Tensor       # (B, T) under the actor that sampled
     ref_logprobs: torch.Tensor   # (B, T) under the frozen reference
     values: torch.Tensor         # (B, T) critic values
-    mu: torch.Tensor             # (B, k) reward heads' means
-    sigma: torch.Tensor          # (B, k) reward heads' standard deviations
-    reward: torch.Tensor         # (B,) the aggregated sequence reward PPO optimises
+    mu: torch.Tensor             # (B, k) heads' means of the optimised method's reward model
+    sigma: torch.Tensor          # (B, k) heads' standard deviations (1 where the model has none)
+    reward: torch.Tensor         # (B,) the method's aggregated sequence reward, normalised
     advantages: torch.Tensor     # (B, T) whitened
     returns: torch.Tensor        # (B, T) value targets
 
@@ -65,20 +65,30 @@ def response_values(critic, query_ids, query_mask, response_ids, response_mask) 
     return values[:, query_ids.shape[1] - 1 : -1]
 
 
-def all_aggregations(mu: torch.Tensor, sigma: torch.Tensor, config: PPOParams) -> dict[str, torch.Tensor]:
-    """The proxy reward under every aggregation that applies to k heads, each (B,)."""
-    rewards = {}
-    for name in AGGREGATIONS:
-        if name == "single" and mu.shape[1] != 1:
-            continue
-        rewards[name] = aggregate_rewards(name, mu, sigma, lam=config.robust.lam,
-                                          uwo_coef=config.aggregation.uwo_coef, dro_beta=config.aggregation.kl_dro_beta)
-    return rewards
+@torch.inference_mode()
+def reference_reward_moments(policy, reward_models: RewardModels, tokenizer, prompts: list[str], method: MethodParams,
+                             *, config: PPOParams, max_prompt_tokens: int) -> tuple[float, float]:
+    """Mean and std of a method's reward on the initial policy's samples for `prompts` (the
+    `reference` normalisation), sampled in rollout-sized batches."""
+    device = next(policy.parameters()).device
+    rewards = []
+    for start in range(0, len(prompts), config.rollout_batch_size):
+        batch = prompts[start:start + config.rollout_batch_size]
+        query_ids, query_mask = (t.to(device) for t in encode_prompts(tokenizer, batch, max_prompt_tokens=max_prompt_tokens))
+        response_ids, response_mask = sample_responses(
+            policy, query_ids, query_mask, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        scores = reward_models.score(batch, decode(tokenizer, response_ids, response_mask), batch_size=len(batch))
+        rewards.append(method_rewards(scores, {"reference": method}, config)["reference"])
+    reward = torch.cat(rewards)
+    return float(reward.mean()), float(reward.std(unbiased=False)) if reward.numel() > 1 else 1.0
 
 
-def ppo_step(step: int, actor, critic, ref_model, reward_model, reward_tokenizer, tokenizer, prompts: list[str], *,
-             config: PPOParams, max_prompt_tokens: int) -> tuple[dict[str, float], list[str]]:
-    """One PPO iteration on `prompts`. `actor`, `critic` are DeepSpeed engines. Returns (metrics, responses)."""
+def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, tokenizer, prompts: list[str], *,
+             method: MethodParams, normalizer: RewardNormalizer, config: PPOParams,
+             max_prompt_tokens: int) -> tuple[dict[str, float], list[str]]:
+    """One PPO iteration on `prompts` optimising `method`'s reward. `actor`, `critic` are DeepSpeed
+    engines. Returns (metrics, responses)."""
     device = actor.device
     # 1. Rollout with the current policy.
     actor.eval()
@@ -91,31 +101,32 @@ def ppo_step(step: int, actor, critic, ref_model, reward_model, reward_tokenizer
         logprobs, _ = forward_response(actor.module, query_ids, query_mask, response_ids, response_mask)
         ref_logprobs, _ = forward_response(ref_model, query_ids, query_mask, response_ids, response_mask)
         values = response_values(critic.module, query_ids, query_mask, response_ids, response_mask)
-    # 2. Score with every reward head, 3. aggregate.
-    scores = score_texts(reward_model, reward_tokenizer, prompts, responses, batch_size=len(prompts))
-    proxy_rewards = all_aggregations(scores["mu"], scores["sigma"], config)
-    reward = proxy_rewards[config.method].to(device)
-    check_finite(f"reward/{config.method}", reward, phase="ppo", step=step)
+    # 2. Score with every reward model's heads, 3. aggregate (this method's, and every other for the log).
+    scores = reward_models.score(prompts, responses, batch_size=len(prompts))
+    raw_reward = method_rewards(scores, {"optimised": method}, config)["optimised"]
+    check_finite("reward/optimised", raw_reward, phase="ppo", step=step)
+    reward = normalizer(raw_reward).to(device)
     # 4. KL-shaped per-token reward, 5. GAE, 6. whiten.
     mask = response_mask.to(logprobs.dtype)
     kl_per_token = kl_k1(logprobs, ref_logprobs)
     token_rewards = kl_shaped_rewards(reward, kl_per_token, mask, kl_coef=config.kl_coef)
     advantages, returns = gae(token_rewards, values, mask, gamma=config.gamma, lam=config.gae_lambda)
     rollout = Rollout(query_ids, query_mask, response_ids, response_mask, logprobs.clone(), ref_logprobs.clone(),
-                      values.clone(), scores["mu"], scores["sigma"], reward,
+                      values.clone(), *scores[method.reward_model], reward,
                       masked_whiten(advantages, mask), returns.clone())
     # 7. Minibatch epochs of clipped policy and value losses.
     update = ppo_update(step, actor, critic, rollout, config)
     # 8. Log: the reward under every aggregation, not only the one optimised.
     sequence_kl = (kl_per_token * mask).sum(dim=1)
     metrics = {
-        **{f"reward/{name}": float(value.mean()) for name, value in proxy_rewards.items()},
-        "reward/optimised": float(reward.mean()),
+        **{f"reward/{name}": float(value.mean()) for name, value in every_aggregation(scores, config).items()},
+        "reward/optimised": float(raw_reward.mean()),
+        "reward/normalised": float(reward.mean()),
         "objective/kl": float(sequence_kl.mean()),
         "objective/kl_k2": float((kl_k2(logprobs, ref_logprobs) * mask).sum(dim=1).mean()),
         "objective/kl_penalty": float(-config.kl_coef * sequence_kl.mean()),
-        "reward_model/mean_sigma": float(scores["sigma"].mean()),
-        "reward_model/head_disagreement": float(scores["mu"].std(dim=1, unbiased=False).mean()),
+        "reward_model/brme_mean_sigma": float(scores["brme"][1].mean()),
+        "reward_model/brme_head_disagreement": float(scores["brme"][0].std(dim=1, unbiased=False).mean()),
         "response/length": float(mask.sum(dim=1).mean()),
         **update,
     }

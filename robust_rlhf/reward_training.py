@@ -15,7 +15,9 @@ import torch
 from tqdm import tqdm
 
 from robust_rlhf.reward_losses import bradley_terry_loss, bt_sampled_loss, gaussian_nll_loss
+from robust_rlhf.reward_metrics import heads_report, margin_report, reliability_bins
 from robust_rlhf.reward_model import BRMERewardModel, tokenize_pairs
+from robust_rlhf.reward_scoring import RewardModels
 
 logger = logging.getLogger(__name__)
 
@@ -160,31 +162,29 @@ def train_stage2_unfrozen(engine, pairs: list[dict], tokenizer, features: dict[s
     return losses
 
 
-@torch.inference_mode()
-def evaluate_on_pairs(model: BRMERewardModel, pairs: list[dict], tokenizer, *, batch_size: int,
-                      max_length: int) -> dict:
-    """Pairwise accuracy of each head, of the head mean and of the stage-1 RM; BT NLL; mean sigma;
-    head disagreement (std of mu across heads)."""
-    from robust_rlhf.reward_model import score_texts
+def evaluate_reward_models(models: RewardModels, pairs: list[dict], *, batch_size: int) -> tuple[dict, list[dict]]:
+    """Quality of every reward model on held-out pairs, and the rows of its reliability diagram.
 
+    Per kind: each head's and the head mean's accuracy (vs the noisy labels and vs the gold order),
+    Bradley-Terry NLL and ECE; head disagreement; the BRME's mean sigma.
+    """
     prompts = [p["prompt"] for p in pairs]
-    chosen = score_texts(model, tokenizer, prompts, [p["chosen"] for p in pairs], batch_size=batch_size)
-    rejected = score_texts(model, tokenizer, prompts, [p["rejected"] for p in pairs], batch_size=batch_size)
-    head_margin = chosen["mu"] - rejected["mu"]  # (N, k)
-    mean_margin = head_margin.mean(dim=1)
-    bt_margin = chosen["bt_reward"] - rejected["bt_reward"]
-    nll = lambda margin: float(-torch.nn.functional.logsigmoid(margin).mean())  # noqa: E731
-    return {
-        "accuracy": {
-            "stage1": float((bt_margin > 0).float().mean()),
-            "ensemble_mean": float((mean_margin > 0).float().mean()),
-            **{f"head_{i}": float((head_margin[:, i] > 0).float().mean()) for i in range(head_margin.shape[1])},
-        },
-        "nll": {"stage1": nll(bt_margin), "ensemble_mean": nll(mean_margin)},
-        "mean_sigma": float(torch.cat([chosen["sigma"], rejected["sigma"]]).mean()),
-        "head_disagreement": float(torch.cat([chosen["mu"], rejected["mu"]]).std(dim=1, unbiased=False).mean()),
-        "pairs": len(pairs),
-    }
+    chosen = models.score(prompts, [p["chosen"] for p in pairs], batch_size=batch_size)
+    rejected = models.score(prompts, [p["rejected"] for p in pairs], batch_size=batch_size)
+    gold_margin = (torch.tensor([p["gold_chosen"] - p["gold_rejected"] for p in pairs])
+                   if pairs and "gold_chosen" in pairs[0] else None)
+    report: dict = {"pairs": len(pairs)}
+    reliability: list[dict] = []
+    for kind, (mu_chosen, sigma_chosen) in chosen.items():
+        mu_rejected, sigma_rejected = rejected[kind]
+        if kind == "single":
+            report[kind] = margin_report(mu_chosen[:, 0] - mu_rejected[:, 0], gold_margin)
+        else:
+            sigma = torch.cat([sigma_chosen, sigma_rejected]) if kind == "brme" else None
+            report[kind] = heads_report(mu_chosen, mu_rejected, sigma, gold_margin)
+        margin = mu_chosen.mean(dim=1) - mu_rejected.mean(dim=1)
+        reliability += [{"reward_model": kind, **row} for row in reliability_bins(margin)]
+    return report, reliability
 
 
 def _as_float(pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,11 +28,13 @@ def seed_everything(seed: int) -> None:
         pass
 
 
-def stage_main(name: str, run: Callable[..., dict], path_args: list[str], argv: list[str] | None = None) -> None:
+def stage_main(name: str, run: Callable[..., dict], path_args: list[str], argv: list[str] | None = None,
+               extra_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """Parse `--params`, `--metrics` and the stage's own path arguments, validate params before any
     work, run the stage, write its metrics atomically and print a one-line summary.
 
-    `run(params, **paths)` returns the metrics dict; every path argument reaches it as a Path.
+    `run(params, **paths)` returns the metrics dict; every path argument reaches it as a Path, and
+    every argument that `extra_args` adds reaches it by its name.
     """
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     parser.add_argument("--params", default="params.yaml", type=Path)
@@ -40,6 +42,8 @@ def stage_main(name: str, run: Callable[..., dict], path_args: list[str], argv: 
     for path_arg in path_args:
         parser.add_argument(f"--{path_arg.replace('_', '-')}", dest=path_arg, required=True, type=Path)
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    if extra_args is not None:
+        extra_args(parser)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format=f"[{name}] %(levelname)s %(message)s")
@@ -52,7 +56,12 @@ def stage_main(name: str, run: Callable[..., dict], path_args: list[str], argv: 
     seed_everything(params.seed)
 
     started = time.perf_counter()
-    metrics = run(params, **{path_arg: getattr(args, path_arg) for path_arg in path_args})
+    arguments = {key: value for key, value in vars(args).items() if key not in ("params", "metrics", "local_rank")}
+    try:
+        metrics = run(params, **arguments)
+    except ParamsError as error:
+        print(f"stage {name}: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     metrics["wall_seconds"] = time.perf_counter() - started
     from robust_rlhf.distributed import is_main_process
 

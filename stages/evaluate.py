@@ -1,56 +1,87 @@
-"""DVC stage `evaluate`: the initial and the final policy on held-out prompts, under the gold scorer
-and the proxy reward model, with KL to the reference (the initial policy).
+"""DVC stage `evaluate`: every method's policy checkpoints and the initial policy on held-out prompts,
+under the gold scorer and the proxy reward models, with KL to the reference (the initial policy).
 
-Writes --metrics (initial, final and their difference) and --samples (every scored response).
+Writes one metrics file per method to --table (so `dvc metrics show` has a row per method), the
+initial policy's to --metrics, gold/proxy-vs-sqrt(KL) curves per method to --curves, and every
+scored response to --samples.
 """
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
-from robust_rlhf.atomic import atomic_write_jsonl, read_jsonl
+from robust_rlhf.atomic import atomic_directory, atomic_write_jsonl, read_jsonl
+from robust_rlhf.checkpoint import read_checkpoints
 from robust_rlhf.config import Params
 from robust_rlhf.distributed import deepspeed_config, init_distributed, initialize_engine
 from robust_rlhf.evaluation import evaluate_policy
+from robust_rlhf.metrics import write_csv, write_metrics
 from robust_rlhf.models import load_causal_lm, load_tokenizer
-from robust_rlhf.reward_model import load_reward_model
+from robust_rlhf.reward_scoring import load_reward_models
 from robust_rlhf.stage_cli import stage_main
 
 
-def run(params: Params, *, data: Path, policy_init: Path, policy: Path, reward: Path, samples: Path) -> dict:
+def run(params: Params, *, data: Path, policy_init: Path, policies: Path, reward: Path, ensemble: Path,
+        table: Path, curves: Path, samples: Path) -> dict:
     config, remote = params.evaluate, params.models.trust_remote_code
     world_size = init_distributed()
     frozen_config = deepspeed_config(deepspeed=params.deepspeed, micro_batch_size=config.batch_size,
                                      gradient_accumulation_steps=1, world_size=world_size, learning_rate=None)
-    frozen = lambda model: initialize_engine(model.eval(), frozen_config).module  # noqa: E731
+    frozen = lambda model: initialize_engine(model.eval().requires_grad_(False), frozen_config).module  # noqa: E731
     tokenizer = load_tokenizer(policy_init, trust_remote_code=remote)
     ref_model = frozen(load_causal_lm(policy_init, trust_remote_code=remote))
-    reward_model, reward_tokenizer = load_reward_model(reward, trust_remote_code=remote)
-    reward_model = frozen(reward_model)
+    reward_models = load_reward_models(reward, ensemble, trust_remote_code=remote, prepare=frozen)
     prompts = [row["prompt"] for row in read_jsonl(data / "eval_prompts.jsonl")]
-    common = dict(samples_per_prompt=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
-                  temperature=config.temperature, batch_size=config.batch_size, gold=params.prepare.gold,
-                  max_prompt_tokens=params.prepare.max_prompt_tokens, ppo_config=params.ppo, seed=params.seed)
 
-    results = {"initial": evaluate_policy(ref_model, ref_model, tokenizer, reward_model, reward_tokenizer, prompts,
-                                          desc="evaluate initial policy", **common)}
-    final_policy = frozen(load_causal_lm(policy, trust_remote_code=remote))
-    results["final"] = evaluate_policy(final_policy, ref_model, tokenizer, reward_model, reward_tokenizer, prompts,
-                                       desc=f"evaluate {params.ppo.method} policy", **common)
-    atomic_write_jsonl(samples, [{"policy": name, **row} for name, result in results.items()
-                                 for row in result["samples"]])
-    initial, final = results["initial"]["metrics"], results["final"]["metrics"]
-    return {
-        "method": params.ppo.method,
-        "initial": initial,
-        "final": final,
-        "gain": {"gold": final["gold"] - initial["gold"],
-                 "proxy": final["proxy"][params.ppo.method] - initial["proxy"][params.ppo.method]},
-    }
+    def evaluate(policy, desc: str) -> dict:
+        # The same seed for every policy: methods are compared on the same prompts and sampling noise.
+        return evaluate_policy(policy, ref_model, tokenizer, reward_models, prompts, methods=params.methods,
+                               samples_per_prompt=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
+                               temperature=config.temperature, batch_size=config.batch_size,
+                               max_prompt_tokens=params.prepare.max_prompt_tokens, gold=params.prepare.gold,
+                               ppo_config=params.ppo, seed=params.seed, desc=desc)
+
+    initial = evaluate(ref_model, "evaluate initial policy")
+    all_samples = [{"method": "initial", "step": 0, **row} for row in initial["samples"]]
+    curve_rows: dict[str, list[dict]] = {}
+    final_rows: dict[str, dict] = {}
+    for method in params.methods:
+        curve_rows[method] = [_curve_point(0, initial["metrics"], method)]
+        for checkpoint in read_checkpoints(policies / method):
+            policy = frozen(load_causal_lm(policies / method / checkpoint["path"], trust_remote_code=remote))
+            result = evaluate(policy, f"evaluate {method} step {checkpoint['step']}")
+            del policy
+            gc.collect()
+            curve_rows[method].append(_curve_point(checkpoint["step"], result["metrics"], method))
+            all_samples += [{"method": method, "step": checkpoint["step"], **row} for row in result["samples"]]
+        final = result["metrics"]
+        final_rows[method] = {
+            "reward_model": params.methods[method].reward_model, "aggregation": params.methods[method].aggregation,
+            "steps": checkpoint["step"], "gold": final["gold"], "gold_gain": final["gold"] - initial["metrics"]["gold"],
+            "proxy": final["proxy"][method], "proxy_gain": final["proxy"][method] - initial["metrics"]["proxy"][method],
+            "kl_k1": final["kl_k1"], "kl_k2": final["kl_k2"], "sqrt_kl": final["sqrt_kl"],
+        }
+
+    with atomic_directory(table) as table_tmp:
+        for method, row in final_rows.items():
+            write_metrics(table_tmp / f"{method}.json", row)
+    with atomic_directory(curves) as curves_tmp:
+        for method, rows in curve_rows.items():
+            write_csv(curves_tmp / f"{method}.csv", rows)
+    atomic_write_jsonl(samples, all_samples)
+    return {"initial": {key: value for key, value in initial["metrics"].items()},
+            "best_gold_method": max(final_rows, key=lambda m: final_rows[m]["gold"])}
+
+
+def _curve_point(step: int, metrics: dict, method: str) -> dict:
+    return {"step": step, "sqrt_kl": metrics["sqrt_kl"], "kl_k2": metrics["kl_k2"], "gold": metrics["gold"],
+            "proxy": metrics["proxy"][method]}
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main("evaluate", run, ["data", "policy_init", "policy", "reward", "samples"], argv)
+    stage_main("evaluate", run, ["data", "policy_init", "policies", "reward", "ensemble", "table", "curves",
+                                 "samples"], argv)
 
 
 if __name__ == "__main__":

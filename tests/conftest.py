@@ -50,24 +50,29 @@ def run_stage_ok(stage: str, params: Path, **paths: Path) -> subprocess.Complete
 
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> dict[str, Path]:
-    """Run prepare -> train_reward -> ppo -> evaluate once on the tiny profile; return their paths."""
+    """Run prepare -> train_reward -> ppo@<every method> -> evaluate once on the tiny profile."""
     root = tmp_path_factory.mktemp("pipeline")
     paths = {
         "params": write_params(root / "params.yaml", tiny_params()),
         "data": root / "data", "policy_init": root / "models/policy_init", "reward": root / "models/reward",
-        "policy": root / "models/policy", "steps": root / "plots/ppo_steps.csv",
+        "ensemble": root / "models/reward_ensemble", "policies": root / "models/policy",
+        "reliability": root / "plots/reward_reliability", "steps": root / "plots/ppo",
+        "table": root / "metrics/eval", "curves": root / "plots/eval_curves",
         "samples": root / "reports/eval_samples.jsonl", "metrics": root / "metrics",
     }
     metrics = paths["metrics"]
     run_stage_ok("prepare", paths["params"], data=paths["data"], policy=paths["policy_init"],
                  metrics=metrics / "prepare.json")
     run_stage_ok("train_reward", paths["params"], data=paths["data"], policy=paths["policy_init"],
-                 reward=paths["reward"], metrics=metrics / "train_reward.json")
-    run_stage_ok("ppo", paths["params"], data=paths["data"], policy_init=paths["policy_init"],
-                 reward=paths["reward"], policy=paths["policy"], steps=paths["steps"], metrics=metrics / "ppo.json")
+                 reward=paths["reward"], ensemble=paths["ensemble"], reliability=paths["reliability"],
+                 metrics=metrics / "train_reward.json")
+    for method in tiny_params()["methods"]:
+        run_stage_ok("ppo", paths["params"], method=method, data=paths["data"], policy_init=paths["policy_init"],
+                     reward=paths["reward"], ensemble=paths["ensemble"], policy=paths["policies"] / method,
+                     steps=paths["steps"] / f"{method}.csv", metrics=metrics / "ppo" / f"{method}.json")
     run_stage_ok("evaluate", paths["params"], data=paths["data"], policy_init=paths["policy_init"],
-                 policy=paths["policy"], reward=paths["reward"], samples=paths["samples"],
-                 metrics=metrics / "eval.json")
+                 policies=paths["policies"], reward=paths["reward"], ensemble=paths["ensemble"], table=paths["table"],
+                 curves=paths["curves"], samples=paths["samples"], metrics=metrics / "eval.json")
     return paths
 
 

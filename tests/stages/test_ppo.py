@@ -2,20 +2,31 @@ import csv
 import json
 import math
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_params
+from robust_rlhf.checkpoint import read_checkpoints
+from tests.conftest import run_stage, tiny_params, write_params
 
-REQUIRED_COLUMNS = {"step", "reward/brme", "reward/nominal", "reward/min", "reward/mean", "objective/kl",
-                    "policy/entropy", "loss/policy", "loss/value", "policy/clipfrac"}
+METHODS = list(tiny_params()["methods"])
+REQUIRED_COLUMNS = {"step", "reward/optimised", "reward/normalised", "objective/kl", "policy/entropy", "loss/policy",
+                    "loss/value", "policy/clipfrac"}
+# Every run logs the reward under every aggregation of every reward model, not only its own.
+EVERY_AGGREGATION = {"reward/single/single", *(f"reward/ensemble/{a}" for a in ("mean", "min", "uwo", "kl_dro")),
+                     *(f"reward/brme/{a}" for a in ("mean", "min", "uwo", "kl_dro", "nominal", "brme"))}
 
 
-def test_ppo_logs_every_step_with_finite_values(pipeline_run):
-    with open(pipeline_run["steps"]) as handle:
-        rows = list(csv.DictReader(handle))
+def read_steps(pipeline_run, method):
+    with open(pipeline_run["steps"] / f"{method}.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_ppo_logs_every_step_and_every_aggregation(pipeline_run, method):
+    rows = read_steps(pipeline_run, method)
     assert len(rows) == tiny_params()["ppo"]["steps"]
-    assert REQUIRED_COLUMNS <= set(rows[0])
+    assert REQUIRED_COLUMNS | EVERY_AGGREGATION <= set(rows[0])
     assert [int(row["step"]) for row in rows] == list(range(len(rows)))
     for row in rows:
         assert all(math.isfinite(float(value)) for value in row.values())
@@ -23,15 +34,50 @@ def test_ppo_logs_every_step_with_finite_values(pipeline_run):
     assert float(rows[0]["objective/kl"]) == 0.0
 
 
-def test_ppo_reports_the_optimised_reward(pipeline_run):
-    metrics = json.loads((pipeline_run["metrics"] / "ppo.json").read_text())
-    assert metrics["method"] == "brme" and metrics["steps"] == tiny_params()["ppo"]["steps"]
-    assert metrics["final"]["reward/optimised"] == metrics["final"]["reward/brme"]
+@pytest.mark.parametrize("method", METHODS)
+def test_ppo_optimises_its_own_methods_reward(pipeline_run, method):
+    spec = tiny_params()["methods"][method]
+    metrics = json.loads((pipeline_run["metrics"] / "ppo" / f"{method}.json").read_text())
+    assert (metrics["method"], metrics["reward_model"], metrics["aggregation"]) == (
+        method, spec["reward_model"], spec["aggregation"])
+    own_column = f"reward/{spec['reward_model']}/{spec['aggregation']}"
+    assert metrics["final"]["reward/optimised"] == pytest.approx(metrics["final"][own_column], abs=1e-6)
+    normalization = metrics["reward_normalization"]
+    expected = (metrics["final"]["reward/optimised"] - normalization["reference_mean"]) / normalization["reference_std"]
+    assert metrics["final"]["reward/normalised"] == pytest.approx(expected, abs=1e-4)
 
 
-def test_ppo_changed_the_policy(pipeline_run):
+def test_ppo_checkpoints_every_n_steps_and_changes_the_policy(pipeline_run):
+    config = tiny_params()["ppo"]
+    run_dir = pipeline_run["policies"] / "brme"
+    checkpoints = read_checkpoints(run_dir)
+    assert [c["step"] for c in checkpoints] == list(range(config["checkpoint_every"], config["steps"] + 1,
+                                                          config["checkpoint_every"]))
     initial = load_file(str(pipeline_run["policy_init"] / "model.safetensors"))
-    final = load_file(str(pipeline_run["policy"] / "model.safetensors"))
+    final = load_file(str(run_dir / checkpoints[-1]["path"] / "model.safetensors"))
     assert initial.keys() <= final.keys()  # a tied lm_head may be written out explicitly
     unchanged = [name for name in initial if torch.equal(initial[name], final[name])]
     assert not unchanged, f"parameters PPO did not update: {unchanged}"
+
+
+def test_unknown_method_is_refused(pipeline_run, tmp_path):
+    result = run_stage("ppo", pipeline_run["params"], method="nope", data=pipeline_run["data"],
+                       policy_init=pipeline_run["policy_init"], reward=pipeline_run["reward"],
+                       ensemble=pipeline_run["ensemble"], policy=tmp_path / "p", steps=tmp_path / "s.csv",
+                       metrics=tmp_path / "m.json")
+    assert result.returncode == 2 and "'nope' is not under `methods:`" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["running", "none"])
+def test_ppo_reward_normalisation_modes(pipeline_run, tmp_path, mode):
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{"ppo.reward_normalization": mode, "ppo.steps": 2}))
+    result = run_stage("ppo", params, method="brme", data=pipeline_run["data"],
+                       policy_init=pipeline_run["policy_init"], reward=pipeline_run["reward"],
+                       ensemble=pipeline_run["ensemble"], policy=tmp_path / "p", steps=tmp_path / "s.csv",
+                       metrics=tmp_path / "m.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads((tmp_path / "m.json").read_text())["final"]
+    if mode == "none":
+        assert final["reward/normalised"] == final["reward/optimised"]
+    else:
+        assert final["reward/normalised"] != final["reward/optimised"]

@@ -1,0 +1,74 @@
+"""Reward-model quality on held-out preference pairs: pairwise accuracy, Bradley-Terry NLL, expected
+calibration error (ECE) of P(chosen > rejected), and the reliability diagram behind it. Torch only.
+
+Every function takes reward margins m = r(x, y_chosen) - r(x, y_rejected), shape (N,).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pairwise_accuracy(margin: torch.Tensor) -> float:
+    """Fraction of pairs where the chosen response scores strictly higher. (N,) -> float."""
+    return float((margin > 0).float().mean())
+
+
+def bt_nll(margin: torch.Tensor) -> float:
+    """Bradley-Terry negative log-likelihood of the labels: mean -log sigmoid(m). (N,) -> float."""
+    return float(-F.logsigmoid(margin).mean())
+
+
+def reliability_bins(margin: torch.Tensor, *, num_bins: int = 10) -> list[dict[str, float]]:
+    """Reliability diagram of p = sigmoid(m) for equal-width bins over [0, 1].
+
+    Each pair enters twice, as (p, outcome 1) and (1 - p, outcome 0): with only the labelled order,
+    every outcome would be 1 and calibration would reduce to mean confidence. Symmetrising is the
+    usual way to calibrate a pairwise model. Empty bins are left out.
+    Returns rows {bin, confidence, accuracy, count}.
+    """
+    p = torch.sigmoid(margin.double())
+    confidence = torch.cat([p, 1 - p])
+    outcome = torch.cat([torch.ones_like(p), torch.zeros_like(p)])
+    index = torch.clamp((confidence * num_bins).long(), max=num_bins - 1)
+    rows = []
+    for b in range(num_bins):
+        in_bin = index == b
+        if in_bin.any():
+            rows.append({"bin": b, "confidence": float(confidence[in_bin].mean()),
+                         "accuracy": float(outcome[in_bin].mean()), "count": int(in_bin.sum())})
+    return rows
+
+
+def expected_calibration_error(margin: torch.Tensor, *, num_bins: int = 10) -> float:
+    """ECE = sum_b (n_b / n) |accuracy_b - confidence_b| over the symmetrised reliability bins."""
+    rows = reliability_bins(margin, num_bins=num_bins)
+    total = sum(row["count"] for row in rows)
+    return sum(row["count"] / total * abs(row["accuracy"] - row["confidence"]) for row in rows)
+
+
+def margin_report(margin: torch.Tensor, gold_margin: torch.Tensor | None = None) -> dict[str, float]:
+    """Accuracy (vs the labels, and vs the gold order where gold scores differ), NLL and ECE."""
+    report = {"accuracy": pairwise_accuracy(margin), "nll": bt_nll(margin), "ece": expected_calibration_error(margin)}
+    if gold_margin is not None:
+        decided = gold_margin != 0
+        if decided.any():
+            report["gold_accuracy"] = float(((margin[decided] > 0) == (gold_margin[decided] > 0)).float().mean())
+    return report
+
+
+def heads_report(mu_chosen: torch.Tensor, mu_rejected: torch.Tensor, sigma: torch.Tensor | None = None,
+                 gold_margin: torch.Tensor | None = None) -> dict:
+    """Per-head and head-mean reports for a k-head reward model; mu_* (N, k), sigma (2N, k) or None.
+
+    `head_disagreement` is the mean over responses of the std of mu across heads (0 when k = 1).
+    """
+    margins = mu_chosen - mu_rejected
+    report = {f"head_{i}": margin_report(margins[:, i], gold_margin) for i in range(margins.shape[1])}
+    report["ensemble_mean"] = margin_report(margins.mean(dim=1), gold_margin)
+    mu_all = torch.cat([mu_chosen, mu_rejected])
+    report["head_disagreement"] = float(mu_all.std(dim=1, unbiased=False).mean())
+    if sigma is not None:
+        report["mean_sigma"] = float(sigma.mean())
+    return report

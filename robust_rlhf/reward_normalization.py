@@ -1,0 +1,66 @@
+"""Reward normalisation for PPO, applied the same way to every method so that methods differ only in
+their reward model and aggregation (issue 3). Torch only.
+
+`reference`: a fixed affine map from the initial policy's rewards on the PPO prompts,
+    r' = (r - mean_ref) / std_ref, computed once before training (does not drift with the policy).
+`running`: r' = (r - mean_t) / std_t with the running moments of every reward seen so far
+    (Welford / Chan et al. parallel update), as TRL and OpenRLHF do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def normalize_rewards(reward: torch.Tensor, mean: float, std: float, *, eps: float = 1e-8) -> torch.Tensor:
+    """(r - mean) / (std + eps). reward: (B,) -> (B,)."""
+    return (reward - mean) / (std + eps)
+
+
+@dataclass
+class RunningMoments:
+    """Running mean and population variance of a stream of batches (Chan et al. 1979 merge)."""
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0  # sum of squared deviations from the mean
+
+    def update(self, values: torch.Tensor) -> None:
+        """Merge a batch (any shape) into the moments."""
+        values = values.detach().double().flatten()
+        batch_count = values.numel()
+        if batch_count == 0:
+            return
+        batch_mean = float(values.mean())
+        batch_m2 = float(((values - batch_mean) ** 2).sum())
+        total = self.count + batch_count
+        delta = batch_mean - self.mean
+        self.mean += delta * batch_count / total
+        self.m2 += batch_m2 + delta**2 * self.count * batch_count / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation; 1.0 before any data so normalising is then a no-op scale."""
+        return (self.m2 / self.count) ** 0.5 if self.count > 1 else 1.0
+
+
+class RewardNormalizer:
+    """Applies the configured normalisation (`reference`, `running` or `none`) to each reward batch."""
+
+    def __init__(self, mode: str, *, reference_mean: float = 0.0, reference_std: float = 1.0) -> None:
+        if mode not in ("reference", "running", "none"):
+            raise ValueError(f"unknown reward normalisation {mode!r}")
+        self.mode = mode
+        self.reference_mean, self.reference_std = reference_mean, reference_std
+        self.moments = RunningMoments()
+
+    def __call__(self, reward: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return reward
+        if self.mode == "running":
+            self.moments.update(reward)
+            return normalize_rewards(reward, self.moments.mean, self.moments.std)
+        return normalize_rewards(reward, self.reference_mean, self.reference_std)
