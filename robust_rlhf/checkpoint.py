@@ -21,7 +21,8 @@ def checkpoint_name(step: int) -> str:
 def save_policy_checkpoint(model, tokenizer, state_dict: dict[str, torch.Tensor], run_dir: Path, step: int) -> None:
     """Write the policy after `step` steps into run_dir/step_NNNNN and add it to the manifest."""
     folder = run_dir / checkpoint_name(step)
-    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+    # A shallow copy: transformers' save_pretrained pops the keys of the dict it is given.
+    model.save_pretrained(folder, state_dict=dict(state_dict), safe_serialization=True)
     tokenizer.save_pretrained(folder)
     steps = [entry["step"] for entry in read_checkpoints(run_dir)] if (run_dir / MANIFEST).exists() else []
     steps = sorted(set(steps) | {step})

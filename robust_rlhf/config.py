@@ -216,5 +216,8 @@ def load_params(path: str | Path) -> Params:
         for item in error.errors():
             key = ".".join(str(part) for part in item["loc"])
             message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-            problems.append(f"  {key}: {message} (got {item.get('input')!r})")
+            if key:
+                problems.append(f"  {key}: {message} (got {item.get('input')!r})")
+            else:  # a check across sections: its message names the keys itself
+                problems.append(f"  {message.removeprefix('Value error, ')}")
         raise ParamsError(f"{path}: invalid params\n" + "\n".join(problems)) from None

@@ -54,7 +54,9 @@ def margin_report(margin: torch.Tensor, gold_margin: torch.Tensor | None = None)
     if gold_margin is not None:
         decided = gold_margin != 0
         if decided.any():
-            report["gold_accuracy"] = float(((margin[decided] > 0) == (gold_margin[decided] > 0)).float().mean())
+            # sign, not `> 0`: a model tie must not count as agreeing when gold prefers the rejected one.
+            agree = torch.sign(margin[decided]) == torch.sign(gold_margin[decided])
+            report["gold_accuracy"] = float(agree.float().mean())
     return report
 
 
