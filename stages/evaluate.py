@@ -9,10 +9,11 @@ scored response to --samples.
 from __future__ import annotations
 
 import gc
+import logging
 from pathlib import Path
 
 from robust_rlhf.atomic import atomic_directory, atomic_write_jsonl, read_jsonl
-from robust_rlhf.checkpoint import read_checkpoints
+from robust_rlhf.checkpoint import MANIFEST, read_checkpoints
 from robust_rlhf.config import Params
 from robust_rlhf.distributed import deepspeed_config, init_distributed, initialize_engine
 from robust_rlhf.evaluation import evaluate_policy
@@ -20,6 +21,8 @@ from robust_rlhf.metrics import write_csv, write_metrics
 from robust_rlhf.models import load_causal_lm, load_tokenizer
 from robust_rlhf.reward_scoring import load_reward_models
 from robust_rlhf.stage_cli import stage_main
+
+logger = logging.getLogger(__name__)
 
 
 def run(params: Params, *, data: Path, policy_init: Path, policies: Path, reward: Path, ensemble: Path,
@@ -46,7 +49,11 @@ def run(params: Params, *, data: Path, policy_init: Path, policies: Path, reward
     all_samples = [{"method": "initial", "step": 0, **row} for row in initial["samples"]]
     curve_rows: dict[str, list[dict]] = {}
     final_rows: dict[str, dict] = {}
-    for method in params.methods:
+    # A flow run may train a subset of the methods (`--methods`): evaluate those, and say which not.
+    not_run = [method for method in params.methods if not (policies / method / MANIFEST).exists()]
+    for method in not_run:
+        logger.warning("method %s has no PPO checkpoints under %s: not evaluated", method, policies / method)
+    for method in (m for m in params.methods if m not in not_run):
         curve_rows[method] = [_curve_point(0, initial["metrics"], method)]
         for checkpoint in read_checkpoints(policies / method):
             policy = frozen(load_causal_lm(policies / method / checkpoint["path"], trust_remote_code=remote))
@@ -70,8 +77,10 @@ def run(params: Params, *, data: Path, policy_init: Path, policies: Path, reward
         for method, rows in curve_rows.items():
             write_csv(curves_tmp / f"{method}.csv", rows)
     atomic_write_jsonl(samples, all_samples)
-    return {"initial": {key: value for key, value in initial["metrics"].items()},
-            "best_gold_method": max(final_rows, key=lambda m: final_rows[m]["gold"])}
+    if not final_rows:
+        raise FileNotFoundError(f"no method under {policies} has PPO checkpoints; run the ppo stages first")
+    return {"initial": initial["metrics"], "best_gold_method": max(final_rows, key=lambda m: final_rows[m]["gold"]),
+            "methods_not_run": not_run}
 
 
 def _curve_point(step: int, metrics: dict, method: str) -> dict:

@@ -4,6 +4,7 @@ stages' CLIs (in subprocesses, as DVC runs them) that the per-stage tests inspec
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,22 @@ def tiny_params(**overrides) -> dict:
 def write_params(path: Path, params: dict) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
+
+
+def copy_repo(destination: Path) -> Path:
+    """Copy the files git knows (tracked and untracked-not-ignored) into a new git repo with one commit:
+    `dvc repro` rewrites dvc.lock, metrics and plots, so end-to-end tests never run in the checkout."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    for command in (["git", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(command, cwd=destination, check=True, capture_output=True)
+    return destination
 
 
 def run_stage(stage: str, params: Path, **paths: Path) -> subprocess.CompletedProcess:

@@ -2,14 +2,13 @@
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from flows.pipeline import dvc_executable
+from tests.conftest import copy_repo
 
 from tests.conftest import tiny_params
 
@@ -17,25 +16,9 @@ PPO_STAGES = tuple(f"ppo@{method}" for method in tiny_params()["methods"])
 STAGES = ("prepare", "train_reward", *PPO_STAGES, "evaluate")
 
 
-def copy_repo(destination: Path) -> Path:
-    """Copy the files git knows (tracked and untracked-not-ignored) and commit them in a new git repo."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        subprocess.run(command, cwd=destination, check=True, capture_output=True)
-    return destination
-
-
 def dvc(repo: Path, *args: str) -> str:
-    executable = shutil.which("dvc") or str(Path(sys.executable).parent / "dvc")
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    result = subprocess.run([executable, *args], cwd=repo, capture_output=True, text=True, env=env, timeout=900)
+    result = subprocess.run([dvc_executable(), *args], cwd=repo, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result.stdout
 

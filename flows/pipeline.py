@@ -1,0 +1,165 @@
+"""The DVC pipeline as a Prefect flow: one task run per DVC stage, in dependency order.
+
+    python -m flows.pipeline [--repo .] [--methods brme,single]
+
+Each task runs `dvc repro -s <stage>` in a subprocess, so DVC alone decides what is up to date (no
+second cache that could go stale), streams the stage's output into the Prefect log, and publishes
+the stage's metrics as a table artifact. Without PREFECT_API_URL, Prefect starts an ephemeral
+server for the run; with it set (e.g. http://127.0.0.1:4200/api after `prefect server start`), the
+run shows in that server's UI. Flows only orchestrate: no training logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from collections import deque
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
+
+from robust_rlhf.config import load_params
+
+PARAMS_ERROR_EXIT_CODE = 2  # what a stage exits with when params.yaml is invalid (stage_cli.py)
+
+
+class StageFailed(RuntimeError):
+    """`dvc repro -s <stage>` failed; `stage_exit_code` is the stage command's own exit code, if known."""
+
+    def __init__(self, stage: str, stage_exit_code: int | None, tail: str) -> None:
+        super().__init__(f"stage {stage} failed (stage exit code {stage_exit_code}):\n{tail}")
+        self.stage, self.stage_exit_code = stage, stage_exit_code
+
+
+def dvc_executable() -> str:
+    """The `dvc` beside this Python (the venv's), else the one on PATH."""
+    beside = Path(sys.executable).parent / "dvc"
+    return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
+
+
+def pipeline_stages(repo: Path, methods: list[str] | None = None) -> list[str]:
+    """Stage names in run order: prepare, train_reward, ppo@<method> for each method, evaluate."""
+    params = load_params(repo / "params.yaml")
+    chosen = list(params.methods) if methods is None else methods
+    unknown = sorted(set(chosen) - set(params.methods))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; params.yaml has {sorted(params.methods)}")
+    return ["prepare", "train_reward", *(f"ppo@{method}" for method in chosen), "evaluate"]
+
+
+def stage_metrics_paths(repo: Path, stage: str) -> list[str]:
+    """The metrics files `dvc.yaml` declares for `stage`, with a foreach entry's ${key} resolved."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    group, _, key = stage.partition("@")
+    definition = stages[group]["do"] if key else stages[group]
+    paths = []
+    for entry in definition.get("metrics", []):
+        path = next(iter(entry)) if isinstance(entry, dict) else entry
+        paths.append(path.replace("${key}", key))
+    return paths
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, object]:
+    """{'a': {'b': 1}} -> {'a/b': 1}."""
+    flat: dict[str, object] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_stage_metrics(repo: Path, stage: str) -> dict[str, object]:
+    """Every metric the stage wrote, flattened; a metrics folder contributes one prefix per file."""
+    import json
+
+    metrics: dict[str, object] = {}
+    for relative in stage_metrics_paths(repo, stage):
+        path = repo / relative
+        files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        for file in files:
+            prefix = f"{file.stem}/" if path.is_dir() else ""
+            metrics.update(flatten(json.loads(file.read_text()), prefix))
+    return metrics
+
+
+def _retry_unless_bad_params(task, task_run, state) -> bool:
+    """Retry transient failures; a stage that rejected params.yaml fails the same way every time."""
+    error = state.result(raise_on_failure=False)
+    return not (isinstance(error, StageFailed) and error.stage_exit_code == PARAMS_ERROR_EXIT_CODE)
+
+
+@task(task_run_name="{stage}", retries=2, retry_delay_seconds=[10, 30], retry_condition_fn=_retry_unless_bad_params,
+      cache_policy=NO_CACHE)
+def run_stage(stage: str, repo: str) -> dict:
+    """`dvc repro -s <stage>` in `repo`, its output streamed to the run log. Returns
+    {"stage", "skipped" (DVC found it up to date), "metrics"}; raises StageFailed on failure."""
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # called as run_stage.fn(...) outside a flow, e.g. in tests
+        logger = logging.getLogger(__name__)
+    command = [dvc_executable(), "repro", "-s", stage]
+    logger.info("running %s", " ".join(command))
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as process:
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                tail.append(line)
+                logger.info(line)
+    output = "\n".join(tail)
+    if process.returncode != 0:
+        exited = re.search(r"exited with (-?\d+)", output)
+        raise StageFailed(stage, int(exited.group(1)) if exited else None, output)
+    skipped = f"Stage '{stage}' didn't change, skipping" in output or f"Stage '{stage}' is cached" in output
+    metrics = read_stage_metrics(Path(repo), stage)
+    create_table_artifact(
+        key=re.sub(r"[^a-z0-9-]", "-", f"{stage}-metrics".lower()),
+        table=[{"metric": name, "value": value} for name, value in metrics.items()],
+        description=f"Metrics of DVC stage `{stage}`" + (" (up to date, not re-run)" if skipped else ""),
+    )
+    return {"stage": stage, "skipped": skipped, "metrics": metrics}
+
+
+def _flow_run_name() -> str:
+    return f"robust-rlhf-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+@flow(name="robust-rlhf-pipeline", flow_run_name=_flow_run_name)
+def pipeline(repo: str = ".", methods: list[str] | None = None) -> dict[str, dict]:
+    """prepare -> train_reward -> ppo@<method>... -> evaluate, one task each, each after the last.
+
+    params.yaml is validated first, so a bad value fails the flow at once, before any stage runs.
+    """
+    stages = pipeline_stages(Path(repo), methods)
+    results = {}
+    for stage in stages:
+        results[stage] = run_stage(stage, repo)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", default=".", help="the repository holding dvc.yaml and params.yaml")
+    parser.add_argument("--methods", default=None, help="comma-separated subset of params.yaml's methods")
+    args = parser.parse_args(argv)
+    methods = args.methods.split(",") if args.methods else None
+    results = pipeline(repo=str(Path(args.repo).resolve()), methods=methods)
+    for stage, result in results.items():
+        print(f"{stage}: {'up to date' if result['skipped'] else 'ran'}")
+
+
+if __name__ == "__main__":
+    main()
