@@ -41,7 +41,6 @@ class PrepareParams(_Section):
     task: Literal["synthetic_gold"] = Field(
         "synthetic_gold", description="Data source; the built-in offline task of DESIGN.md §4."
     )
-    gold: Literal["lexicon"] = Field("lexicon", description="Gold scorer that stands in for humans.")
     num_train_pairs: int = Field(ge=2, description="Preference pairs in the train split.")
     num_val_pairs: int = Field(ge=2, description="Preference pairs in the val split.")
     num_test_pairs: int = Field(ge=2, description="Preference pairs in the test split.")
@@ -57,6 +56,17 @@ class PrepareParams(_Section):
     max_new_tokens: int = Field(ge=1, description="Length of the sampled responses.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the initial policy.")
     batch_size: int = Field(8, ge=1, description="Generation batch size.")
+
+
+class GoldParams(_Section):
+    """The gold scorer that stands in for human raters (robust_rlhf/gold.py documents each)."""
+
+    name: Literal["lexicon", "composite"] = Field(
+        description="lexicon: word-list sentiment - repetition (no model); composite: VADER sentiment + "
+        "fluency under the initial policy - bigram repetition.")
+    fluency_weight: float = Field(0.5, ge=0, description="composite: weight of the fluency facet.")
+    fluency_scale: float = Field(5.0, gt=0, description="composite: fluency = clamp(mean logprob / scale + 1, -1, 1).")
+    repetition_weight: float = Field(1.0, ge=0, description="composite: weight of the bigram-repetition penalty.")
 
 
 class Stage1Params(_Section):
@@ -178,6 +188,7 @@ class Params(_Section):
     profile: str = Field(description="Name of this parameter set, shown in reports (e.g. `tiny`).")
     seed: int = Field(0, ge=0)
     models: ModelsParams
+    gold: GoldParams
     methods: dict[str, MethodParams] = Field(
         min_length=1, description="The methods compared, by name; `dvc.yaml` runs one PPO stage per entry.")
     deepspeed: DeepSpeedParams = DeepSpeedParams()

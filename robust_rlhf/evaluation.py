@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from robust_rlhf.config import MethodParams, PPOParams
 from robust_rlhf.generation import decode, encode_prompts, forward_response, sample_responses
-from robust_rlhf.gold import gold_scores
+from robust_rlhf.gold import GoldScorer
 from robust_rlhf.kl import kl_k1, kl_k2
 from robust_rlhf.reward_scoring import RewardModels, method_rewards
 
@@ -18,7 +18,7 @@ from robust_rlhf.reward_scoring import RewardModels, method_rewards
 @torch.inference_mode()
 def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, prompts: list[str], *,
                     methods: dict[str, MethodParams], samples_per_prompt: int, max_new_tokens: int,
-                    temperature: float, batch_size: int, max_prompt_tokens: int, gold: str, ppo_config: PPOParams,
+                    temperature: float, batch_size: int, max_prompt_tokens: int, gold: GoldScorer, ppo_config: PPOParams,
                     seed: int, desc: str) -> dict:
     """Sample `samples_per_prompt` responses per prompt and score them. Returns means and the samples.
 
@@ -42,7 +42,7 @@ def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, p
         log_ratios.append((kl_k1(logprobs, ref_logprobs) * response_mask).sum(dim=1).cpu())
         responses += decode(tokenizer, response_ids, response_mask)
     log_ratio = torch.cat(log_ratios)
-    gold_reward = torch.tensor(gold_scores(gold, expanded, responses))
+    gold_reward = torch.tensor(gold(expanded, responses))
     scores = reward_models.score(expanded, responses, batch_size=batch_size)
     proxy = method_rewards(scores, methods, ppo_config)
     kl2 = float(kl_k2(log_ratio, torch.zeros_like(log_ratio)).mean())

@@ -1,10 +1,17 @@
 """Gold scorers: deterministic judges that stand in for human raters (DESIGN.md §4).
 
-`lexicon` (simple form, issue 2): it judges two facets of a response,
-  sentiment  = (#positive words - #negative words) / sqrt(#words)
-  repetition = 1 - #distinct words / #words
-  gold = sentiment - repetition, and -1 for an empty response.
-It is a fixed function of the text, independent of every proxy reward model.
+Both are fixed functions of (prompt, response), independent of every proxy reward model (nothing
+is trained on the preference labels), and judge more than one facet of a response, so that a proxy
+fitted to on-policy samples is under-specified off-distribution.
+
+`lexicon` (tiny profile; no model): sentiment = (#positive - #negative lexicon words) / sqrt(#words),
+    repetition = 1 - #distinct words / #words; gold = sentiment - repetition; -1 for an empty reply.
+`composite` (default profile): the task asks for a positive, fluent, non-repetitive reply:
+    gold = vader_compound(response)                                   in [-1, 1]
+         + fluency_weight * clamp(mean log p_init(response | prompt) / fluency_scale + 1, -1, 1)
+         - repetition_weight * (1 - #distinct word bigrams / #word bigrams)
+    with `EMPTY_RESPONSE_SCORE` for a reply with no words. VADER (Hutto & Gilbert 2014) is a
+    rule-based sentiment lexicon; fluency is the initial policy's own per-token log-likelihood.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import math
 import re
 from typing import Callable
+
+import torch
 
 from robust_rlhf.task import NEGATIVE_WORDS, POSITIVE_WORDS
 
@@ -32,12 +41,69 @@ def lexicon_gold_score(prompt: str, response: str) -> float:
     return sentiment - repetition
 
 
-GOLD_SCORERS: dict[str, Callable[[str, str], float]] = {"lexicon": lexicon_gold_score}
+def bigram_repetition(text: str) -> float:
+    """1 - distinct word bigrams / word bigrams; 0 for fewer than two words."""
+    words = _WORD.findall(text.lower())
+    bigrams = list(zip(words, words[1:]))
+    return 1.0 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
 
 
-def gold_scores(name: str, prompts: list[str], responses: list[str]) -> list[float]:
-    """Score each (prompt, response) with the gold scorer `name`."""
-    if name not in GOLD_SCORERS:
-        raise ValueError(f"unknown gold scorer {name!r}; known: {sorted(GOLD_SCORERS)}")
-    scorer = GOLD_SCORERS[name]
-    return [scorer(prompt, response) for prompt, response in zip(prompts, responses, strict=True)]
+def fluency_facet(mean_logprob: float, *, scale: float) -> float:
+    """Map a mean per-token log-likelihood to [-1, 1]: clamp(mean_logprob / scale + 1, -1, 1)."""
+    return max(-1.0, min(1.0, mean_logprob / scale + 1.0))
+
+
+class GoldScorer:
+    """Scores (prompt, response) pairs with the gold named in params (`gold:` section).
+
+    The composite gold needs the initial policy and its tokenizer for the fluency facet.
+    """
+
+    def __init__(self, config, *, reference_model=None, tokenizer=None, max_prompt_tokens: int = 64,
+                 batch_size: int = 8) -> None:
+        self.config = config
+        self.reference_model, self.tokenizer = reference_model, tokenizer
+        self.max_prompt_tokens, self.batch_size = max_prompt_tokens, batch_size
+        if config.name == "composite":
+            if reference_model is None or tokenizer is None:
+                raise ValueError("the composite gold needs the initial policy and its tokenizer (fluency facet)")
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+            self._vader = SentimentIntensityAnalyzer()
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if self.config.name == "lexicon":
+            return [lexicon_gold_score(p, r) for p, r in zip(prompts, responses)]
+        fluency = self._mean_logprobs(prompts, responses)
+        scores = []
+        for response, mean_logprob in zip(responses, fluency):
+            if not _WORD.search(response.lower()):
+                scores.append(EMPTY_RESPONSE_SCORE - self.config.fluency_weight)
+                continue
+            scores.append(self._vader.polarity_scores(response)["compound"]
+                          + self.config.fluency_weight * fluency_facet(mean_logprob, scale=self.config.fluency_scale)
+                          - self.config.repetition_weight * bigram_repetition(response))
+        return scores
+
+    @torch.inference_mode()
+    def _mean_logprobs(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """Mean per-token log p_init(response | prompt), re-tokenising the response text."""
+        from robust_rlhf.generation import encode_prompts, forward_response
+
+        device = next(self.reference_model.parameters()).device
+        means: list[float] = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch_prompts, batch_responses = prompts[start:start + self.batch_size], responses[start:start + self.batch_size]
+            query_ids, query_mask = encode_prompts(self.tokenizer, batch_prompts, max_prompt_tokens=self.max_prompt_tokens)
+            self.tokenizer.padding_side = "right"
+            encoded = self.tokenizer([r + (self.tokenizer.eos_token or "") for r in batch_responses],
+                                     return_tensors="pt", padding=True, add_special_tokens=False)
+            self.tokenizer.padding_side = "left"
+            logprobs, _ = forward_response(self.reference_model, query_ids.to(device), query_mask.to(device),
+                                           encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
+            mask = encoded["attention_mask"].to(device).float()
+            means += ((logprobs * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)).tolist()
+        return means
+

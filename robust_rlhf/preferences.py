@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from robust_rlhf.generation import decode, encode_prompts, sample_responses
-from robust_rlhf.gold import gold_scores
+from robust_rlhf.gold import GoldScorer
 
 
 def label_pair(gold_a: float, gold_b: float, *, mode: str, label_noise: float, rng: random.Random) -> tuple[bool, bool]:
@@ -30,7 +30,7 @@ def label_pair(gold_a: float, gold_b: float, *, mode: str, label_noise: float, r
 
 
 def sample_preference_pairs(
-    policy, tokenizer, prompts: list[str], *, gold: str, label_mode: str, label_noise: float, seed: int,
+    policy, tokenizer, prompts: list[str], *, gold: GoldScorer, label_mode: str, label_noise: float, seed: int,
     max_prompt_tokens: int, max_new_tokens: int, temperature: float, batch_size: int, desc: str,
 ) -> tuple[list[dict], list[dict]]:
     """Two sampled responses per prompt, gold-labelled. Returns (pairs, rejects).
@@ -50,8 +50,7 @@ def sample_preference_pairs(
                 policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
             texts.append(decode(tokenizer, response_ids, response_mask))
-        gold_a = gold_scores(gold, batch_prompts, texts[0])
-        gold_b = gold_scores(gold, batch_prompts, texts[1])
+        gold_a, gold_b = gold(batch_prompts, texts[0]), gold(batch_prompts, texts[1])
         for offset, prompt in enumerate(batch_prompts):
             row_number = start + offset
             a, b = texts[0][offset], texts[1][offset]

@@ -17,6 +17,7 @@ from robust_rlhf.checkpoint import MANIFEST, read_checkpoints
 from robust_rlhf.config import Params
 from robust_rlhf.distributed import deepspeed_config, init_distributed, initialize_engine
 from robust_rlhf.evaluation import evaluate_policy
+from robust_rlhf.gold import GoldScorer
 from robust_rlhf.metrics import write_csv, write_metrics
 from robust_rlhf.models import load_causal_lm, load_tokenizer
 from robust_rlhf.reward_scoring import load_reward_models
@@ -36,13 +37,15 @@ def run(params: Params, *, data: Path, policy_init: Path, policies: Path, reward
     ref_model = frozen(load_causal_lm(policy_init, trust_remote_code=remote))
     reward_models = load_reward_models(reward, ensemble, trust_remote_code=remote, prepare=frozen)
     prompts = [row["prompt"] for row in read_jsonl(data / "eval_prompts.jsonl")]
+    gold = GoldScorer(params.gold, reference_model=ref_model, tokenizer=tokenizer,
+                      max_prompt_tokens=params.prepare.max_prompt_tokens, batch_size=config.batch_size)
 
     def evaluate(policy, desc: str) -> dict:
         # The same seed for every policy: methods are compared on the same prompts and sampling noise.
         return evaluate_policy(policy, ref_model, tokenizer, reward_models, prompts, methods=params.methods,
                                samples_per_prompt=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
                                temperature=config.temperature, batch_size=config.batch_size,
-                               max_prompt_tokens=params.prepare.max_prompt_tokens, gold=params.prepare.gold,
+                               max_prompt_tokens=params.prepare.max_prompt_tokens, gold=gold,
                                ppo_config=params.ppo, seed=params.seed, desc=desc)
 
     initial = evaluate(ref_model, "evaluate initial policy")

@@ -12,6 +12,7 @@ from pathlib import Path
 from robust_rlhf.atomic import atomic_directory, atomic_write_jsonl
 from robust_rlhf.config import Params
 from robust_rlhf.distributed import deepspeed_config, init_distributed, initialize_engine
+from robust_rlhf.gold import GoldScorer
 from robust_rlhf.models import load_causal_lm, load_tokenizer, materialise_policy
 from robust_rlhf.preferences import preference_stats, reject_counts, sample_preference_pairs
 from robust_rlhf.stage_cli import stage_main
@@ -32,6 +33,8 @@ def run(params: Params, *, data: Path, policy: Path) -> dict:
         deepspeed_config(deepspeed=params.deepspeed, micro_batch_size=config.batch_size,
                          gradient_accumulation_steps=1, world_size=world_size, learning_rate=None),
     )
+    gold = GoldScorer(params.gold, reference_model=engine.module, tokenizer=tokenizer,
+                      max_prompt_tokens=config.max_prompt_tokens, batch_size=config.batch_size)
     prompt_sets = split_prompts(params.seed, {
         "train": config.num_train_pairs, "val": config.num_val_pairs, "test": config.num_test_pairs,
         "ppo": config.num_ppo_prompts, "eval": config.num_eval_prompts,
@@ -41,7 +44,7 @@ def run(params: Params, *, data: Path, policy: Path) -> dict:
     with atomic_directory(data) as data_tmp:
         for index, split in enumerate(SPLITS):
             pairs, rejects = sample_preference_pairs(
-                engine.module, tokenizer, prompt_sets[split], gold=config.gold, label_mode=config.label_mode,
+                engine.module, tokenizer, prompt_sets[split], gold=gold, label_mode=config.label_mode,
                 label_noise=config.label_noise, seed=params.seed * 1000 + index,
                 max_prompt_tokens=config.max_prompt_tokens, max_new_tokens=config.max_new_tokens,
                 temperature=config.temperature, batch_size=config.batch_size, desc=f"sample {split} pairs",

@@ -4,9 +4,11 @@ from robust_rlhf.config import ParamsError, load_params
 from tests.conftest import REPO, run_stage, tiny_params, write_params
 
 
-def test_repo_params_validate():
-    params = load_params(REPO / "params.yaml")
-    assert params.profile == "tiny" and 0.0 <= params.ppo.robust.lam <= 1.0
+@pytest.mark.parametrize("path", [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))],
+                         ids=lambda path: path.name)
+def test_shipped_params_validate(path):
+    params = load_params(path)
+    assert 0.0 <= params.ppo.robust.lam <= 1.0
 
 
 def test_unknown_key_is_named(tmp_path):

@@ -3,7 +3,8 @@ import random
 
 import pytest
 
-from robust_rlhf.gold import EMPTY_RESPONSE_SCORE, gold_scores, lexicon_gold_score
+from robust_rlhf.config import GoldParams
+from robust_rlhf.gold import EMPTY_RESPONSE_SCORE, GoldScorer, bigram_repetition, fluency_facet, lexicon_gold_score
 from robust_rlhf.preferences import label_pair, preference_stats
 from robust_rlhf.task import all_prompts, split_prompts
 
@@ -32,9 +33,38 @@ def test_lexicon_gold_hand_values():
     assert lexicon_gold_score("p", "  ...  ") == EMPTY_RESPONSE_SCORE
 
 
-def test_gold_scores_rejects_unknown_scorer():
-    with pytest.raises(ValueError, match="unknown gold scorer"):
-        gold_scores("vibes", ["p"], ["r"])
+def test_unknown_gold_is_refused_by_params():
+    with pytest.raises(ValueError, match="name"):
+        GoldParams(name="vibes")
+
+
+def test_lexicon_scorer_scores_each_pair():
+    gold = GoldScorer(GoldParams(name="lexicon"))
+    assert gold(["p", "q"], ["great fun", "awful"]) == [lexicon_gold_score("p", "great fun"), lexicon_gold_score("q", "awful")]
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        gold(["p", "q"], ["x"])
+
+
+def test_composite_facets_hand_values():
+    # "a b a b": bigrams ab, ba, ab -> 2 distinct of 3 -> repetition 1/3
+    assert bigram_repetition("a b a b") == pytest.approx(1 / 3)
+    assert bigram_repetition("one") == 0.0
+    # mean log p -2.5 at scale 5: -2.5/5 + 1 = 0.5; -20 clamps to -1; +1 clamps to 1
+    assert fluency_facet(-2.5, scale=5.0) == 0.5
+    assert fluency_facet(-20.0, scale=5.0) == -1.0 and fluency_facet(1.0, scale=5.0) == 1.0
+
+
+def test_composite_gold_prefers_positive_fluent_text(tiny_policy, tiny_tokenizer):
+    gold = GoldScorer(GoldParams(name="composite"), reference_model=tiny_policy, tokenizer=tiny_tokenizer)
+    positive, negative, empty = gold(["Review the park."] * 3, ["A lovely calm park.", "A dirty awful park.", "..."])
+    # Same length and structure: the VADER facet decides, fluency under a random model differs little.
+    assert positive > negative
+    assert empty < negative
+
+
+def test_composite_gold_needs_the_initial_policy():
+    with pytest.raises(ValueError, match="initial policy"):
+        GoldScorer(GoldParams(name="composite"))
 
 
 def test_label_pair_argmax_flip_rate():
