@@ -17,10 +17,13 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+TINY_PROFILE = REPO / "profiles" / "tiny.yaml"
+
+
 def tiny_params(**overrides) -> dict:
-    """The repo's params.yaml (the `tiny` profile) with dotted-key overrides, e.g. {"ppo.steps": 2}."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert params["profile"] == "tiny", "tests expect params.yaml to be the tiny profile"
+    """The `tiny` profile (profiles/tiny.yaml) with dotted-key overrides, e.g. {"ppo.steps": 2}."""
+    params = yaml.safe_load(TINY_PROFILE.read_text())
+    assert params["profile"] == "tiny"
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         node = params
@@ -36,8 +39,9 @@ def write_params(path: Path, params: dict) -> Path:
 
 
 def copy_repo(destination: Path) -> Path:
-    """Copy the files git knows (tracked and untracked-not-ignored) into a new git repo with one commit:
-    `dvc repro` rewrites dvc.lock, metrics and plots, so end-to-end tests never run in the checkout."""
+    """Copy the files git knows (tracked and untracked-not-ignored) into a new git repo with one commit,
+    with the tiny profile as its params.yaml: `dvc repro` rewrites dvc.lock, metrics and plots, so
+    end-to-end tests never run in the checkout."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout.split("\0")
     for name in filter(None, listed):
@@ -45,6 +49,7 @@ def copy_repo(destination: Path) -> Path:
         if source.is_file():
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, destination / name)
+    shutil.copy2(TINY_PROFILE, destination / "params.yaml")
     for command in (["git", "init", "-q"], ["git", "add", "-A"],
                     ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         subprocess.run(command, cwd=destination, check=True, capture_output=True)
