@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export DS_ACCELERATOR ?= cpu
 export TOKENIZERS_PARALLELISM ?= false
+# DeepSpeed JIT-compiles its CPU comm op once (~50 s); keep it with this venv so two checkouts on one
+# machine do not rebuild it for each other in the shared ~/.cache/torch_extensions.
+export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
 .PHONY: setup run test
 setup: $(VENV)/.installed

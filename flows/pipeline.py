@@ -12,7 +12,9 @@ run shows in that server's UI. Flows only orchestrate: no training logic lives h
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -33,17 +35,28 @@ PARAMS_ERROR_EXIT_CODE = 2  # what a stage exits with when params.yaml is invali
 
 
 class StageFailed(RuntimeError):
-    """`dvc repro -s <stage>` failed; `stage_exit_code` is the stage command's own exit code, if known."""
+    """`dvc repro -s <stage>` failed; `stage_exit_code` is the stage command's own exit code, None when
+    DVC failed before or around it (a lock held, an unknown stage)."""
 
-    def __init__(self, stage: str, stage_exit_code: int | None, tail: str) -> None:
-        super().__init__(f"stage {stage} failed (stage exit code {stage_exit_code}):\n{tail}")
-        self.stage, self.stage_exit_code = stage, stage_exit_code
+    def __init__(self, stage: str, dvc_exit_code: int, stage_exit_code: int | None, tail: str) -> None:
+        super().__init__(f"stage {stage} failed: dvc repro exited with {dvc_exit_code}, the stage command "
+                         f"with {stage_exit_code}; last output lines:\n{tail}")
+        self.stage, self.dvc_exit_code, self.stage_exit_code = stage, dvc_exit_code, stage_exit_code
 
 
 def dvc_executable() -> str:
     """The `dvc` beside this Python (the venv's), else the one on PATH."""
     beside = Path(sys.executable).parent / "dvc"
     return str(beside) if beside.exists() else (shutil.which("dvc") or "dvc")
+
+
+def stage_environment() -> dict[str, str]:
+    """This process's environment with this Python's bin first on PATH, so the `python -m stages.x` in
+    dvc.yaml is the interpreter running the flow even when the venv is not activated; unbuffered, so
+    the stage's prints reach the log as they happen."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
+    return env
 
 
 def pipeline_stages(repo: Path, methods: list[str] | None = None) -> list[str]:
@@ -82,8 +95,6 @@ def flatten(metrics: dict, prefix: str = "") -> dict[str, object]:
 
 def read_stage_metrics(repo: Path, stage: str) -> dict[str, object]:
     """Every metric the stage wrote, flattened; a metrics folder contributes one prefix per file."""
-    import json
-
     metrics: dict[str, object] = {}
     for relative in stage_metrics_paths(repo, stage):
         path = repo / relative
@@ -112,18 +123,21 @@ def run_stage(stage: str, repo: str) -> dict:
     command = [dvc_executable(), "repro", "-s", stage]
     logger.info("running %s", " ".join(command))
     tail: deque[str] = deque(maxlen=40)
-    with subprocess.Popen(command, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          bufsize=1) as process:
+    skipped = False  # DVC found the stage up to date (or restored it from its run cache)
+    with subprocess.Popen(command, cwd=repo, env=stage_environment(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
         for line in process.stdout:
             line = line.rstrip()
             if line:
                 tail.append(line)
                 logger.info(line)
+                skipped |= line.startswith((f"Stage '{stage}' didn't change", f"Stage '{stage}' is cached"))
     output = "\n".join(tail)
     if process.returncode != 0:
-        exited = re.search(r"exited with (-?\d+)", output)
-        raise StageFailed(stage, int(exited.group(1)) if exited else None, output)
-    skipped = f"Stage '{stage}' didn't change, skipping" in output or f"Stage '{stage}' is cached" in output
+        # DVC reports "failed to reproduce '<stage>': failed to run: <cmd>, exited with <code>"; the
+        # last such line is DVC's, earlier ones could be the stage's own output.
+        exited = re.findall(r"exited with (-?\d+)", output)
+        raise StageFailed(stage, process.returncode, int(exited[-1]) if exited else None, output)
     metrics = read_stage_metrics(Path(repo), stage)
     create_table_artifact(
         key=re.sub(r"[^a-z0-9-]", "-", f"{stage}-metrics".lower()),

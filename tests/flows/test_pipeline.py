@@ -1,28 +1,37 @@
-"""The Prefect flow: task logic through `.fn()`, and whole flow runs under a test Prefect server."""
+"""The Prefect flow: task logic through `.fn()`, and real flow runs under a test Prefect server."""
 
+import json
 import math
+import os
 
 import pytest
 import yaml
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED,
+                              temporary_settings)
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.pipeline import StageFailed, _retry_unless_bad_params, flatten, pipeline, pipeline_stages, run_stage, \
-    stage_metrics_paths
+from flows.pipeline import StageFailed, flatten, pipeline, pipeline_stages, run_stage, stage_metrics_paths
 from tests.conftest import REPO, copy_repo, tiny_params
 
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
-    import os
-
+    """One test Prefect server (SQLite in a temp dir) for the module, with a throwaway PREFECT_HOME."""
     home = tmp_path_factory.mktemp("prefect_home")
+    # os.environ for the server subprocess; temporary_settings for this process, whose settings were
+    # read when prefect was imported. No heartbeat thread: it costs ~1 s per flow run.
     env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DS_ACCELERATOR": "cpu"}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        with prefect_test_harness(server_startup_timeout=120):
-            yield
+        with temporary_settings({PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False,
+                                 PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            with prefect_test_harness(server_startup_timeout=120):
+                yield
     finally:
         for key, value in saved.items():
             if value is None:
@@ -31,17 +40,25 @@ def prefect_server(tmp_path_factory):
                 os.environ[key] = value
 
 
-def test_stages_in_run_order():
+def with_params(repo, **overrides):
+    """Rewrite the copy's params.yaml with dotted-key overrides (see tests/conftest.py:tiny_params)."""
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(**overrides), sort_keys=False))
+    return repo
+
+
+def test_stages_in_run_order(tmp_path):
+    repo = copy_repo(tmp_path)  # its params.yaml is the tiny profile
     methods = list(tiny_params()["methods"])
-    assert pipeline_stages(REPO) == ["prepare", "train_reward", *(f"ppo@{m}" for m in methods), "evaluate"]
-    assert pipeline_stages(REPO, ["brme"]) == ["prepare", "train_reward", "ppo@brme", "evaluate"]
+    assert pipeline_stages(repo) == ["prepare", "train_reward", *(f"ppo@{m}" for m in methods), "evaluate"]
+    assert pipeline_stages(repo, ["brme"]) == ["prepare", "train_reward", "ppo@brme", "evaluate"]
     with pytest.raises(ValueError, match="unknown methods"):
-        pipeline_stages(REPO, ["nope"])
+        pipeline_stages(repo, ["nope"])
 
 
 def test_metrics_paths_resolve_foreach_entries():
     assert stage_metrics_paths(REPO, "ppo@brme") == ["metrics/ppo/brme.json"]
     assert stage_metrics_paths(REPO, "prepare") == ["metrics/prepare.json"]
+    assert stage_metrics_paths(REPO, "train_reward") == ["metrics/train_reward.json"]
     assert set(stage_metrics_paths(REPO, "evaluate")) == {"metrics/eval.json", "metrics/eval"}
 
 
@@ -49,50 +66,72 @@ def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a/b": 1, "a/c/d": 2, "e": 3}
 
 
-class _State:
-    def __init__(self, error):
-        self.error = error
-
-    def result(self, raise_on_failure=True):
-        return self.error
-
-
-def test_bad_params_are_not_retried_but_other_failures_are():
-    assert not _retry_unless_bad_params(None, None, _State(StageFailed("prepare", 2, "bad key")))
-    assert _retry_unless_bad_params(None, None, _State(StageFailed("prepare", 1, "killed")))
-    assert _retry_unless_bad_params(None, None, _State(OSError("disk")))
-
-
-def test_failing_stage_raises_with_its_exit_code(tmp_path, prefect_server):
-    repo = copy_repo(tmp_path)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["prepare"]["label_noise"] = 0.9  # out of range: the stage refuses it with exit code 2
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+def test_bad_params_fail_the_stage_naming_the_key(tmp_path):
+    # out of range: prepare refuses it before any work, with exit code 2
+    repo = with_params(copy_repo(tmp_path), **{"prepare.label_noise": 0.9})
     with pytest.raises(StageFailed, match="prepare.label_noise") as raised:
         run_stage.fn("prepare", str(repo))
-    assert raised.value.stage_exit_code == 2
+    assert isinstance(raised.value, RuntimeError)
+    assert "stage prepare failed" in str(raised.value)
+    assert raised.value.stage_exit_code == 2 and raised.value.dvc_exit_code != 0
+
+
+def test_retries_skip_bad_params_but_cover_other_failures(tmp_path, prefect_server):
+    """Prefect's own retry machinery: exit code 2 runs once, a DVC-level failure runs 1 + 2 retries."""
+    repo = with_params(copy_repo(tmp_path), **{"prepare.label_noise": 0.9})
+    fast = run_stage.with_options(retry_delay_seconds=0)
+
+    @flow
+    def attempts():
+        bad_params = fast("prepare", str(repo), return_state=True)
+        unknown_stage = fast("no_such_stage", str(repo), return_state=True)
+        return bad_params, unknown_stage
+
+    bad_params, unknown_stage = attempts()
+    with get_client(sync_client=True) as client:
+        run_counts = [client.read_task_run(state.state_details.task_run_id).run_count
+                      for state in (bad_params, unknown_stage)]
+    assert bad_params.is_failed() and unknown_stage.is_failed()
+    assert unknown_stage.result(raise_on_failure=False).stage_exit_code is None
+    assert run_counts == [1, 3]
 
 
 def test_flow_runs_every_stage_then_finds_them_up_to_date(tmp_path, prefect_server):
     repo = copy_repo(tmp_path)
-    first = pipeline(repo=str(repo), methods=["single", "brme"])
-    assert list(first) == ["prepare", "train_reward", "ppo@single", "ppo@brme", "evaluate"]
+    state = pipeline(repo=str(repo), methods=["single"], return_state=True)
+    assert state.is_completed()
+    first = state.result()
+    assert list(first) == ["prepare", "train_reward", "ppo@single", "evaluate"]
     assert not any(result["skipped"] for result in first.values())
-    assert math.isfinite(first["evaluate"]["metrics"]["brme/gold"])
-    assert first["ppo@brme"]["metrics"]["method"] == "brme"
-    # evaluate covers the methods this run trained and names the ones it did not.
-    assert {"single/gold", "brme/gold"} <= set(first["evaluate"]["metrics"])
-    not_run = [k for k in first["evaluate"]["metrics"] if k.startswith("methods_not_run")]
-    assert not_run == ["methods_not_run"]
-    assert first["evaluate"]["metrics"]["methods_not_run"] == [m for m in tiny_params()["methods"]
-                                                               if m not in ("single", "brme")]
-    second = pipeline(repo=str(repo), methods=["single", "brme"])
+    assert first["prepare"]["metrics"]["rows/train"] == tiny_params()["prepare"]["num_train_pairs"]
+    assert first["ppo@single"]["metrics"]["method"] == "single"
+    evaluated = first["evaluate"]["metrics"]
+    assert math.isfinite(evaluated["initial/gold"]) and math.isfinite(evaluated["single/gold"])
+    # evaluate covers the method this run trained and names the ones it did not.
+    assert evaluated["methods_not_run"] == [m for m in tiny_params()["methods"] if m != "single"]
+    # both of evaluate's declared metrics: the file's keys as they are, the folder's under each file's stem
+    per_method = json.loads((repo / "metrics/eval/single.json").read_text())
+    assert evaluated["single/gold"] == per_method["gold"] and evaluated["single/steps"] == per_method["steps"]
+    assert evaluated["initial/gold"] == json.loads((repo / "metrics/eval.json").read_text())["initial"]["gold"]
+
+    # one table artifact per stage, its rows the stage's flattened metrics
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    tables = {artifact.key: artifact.data for artifact in artifacts}
+    assert set(tables) == {"prepare-metrics", "train-reward-metrics", "ppo-single-metrics", "evaluate-metrics"}
+    rows = json.loads(tables["evaluate-metrics"]) if isinstance(tables["evaluate-metrics"], str) \
+        else tables["evaluate-metrics"]
+    assert {"metric": "single/gold", "value": evaluated["single/gold"]} in rows
+
+    second = pipeline(repo=str(repo), methods=["single"])
+    assert list(second) == list(first)
     assert all(result["skipped"] for result in second.values())
+    assert second["evaluate"]["metrics"] == first["evaluate"]["metrics"]
 
 
 def test_flow_refuses_bad_params_before_running_a_stage(tmp_path, prefect_server):
-    repo = copy_repo(tmp_path)
-    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace("lambda: 0.5", "lambda: 7"))
+    repo = with_params(copy_repo(tmp_path), **{"ppo.robust.lambda": 7})
     with pytest.raises(Exception, match="ppo.robust.lambda"):
         pipeline(repo=str(repo))
     assert not (repo / "data").exists()
