@@ -60,24 +60,28 @@ def stage_environment() -> dict[str, str]:
 
 
 def pipeline_stages(repo: Path, methods: list[str] | None = None) -> list[str]:
-    """Stage names in run order: prepare, train_reward, ppo@<method> for each method, evaluate."""
+    """Stage names in run order: prepare, train_reward, ppo@<method>-<seed> for each method and PPO
+    seed, evaluate, report."""
     params = load_params(repo / "params.yaml")
     chosen = list(params.methods) if methods is None else methods
     unknown = sorted(set(chosen) - set(params.methods))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; params.yaml has {sorted(params.methods)}")
-    return ["prepare", "train_reward", *(f"ppo@{method}" for method in chosen), "evaluate"]
+    return ["prepare", "train_reward", *(f"ppo@{method}-{seed}" for method in chosen for seed in params.ppo_seeds),
+            "evaluate", "report"]
 
 
 def stage_metrics_paths(repo: Path, stage: str) -> list[str]:
-    """The metrics files `dvc.yaml` declares for `stage`, with a foreach entry's ${key} resolved."""
+    """The metrics files `dvc.yaml` declares for `stage`; for a matrix entry `ppo@<method>-<seed>`,
+    with ${item.method} and ${item.seed} resolved."""
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     group, _, key = stage.partition("@")
-    definition = stages[group]["do"] if key else stages[group]
+    definition = stages[group]
+    method, _, seed = key.rpartition("-")
     paths = []
     for entry in definition.get("metrics", []):
         path = next(iter(entry)) if isinstance(entry, dict) else entry
-        paths.append(path.replace("${key}", key))
+        paths.append(path.replace("${item.method}", method).replace("${item.seed}", seed))
     return paths
 
 
@@ -153,7 +157,8 @@ def _flow_run_name() -> str:
 
 @flow(name="robust-rlhf-pipeline", flow_run_name=_flow_run_name)
 def pipeline(repo: str = ".", methods: list[str] | None = None) -> dict[str, dict]:
-    """prepare -> train_reward -> ppo@<method>... -> evaluate, one task each, each after the last.
+    """prepare -> train_reward -> ppo@<method>-<seed>... -> evaluate -> report, one task each, each
+    after the last.
 
     params.yaml is validated first, so a bad value fails the flow at once, before any stage runs.
     """

@@ -182,11 +182,22 @@ class EvaluateParams(_Section):
     max_new_tokens: int = Field(ge=1)
     temperature: float = Field(1.0, gt=0)
     batch_size: int = Field(8, ge=1)
+    best_of_n: int = Field(
+        8, ge=1, description="N of the best-of-n curves: samples per held-out prompt from the initial policy, "
+        "picked by each method's reward for n = 1..N.")
+
+
+def policy_run_name(method: str, seed: int) -> str:
+    """The name of one PPO run (its checkpoint folder, curve and metrics files): `<method>-seed<seed>`."""
+    return f"{method}-seed{seed}"
 
 
 class Params(_Section):
     profile: str = Field(description="Name of this parameter set, shown in reports (e.g. `tiny`).")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="Seed of the data, the reward models and evaluation sampling.")
+    ppo_seeds: list[int] = Field(
+        [0], min_length=1, description="One PPO run per method and seed (DVC stages ppo@<method>-<seed>); "
+        "the report shows the spread over seeds when there are several.")
     models: ModelsParams
     gold: GoldParams
     methods: dict[str, MethodParams] = Field(
@@ -199,6 +210,8 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _methods_are_runnable(self) -> "Params":
+        if len(set(self.ppo_seeds)) != len(self.ppo_seeds) or min(self.ppo_seeds) < 0:
+            raise ValueError(f"ppo_seeds: seeds must be distinct and >= 0 (got {self.ppo_seeds})")
         for name, method in self.methods.items():
             if not name.replace("_", "").isalnum():
                 raise ValueError(f"methods.{name}: a method name is letters, digits and _ (it names files)")

@@ -24,7 +24,9 @@ def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, p
 
     KL uses the sequence log-ratio L = log pi(y|x) - log pi_ref(y|x), y ~ pi:
     `kl_k1` = E[L] (the usual estimate), `kl_k2` = E[0.5 L^2] (Coste et al.'s curve x-axis, as sqrt).
-    `proxy` holds every method's (unnormalised) reward of the same samples.
+    `proxy` holds every method's (unnormalised) reward of the same samples. Besides the means
+    ("metrics") and the scored rows ("samples"), returns the per-sample "gold" tensor and "proxy"
+    tensors (prompt-major: sample j of prompt i is row i * samples_per_prompt + j).
     """
     torch.manual_seed(seed)
     device = next(policy.parameters()).device
@@ -47,6 +49,8 @@ def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, p
     proxy = method_rewards(scores, methods, ppo_config)
     kl2 = float(kl_k2(log_ratio, torch.zeros_like(log_ratio)).mean())
     return {
+        "gold": gold_reward,
+        "proxy": proxy,
         "metrics": {
             "gold": float(gold_reward.mean()),
             "gold_std": float(gold_reward.std(unbiased=False)),

@@ -140,7 +140,8 @@ def ppo_update(step: int, actor, critic, rollout: Rollout, config: PPOParams) ->
     critic.train()
     totals: dict[str, float] = {}
     batch_size = rollout.response_ids.shape[0]
-    generator = torch.Generator().manual_seed(step)
+    # Minibatch order is a function of the run's seed (torch.manual_seed at stage start) and the step.
+    generator = torch.Generator().manual_seed((torch.initial_seed() * 1_000_003 + step) % 2**63)
     for _ in range(config.ppo_epochs):
         for rows in torch.randperm(batch_size, generator=generator).split(config.micro_batch_size):
             mask = rollout.response_mask[rows]

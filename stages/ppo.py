@@ -1,5 +1,5 @@
-"""DVC stage `ppo@<method>`: PPO of the initial policy on one method's reward (PAPER.md §3; the
-methods are listed under `methods:` in params.yaml).
+"""DVC stage `ppo@<method>-<seed>`: PPO of the initial policy on one method's reward (PAPER.md §3; the
+methods are listed under `methods:` in params.yaml, the seeds under `ppo_seeds:`).
 
 Reads --policy-init, --reward, --ensemble, --data (ppo_prompts.jsonl). Writes policy checkpoints
 every `ppo.checkpoint_every` steps to --policy, per-step scalars (a DVC plot) to --steps and the
@@ -23,14 +23,19 @@ from robust_rlhf.models import load_backbone, load_causal_lm, load_tokenizer
 from robust_rlhf.ppo import ValueModel, ppo_step, reference_reward_moments
 from robust_rlhf.reward_normalization import RewardNormalizer
 from robust_rlhf.reward_scoring import load_reward_models
-from robust_rlhf.stage_cli import stage_main
+from robust_rlhf.stage_cli import seed_everything, stage_main
 
 
-def run(params: Params, *, method: str, data: Path, policy_init: Path, reward: Path, ensemble: Path, policy: Path,
-        steps: Path) -> dict:
+def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path, reward: Path, ensemble: Path,
+        policy: Path, steps: Path) -> dict:
     if method not in params.methods:
         raise ParamsError(f"--method {method!r} is not under `methods:` in params (known: {sorted(params.methods)})")
+    if seed not in params.ppo_seeds:
+        raise ParamsError(f"--seed {seed} is not in `ppo_seeds:` in params ({params.ppo_seeds})")
     config, remote, method_params = params.ppo, params.models.trust_remote_code, params.methods[method]
+    # The run's seed drives the critic's head init, sampling and minibatch order; data and reward
+    # models come from `seed`, shared by every run.
+    seed_everything(seed)
     world_size = init_distributed()
     train_config = lambda learning_rate: deepspeed_config(  # noqa: E731
         deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size, world_size=world_size,
@@ -56,7 +61,7 @@ def run(params: Params, *, method: str, data: Path, policy_init: Path, reward: P
     step_log = StepLog(steps)
     metrics: dict[str, float] = {}
     with atomic_directory(policy) as run_dir:
-        for step in tqdm(range(config.steps), desc=f"ppo@{method}", unit="step"):
+        for step in tqdm(range(config.steps), desc=f"ppo@{method}-{seed}", unit="step"):
             # Prompts cycle through the set in order, so a run is a pure function of params and seed.
             start = (step * config.rollout_batch_size) % len(prompts)
             batch_prompts = [prompts[(start + i) % len(prompts)] for i in range(config.rollout_batch_size)]
@@ -70,7 +75,7 @@ def run(params: Params, *, method: str, data: Path, policy_init: Path, reward: P
                 state = full_state_dict(actor)
                 if is_main_process():
                     save_policy_checkpoint(actor.module, tokenizer, state, run_dir, done)
-    return {"method": method, "reward_model": method_params.reward_model, "aggregation": method_params.aggregation,
+    return {"method": method, "seed": seed, "reward_model": method_params.reward_model, "aggregation": method_params.aggregation,
             "steps": config.steps, "reward_normalization": {"mode": config.reward_normalization,
                                                             "reference_mean": normalizer.reference_mean,
                                                             "reference_std": normalizer.reference_std},
@@ -80,6 +85,7 @@ def run(params: Params, *, method: str, data: Path, policy_init: Path, reward: P
 def main(argv: list[str] | None = None) -> None:
     def method_arg(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--method", required=True, help="a name under `methods:` in params.yaml")
+        parser.add_argument("--seed", required=True, type=int, help="this run's PPO seed (one of `ppo_seeds`)")
 
     stage_main("ppo", run, ["data", "policy_init", "reward", "ensemble", "policy", "steps"], argv,
                extra_args=method_arg)

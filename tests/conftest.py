@@ -72,15 +72,16 @@ def run_stage_ok(stage: str, params: Path, **paths: Path) -> subprocess.Complete
 
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> dict[str, Path]:
-    """Run prepare -> train_reward -> ppo@<every method> -> evaluate once on the tiny profile."""
+    """Run prepare -> train_reward -> ppo@<every method>-0 -> evaluate -> report once on the tiny profile."""
     root = tmp_path_factory.mktemp("pipeline")
     paths = {
         "params": write_params(root / "params.yaml", tiny_params()),
         "data": root / "data", "policy_init": root / "models/policy_init", "reward": root / "models/reward",
         "ensemble": root / "models/reward_ensemble", "policies": root / "models/policy",
         "reliability": root / "plots/reward_reliability", "steps": root / "plots/ppo",
-        "table": root / "metrics/eval", "curves": root / "plots/eval_curves",
+        "table": root / "metrics/eval", "curves": root / "plots/eval_curves", "best_of_n": root / "plots/best_of_n",
         "samples": root / "reports/eval_samples.jsonl", "metrics": root / "metrics",
+        "report": root / "reports/report.html",
     }
     metrics = paths["metrics"]
     run_stage_ok("prepare", paths["params"], data=paths["data"], policy=paths["policy_init"],
@@ -89,12 +90,19 @@ def pipeline_run(tmp_path_factory) -> dict[str, Path]:
                  reward=paths["reward"], ensemble=paths["ensemble"], reliability=paths["reliability"],
                  metrics=metrics / "train_reward.json")
     for method in tiny_params()["methods"]:
-        run_stage_ok("ppo", paths["params"], method=method, data=paths["data"], policy_init=paths["policy_init"],
-                     reward=paths["reward"], ensemble=paths["ensemble"], policy=paths["policies"] / method,
-                     steps=paths["steps"] / f"{method}.csv", metrics=metrics / "ppo" / f"{method}.json")
+        run = f"{method}-seed0"
+        run_stage_ok("ppo", paths["params"], method=method, seed="0", data=paths["data"],
+                     policy_init=paths["policy_init"], reward=paths["reward"], ensemble=paths["ensemble"],
+                     policy=paths["policies"] / run, steps=paths["steps"] / f"{run}.csv",
+                     metrics=metrics / "ppo" / f"{run}.json")
     run_stage_ok("evaluate", paths["params"], data=paths["data"], policy_init=paths["policy_init"],
                  policies=paths["policies"], reward=paths["reward"], ensemble=paths["ensemble"], table=paths["table"],
-                 curves=paths["curves"], samples=paths["samples"], metrics=metrics / "eval.json")
+                 curves=paths["curves"], best_of_n=paths["best_of_n"], samples=paths["samples"],
+                 metrics=metrics / "eval.json")
+    run_stage_ok("report", paths["params"], table=paths["table"], eval_metrics=metrics / "eval.json",
+                 curves=paths["curves"], best_of_n=paths["best_of_n"], reward_metrics=metrics / "train_reward.json",
+                 samples=paths["samples"], stage_metrics=metrics, report=paths["report"],
+                 metrics=metrics / "report.json")
     return paths
 
 

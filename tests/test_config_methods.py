@@ -132,3 +132,15 @@ def test_load_params_names_an_unknown_method_key(tmp_path):
     raw = tiny_params(**{"methods.brme": {"reward_model": "brme", "aggregation": "brme", "lamda": 0.5}})
     with pytest.raises(ParamsError, match=r"methods\.brme\.lamda: unknown key"):
         load_params(write_params(tmp_path / "p.yaml", raw))
+
+
+@pytest.mark.parametrize("seeds, message", [([0, 0], "distinct"), ([-1], "distinct and >= 0"), ([], "ppo_seeds")])
+def test_ppo_seeds_must_be_distinct_non_negative_and_present(tmp_path, seeds, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write_params(tmp_path / "params.yaml", tiny_params(ppo_seeds=seeds)))
+
+
+def test_policy_run_names_pair_method_and_seed():
+    from robust_rlhf.config import policy_run_name
+
+    assert policy_run_name("kl_dro", 3) == "kl_dro-seed3"

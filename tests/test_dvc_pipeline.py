@@ -12,8 +12,8 @@ from tests.conftest import copy_repo
 
 from tests.conftest import tiny_params
 
-PPO_STAGES = tuple(f"ppo@{method}" for method in tiny_params()["methods"])
-STAGES = ("prepare", "train_reward", *PPO_STAGES, "evaluate")
+PPO_STAGES = tuple(f"ppo@{method}-0" for method in tiny_params()["methods"])
+STAGES = ("prepare", "train_reward", *PPO_STAGES, "evaluate", "report")
 
 
 def dvc(repo: Path, *args: str) -> str:
@@ -39,6 +39,18 @@ def test_repro_runs_every_stage_and_writes_metrics(reproduced_repo):
         assert name in text
     table = dvc(reproduced_repo, "metrics", "show", "metrics/eval")
     assert len([line for line in table.splitlines() if line.startswith("metrics/eval/")]) == len(PPO_STAGES)
+    assert (reproduced_repo / "reports/report.html").stat().st_size > 10_000
+
+
+def test_ppo_seeds_add_one_run_per_method_and_seed(reproduced_repo):
+    params = reproduced_repo / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("ppo_seeds: [0]", "ppo_seeds: [0, 1]"))
+    try:
+        listed = dvc(reproduced_repo, "stage", "list", "--names-only").split()
+    finally:
+        params.write_text(original)
+    assert {f"ppo@{method}-{seed}" for method in tiny_params()["methods"] for seed in (0, 1)} <= set(listed)
 
 
 def test_second_repro_does_nothing(reproduced_repo):
@@ -56,6 +68,6 @@ def test_changing_lambda_reruns_exactly_the_ppo_runs_and_evaluate(reproduced_rep
     finally:
         params.write_text(original)
     # Every PPO run logs the brme reward (which lambda defines), so every ppo@ stage depends on it.
-    for stage in (*PPO_STAGES, "evaluate"):
+    for stage in (*PPO_STAGES, "evaluate", "report"):
         assert f"Running stage '{stage}'" in output
     assert "Running stage 'prepare'" not in output and "Running stage 'train_reward'" not in output

@@ -49,14 +49,19 @@ def with_params(repo, **overrides):
 def test_stages_in_run_order(tmp_path):
     repo = copy_repo(tmp_path)  # its params.yaml is the tiny profile
     methods = list(tiny_params()["methods"])
-    assert pipeline_stages(repo) == ["prepare", "train_reward", *(f"ppo@{m}" for m in methods), "evaluate"]
-    assert pipeline_stages(repo, ["brme"]) == ["prepare", "train_reward", "ppo@brme", "evaluate"]
+    assert pipeline_stages(repo) == ["prepare", "train_reward", *(f"ppo@{m}-0" for m in methods), "evaluate",
+                                     "report"]
+    assert pipeline_stages(repo, ["brme"]) == ["prepare", "train_reward", "ppo@brme-0", "evaluate", "report"]
+    with_params(repo, ppo_seeds=[3, 1])
+    assert pipeline_stages(repo, ["brme", "single"])[2:6] == ["ppo@brme-3", "ppo@brme-1", "ppo@single-3",
+                                                             "ppo@single-1"]
     with pytest.raises(ValueError, match="unknown methods"):
         pipeline_stages(repo, ["nope"])
 
 
-def test_metrics_paths_resolve_foreach_entries():
-    assert stage_metrics_paths(REPO, "ppo@brme") == ["metrics/ppo/brme.json"]
+def test_metrics_paths_resolve_matrix_entries():
+    assert stage_metrics_paths(REPO, "ppo@kl_dro-12") == ["metrics/ppo/kl_dro-seed12.json"]
+    assert stage_metrics_paths(REPO, "report") == ["metrics/report.json"]
     assert stage_metrics_paths(REPO, "prepare") == ["metrics/prepare.json"]
     assert stage_metrics_paths(REPO, "train_reward") == ["metrics/train_reward.json"]
     assert set(stage_metrics_paths(REPO, "evaluate")) == {"metrics/eval.json", "metrics/eval"}
@@ -101,14 +106,15 @@ def test_flow_runs_every_stage_then_finds_them_up_to_date(tmp_path, prefect_serv
     state = pipeline(repo=str(repo), methods=["single"], return_state=True)
     assert state.is_completed()
     first = state.result()
-    assert list(first) == ["prepare", "train_reward", "ppo@single", "evaluate"]
+    assert list(first) == ["prepare", "train_reward", "ppo@single-0", "evaluate", "report"]
     assert not any(result["skipped"] for result in first.values())
     assert first["prepare"]["metrics"]["rows/train"] == tiny_params()["prepare"]["num_train_pairs"]
-    assert first["ppo@single"]["metrics"]["method"] == "single"
+    assert first["ppo@single-0"]["metrics"]["method"] == "single"
     evaluated = first["evaluate"]["metrics"]
     assert math.isfinite(evaluated["initial/gold"]) and math.isfinite(evaluated["single/gold"])
     # evaluate covers the method this run trained and names the ones it did not.
-    assert evaluated["methods_not_run"] == [m for m in tiny_params()["methods"] if m != "single"]
+    assert evaluated["runs_not_evaluated"] == [f"{m}-seed0" for m in tiny_params()["methods"] if m != "single"]
+    assert first["report"]["metrics"]["methods"] == 1 and (repo / "reports/report.html").exists()
     # both of evaluate's declared metrics: the file's keys as they are, the folder's under each file's stem
     per_method = json.loads((repo / "metrics/eval/single.json").read_text())
     assert evaluated["single/gold"] == per_method["gold"] and evaluated["single/steps"] == per_method["steps"]
@@ -119,7 +125,8 @@ def test_flow_runs_every_stage_then_finds_them_up_to_date(tmp_path, prefect_serv
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     tables = {artifact.key: artifact.data for artifact in artifacts}
-    assert set(tables) == {"prepare-metrics", "train-reward-metrics", "ppo-single-metrics", "evaluate-metrics"}
+    assert set(tables) == {"prepare-metrics", "train-reward-metrics", "ppo-single-0-metrics", "evaluate-metrics",
+                           "report-metrics"}
     rows = json.loads(tables["evaluate-metrics"]) if isinstance(tables["evaluate-metrics"], str) \
         else tables["evaluate-metrics"]
     assert {"metric": "single/gold", "value": evaluated["single/gold"]} in rows

@@ -17,8 +17,16 @@ EVERY_AGGREGATION = {"reward/single/single", *(f"reward/ensemble/{a}" for a in (
                      *(f"reward/brme/{a}" for a in ("mean", "min", "uwo", "kl_dro", "nominal", "brme"))}
 
 
+def run_ppo(pipeline_run, tmp_path, params, method="brme", seed="0"):
+    """The ppo stage on the session's data and reward models, its outputs under tmp_path."""
+    return run_stage("ppo", params, method=method, seed=seed, data=pipeline_run["data"],
+                     policy_init=pipeline_run["policy_init"], reward=pipeline_run["reward"],
+                     ensemble=pipeline_run["ensemble"], policy=tmp_path / "p", steps=tmp_path / "s.csv",
+                     metrics=tmp_path / "m.json")
+
+
 def read_steps(pipeline_run, method):
-    with open(pipeline_run["steps"] / f"{method}.csv") as handle:
+    with open(pipeline_run["steps"] / f"{method}-seed0.csv") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -37,7 +45,7 @@ def test_ppo_logs_every_step_and_every_aggregation(pipeline_run, method):
 @pytest.mark.parametrize("method", METHODS)
 def test_ppo_optimises_its_own_methods_reward(pipeline_run, method):
     spec = tiny_params()["methods"][method]
-    metrics = json.loads((pipeline_run["metrics"] / "ppo" / f"{method}.json").read_text())
+    metrics = json.loads((pipeline_run["metrics"] / "ppo" / f"{method}-seed0.json").read_text())
     assert (metrics["method"], metrics["reward_model"], metrics["aggregation"]) == (
         method, spec["reward_model"], spec["aggregation"])
     own_column = f"reward/{spec['reward_model']}/{spec['aggregation']}"
@@ -49,7 +57,7 @@ def test_ppo_optimises_its_own_methods_reward(pipeline_run, method):
 
 def test_ppo_checkpoints_every_n_steps_and_changes_the_policy(pipeline_run):
     config = tiny_params()["ppo"]
-    run_dir = pipeline_run["policies"] / "brme"
+    run_dir = pipeline_run["policies"] / "brme-seed0"
     checkpoints = read_checkpoints(run_dir)
     assert [c["step"] for c in checkpoints] == list(range(config["checkpoint_every"], config["steps"] + 1,
                                                           config["checkpoint_every"]))
@@ -61,23 +69,34 @@ def test_ppo_checkpoints_every_n_steps_and_changes_the_policy(pipeline_run):
 
 
 def test_unknown_method_is_refused(pipeline_run, tmp_path):
-    result = run_stage("ppo", pipeline_run["params"], method="nope", data=pipeline_run["data"],
-                       policy_init=pipeline_run["policy_init"], reward=pipeline_run["reward"],
-                       ensemble=pipeline_run["ensemble"], policy=tmp_path / "p", steps=tmp_path / "s.csv",
-                       metrics=tmp_path / "m.json")
+    result = run_ppo(pipeline_run, tmp_path, pipeline_run["params"], method="nope")
     assert result.returncode == 2 and "'nope' is not under `methods:`" in result.stderr
 
 
 @pytest.mark.parametrize("mode", ["running", "none"])
 def test_ppo_reward_normalisation_modes(pipeline_run, tmp_path, mode):
     params = write_params(tmp_path / "params.yaml", tiny_params(**{"ppo.reward_normalization": mode, "ppo.steps": 2}))
-    result = run_stage("ppo", params, method="brme", data=pipeline_run["data"],
-                       policy_init=pipeline_run["policy_init"], reward=pipeline_run["reward"],
-                       ensemble=pipeline_run["ensemble"], policy=tmp_path / "p", steps=tmp_path / "s.csv",
-                       metrics=tmp_path / "m.json")
+    result = run_ppo(pipeline_run, tmp_path, params)
     assert result.returncode == 0, result.stderr[-3000:]
     final = json.loads((tmp_path / "m.json").read_text())["final"]
     if mode == "none":
         assert final["reward/normalised"] == final["reward/optimised"]
     else:
         assert final["reward/normalised"] != final["reward/optimised"]
+
+
+def test_seed_outside_ppo_seeds_is_refused(pipeline_run, tmp_path):
+    result = run_ppo(pipeline_run, tmp_path, pipeline_run["params"], seed="7")
+    assert result.returncode == 2 and "--seed 7 is not in `ppo_seeds:`" in result.stderr
+
+
+def test_another_seed_is_another_run_from_the_same_reward_models(pipeline_run, tmp_path):
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{"ppo_seeds": [0, 1], "ppo.steps": 1}))
+    result = run_ppo(pipeline_run, tmp_path, params, seed="1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "s.csv") as handle:
+        seed1 = next(csv.DictReader(handle))
+    seed0 = read_steps(pipeline_run, "brme")[0]
+    assert json.loads((tmp_path / "m.json").read_text())["seed"] == 1
+    # Same prompts, same reward models, other samples: the first rollout's rewards differ.
+    assert seed1["reward/optimised"] != seed0["reward/optimised"]
