@@ -112,10 +112,10 @@ def findings(inputs: ReportInputs) -> list[str]:
     lines.append(f"Highest final gold reward: {best} ({rows[best]['gold']:.4f}; initial policy {initial_gold:.4f}).")
     for method, row in rows.items():
         noise = 2 * math.hypot(row["gold_standard_error"], initial_se)
-        verdict = ("improved on" if row["gold_gain"] > noise else "fell below" if row["gold_gain"] < -noise
-                   else "is within sampling noise (2 standard errors) of")
-        lines.append(f"{method}: gold {row['gold_gain']:+.4f} vs the initial policy ({verdict} it, noise band "
-                     f"+-{noise:.4f}); proxy {row['proxy_gain']:+.4f}; sqrt(KL) {row['sqrt_kl']:.3f}; "
+        verdict = ("above it beyond" if row["gold_gain"] > noise else "below it beyond" if row["gold_gain"] < -noise
+                   else "within")
+        lines.append(f"{method}: gold {row['gold_gain']:+.4f} vs the initial policy, {verdict} sampling noise "
+                     f"(2 standard errors = {noise:.4f}); proxy {row['proxy_gain']:+.4f}; sqrt(KL) {row['sqrt_kl']:.3f}; "
                      f"gold win rate vs initial {row['win_rate']:.3f}.")
         if row["proxy_gain"] > 0 and row["gold_gain"] < -noise:
             lines.append(f"{method}: proxy reward rose while gold fell: reward hacking.")
