@@ -37,11 +37,48 @@ class DeepSpeedParams(_Section):
     gradient_clipping: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
 
 
+class ColumnMapping(_Section):
+    """Which source column holds each field (robust_rlhf/preference_sources.py)."""
+
+    prompt: str | None = Field("prompt", description="The prompt column (layout `columns` only).")
+    chosen: str = Field("chosen", description="The preferred response (or conversation, or message list).")
+    rejected: str = Field("rejected", description="The other response (or conversation, or message list).")
+
+
+class SourceParams(_Section):
+    """Preference data from a hub dataset or local files (prepare.task: preference_data)."""
+
+    kind: Literal["hub", "files"] = Field(description="hub: datasets.load_dataset (or a save_to_disk folder); "
+                                          "files: local JSONL/JSON/CSV/Parquet files.")
+    name: str | None = Field(None, description="hub: the dataset name, or a folder written by save_to_disk.")
+    config: str | None = Field(None, description="hub: the dataset config (subset).")
+    split: str = Field("train", description="hub: the split to read.")
+    revision: str | None = Field(None, description="hub: a git revision (tag, branch or commit) to pin.")
+    files: list[str] = Field([], description="files: paths of the files, read in order.")
+    layout: Literal["columns", "conversation_pair", "messages"] = Field(
+        "columns", description="columns: prompt/chosen/rejected text columns; conversation_pair: HH-RLHF "
+        "style conversations sharing the prompt; messages: role/content message lists.")
+    columns: ColumnMapping = ColumnMapping()
+    max_text_tokens: int = Field(512, ge=1, description="Token limit of a prompt or response.")
+    too_long: Literal["reject", "truncate"] = Field("reject", description="What happens to a text over the limit.")
+    max_reject_fraction: float = Field(0.1, ge=0.0, le=1.0,
+                                       description="Above this fraction of rejected rows the stage fails.")
+
+    @model_validator(mode="after")
+    def _source_named(self) -> "SourceParams":
+        if self.kind == "hub" and not self.name:
+            raise ValueError("prepare.source.name: a hub source needs the dataset name (or a save_to_disk folder)")
+        if self.kind == "files" and not self.files:
+            raise ValueError("prepare.source.files: a files source needs at least one file")
+        return self
+
+
 class PrepareParams(_Section):
-    task: Literal["synthetic_gold"] = Field(
-        "synthetic_gold", description="Data source; the built-in offline task of DESIGN.md §4."
-    )
-    num_train_pairs: int = Field(ge=2, description="Preference pairs in the train split.")
+    task: Literal["synthetic_gold", "preference_data"] = Field(
+        "synthetic_gold", description="synthetic_gold: the built-in offline task of DESIGN.md §4 (pairs sampled "
+        "from the policy, labelled by the gold scorer); preference_data: pairs read from `source`.")
+    source: SourceParams | None = Field(None, description="Where preference_data reads its pairs.")
+    num_train_pairs: int = Field(ge=2, description="Preference pairs in the train split (preference_data: at most).")
     num_val_pairs: int = Field(ge=2, description="Preference pairs in the val split.")
     num_test_pairs: int = Field(ge=2, description="Preference pairs in the test split.")
     num_ppo_prompts: int = Field(ge=1, description="Prompts for PPO rollouts.")
@@ -56,6 +93,12 @@ class PrepareParams(_Section):
     max_new_tokens: int = Field(ge=1, description="Length of the sampled responses.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the initial policy.")
     batch_size: int = Field(8, ge=1, description="Generation batch size.")
+
+    @model_validator(mode="after")
+    def _source_for_preference_data(self) -> "PrepareParams":
+        if self.task == "preference_data" and self.source is None:
+            raise ValueError("prepare.source: task preference_data needs a source (hub or files)")
+        return self
 
 
 class GoldParams(_Section):
@@ -220,7 +263,12 @@ class Params(_Section):
         return self
 
 
-class ParamsError(ValueError):
+class StageInputError(ValueError):
+    """Bad params or bad input data: a stage fails the same way every time, so it exits with code 2
+    and its message alone (stage_cli.py), and the flow does not retry it."""
+
+
+class ParamsError(StageInputError):
     """A params file failed validation; the message names the file and every bad key."""
 
 

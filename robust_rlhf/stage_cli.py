@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from robust_rlhf.config import Params, ParamsError, load_params
+from robust_rlhf.config import Params, ParamsError, StageInputError, load_params
 from robust_rlhf.metrics import write_metrics
 
 
@@ -59,7 +59,8 @@ def stage_main(name: str, run: Callable[..., dict], path_args: list[str], argv: 
     arguments = {key: value for key, value in vars(args).items() if key not in ("params", "metrics", "local_rank")}
     try:
         metrics = run(params, **arguments)
-    except ParamsError as error:
+    except StageInputError as error:
+        # Bad params, bad input data, a resume state from other params: the same every time.
         print(f"stage {name}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     metrics["wall_seconds"] = time.perf_counter() - started

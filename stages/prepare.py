@@ -1,8 +1,11 @@
-"""DVC stage `prepare`: the initial policy and the preference data of the synthetic-gold task.
+"""DVC stage `prepare`: the initial policy and the preference data, either of the synthetic-gold
+task (pairs sampled from the policy, labelled by the gold scorer) or read from a hub dataset or
+local files (`prepare.task: preference_data`, robust_rlhf/preference_sources.py).
 
-Writes, under --data: prefs_{train,val,test}.jsonl (prompt, chosen, rejected + gold scores),
-ppo_prompts.jsonl, eval_prompts.jsonl, rejects.jsonl; under --policy: the initial policy
-(safetensors + tokenizer), which PPO starts from and evaluate compares against.
+Writes, under --data: prefs_{train,val,test}.jsonl (prompt, chosen, rejected + gold scores or the
+source row), ppo_prompts.jsonl, eval_prompts.jsonl, rejects.jsonl (every rejected row, its source
+row number and reason); under --policy: the initial policy (safetensors + tokenizer), which PPO
+starts from and evaluate compares against.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from robust_rlhf.config import Params
 from robust_rlhf.distributed import deepspeed_config, init_distributed, initialize_engine
 from robust_rlhf.gold import GoldScorer
 from robust_rlhf.models import load_causal_lm, load_tokenizer, materialise_policy
+from robust_rlhf.preference_sources import SourceError, load_source, split_pairs
 from robust_rlhf.preferences import preference_stats, reject_counts, sample_preference_pairs
 from robust_rlhf.stage_cli import stage_main
 from robust_rlhf.task import split_prompts, tokenizer_corpus
@@ -35,6 +39,8 @@ def run(params: Params, *, data: Path, policy: Path) -> dict:
     )
     gold = GoldScorer(params.gold, reference_model=engine.module, tokenizer=tokenizer,
                       max_prompt_tokens=config.max_prompt_tokens, batch_size=config.batch_size)
+    if config.task == "preference_data":
+        return _prepare_from_source(params, data, tokenizer)
     prompt_sets = split_prompts(params.seed, {
         "train": config.num_train_pairs, "val": config.num_val_pairs, "test": config.num_test_pairs,
         "ppo": config.num_ppo_prompts, "eval": config.num_eval_prompts,
@@ -59,6 +65,34 @@ def run(params: Params, *, data: Path, policy: Path) -> dict:
         atomic_write_jsonl(data_tmp / "rejects.jsonl", all_rejects)
     metrics["rejects"] = {"total": len(all_rejects), **reject_counts(all_rejects)}
     return metrics
+
+
+def _prepare_from_source(params: Params, data: Path, tokenizer) -> dict:
+    """Pairs from the configured source: validated, rejects kept, split by prompt; PPO prompts from
+    the train split's prompts and evaluation prompts from the test split's."""
+    config = params.prepare
+    loaded = load_source(config.source, tokenizer, trust_remote_code=params.models.trust_remote_code)
+    splits = split_pairs(loaded.pairs, seed=params.seed, sizes={
+        "train": config.num_train_pairs, "val": config.num_val_pairs, "test": config.num_test_pairs})
+    empty = [split for split in SPLITS if not splits[split]]
+    if empty:
+        raise SourceError(f"{len(loaded.pairs)} valid pairs (of {loaded.rows_read} rows) leave no pairs for "
+                          f"the {', '.join(empty)} split(s); lower prepare.num_val_pairs / num_test_pairs")
+    prompt_sets = {"ppo": _distinct_prompts(splits["train"], config.num_ppo_prompts),
+                   "eval": _distinct_prompts(splits["test"], config.num_eval_prompts)}
+    with atomic_directory(data) as data_tmp:
+        for split in SPLITS:
+            atomic_write_jsonl(data_tmp / f"prefs_{split}.jsonl", splits[split])
+        for split, prompts in prompt_sets.items():
+            atomic_write_jsonl(data_tmp / f"{split}_prompts.jsonl", [{"prompt": p} for p in prompts])
+        atomic_write_jsonl(data_tmp / "rejects.jsonl", loaded.rejects)
+    return {"rows": {"read": loaded.rows_read, **{split: len(splits[split]) for split in SPLITS},
+                     **{f"{split}_prompts": len(prompts) for split, prompts in prompt_sets.items()}},
+            "rejects": {"total": len(loaded.rejects), **loaded.reject_counts()}}
+
+
+def _distinct_prompts(pairs: list[dict], limit: int) -> list[str]:
+    return list(dict.fromkeys(pair["prompt"] for pair in pairs))[:limit]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,411 @@
+"""Preference data from a hub dataset or local files, mapped to (prompt, chosen, rejected) rows.
+
+Three layouts (DESIGN.md §6), named by `layout`:
+- `columns`: prompt, chosen and rejected are text columns (UltraFeedback-binarized style when
+  chosen/rejected are plain strings).
+- `conversation_pair`: chosen and rejected are whole conversations that share the prompt, as in
+  Anthropic HH-RLHF ("\\n\\nHuman: ... \\n\\nAssistant: ..."); the prompt is everything up to and
+  including the last assistant marker of `chosen`, and `rejected` must start with the same prefix.
+- `messages`: chosen and rejected are lists of {"role", "content"} messages; every message but the
+  last is the prompt (it must be the same in both), the last must be the assistant's reply.
+
+Whole-file problems (an empty file, a file that is not the format its name says, a mapped column
+the data does not have) raise SourceError naming the file. Row problems never drop a row silently:
+each becomes a reject with the source row number (1-based, header excluded), one named reason from
+REJECT_REASONS, the field, and the raw values.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from robust_rlhf.config import StageInputError
+
+REJECT_REASONS = (
+    "missing_field",            # the row has no value (or null) for a mapped field
+    "wrong_type",               # a text field that is not a string / a messages field that is not a message list
+    "empty_text",               # empty or whitespace-only text
+    "invalid_utf8",             # bytes that are not valid UTF-8
+    "malformed_row",            # a JSONL line that is not a JSON object
+    "chosen_equals_rejected",   # no preference to learn
+    "too_long",                 # more tokens than the limit (when too_long: reject)
+    "duplicate_pair",           # the exact (prompt, chosen, rejected) seen before
+    "prompt_prefix_mismatch",   # chosen and rejected conversations do not share the prompt
+)
+FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+HH_ASSISTANT_MARKER = "\n\nAssistant:"
+
+
+class SourceError(StageInputError):
+    """A whole source cannot be used; the message names the file (or dataset) and what is wrong."""
+
+
+@dataclass
+class Mapping:
+    """Which source column holds each field, and how the pair is laid out."""
+
+    layout: str = "columns"
+    prompt: str | None = "prompt"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+    def columns(self) -> list[str]:
+        return [name for name in (self.prompt if self.layout == "columns" else None, self.chosen, self.rejected) if name]
+
+
+@dataclass
+class MappedSource:
+    """What `map_rows` kept and rejected from one source."""
+
+    pairs: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+    rows_read: int = 0
+
+    def reject_counts(self) -> dict[str, int]:
+        return dict(Counter(reject["reason"] for reject in self.rejects))
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def file_format(path: Path) -> str:
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        raise SourceError(f"{path}: unknown file type {path.suffix!r}; use one of {sorted(FORMATS)}") from None
+
+
+def read_file_rows(path: str | Path) -> Iterator[tuple[int, dict | Exception]]:
+    """(row number, row) for every row of a JSONL/JSON/CSV/Parquet file; a row that cannot be parsed
+    comes as (row number, the exception), so the caller can reject it by number.
+
+    Text is decoded with `surrogateescape`, so an invalid UTF-8 byte survives as a lone surrogate
+    that validation rejects for its row, not for the whole file.
+    """
+    path = Path(path)
+    kind = file_format(path)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path}: empty file")
+    if kind == "parquet":
+        yield from _parquet_rows(path)
+        return
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    if not text.strip():
+        raise SourceError(f"{path}: empty file (only whitespace)")
+    if kind == "jsonl":
+        yield from _jsonl_rows(path, text)
+    elif kind == "json":
+        yield from _json_rows(path, text)
+    else:
+        yield from _csv_rows(path, text)
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict | Exception]]:
+    rows, parsed = [], 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"a JSON {type(row).__name__}, not an object")
+            parsed += 1
+            rows.append((number, row))
+        except ValueError as error:
+            rows.append((number, error))
+    if not parsed:
+        raise SourceError(f"{path}: not JSONL: no line is a JSON object (line {rows[0][0]}: {rows[0][1]})")
+    yield from rows
+
+
+def _json_rows(path: Path, text: str) -> Iterator[tuple[int, dict | Exception]]:
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise SourceError(f"{path}: not JSON: {error}") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]  # {"data": [...]}, as `datasets` writes JSON with lines=False
+    if not isinstance(data, list):
+        raise SourceError(f"{path}: JSON must be a list of row objects (or {{'data': [...]}}), got {type(data).__name__}")
+    if not data:
+        raise SourceError(f"{path}: empty file (no rows)")
+    for number, row in enumerate(data, start=1):
+        yield number, row if isinstance(row, dict) else ValueError(f"a JSON {type(row).__name__}, not an object")
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict | Exception]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames or any(name is None or name == "" for name in reader.fieldnames):
+        raise SourceError(f"{path}: not CSV with a header row (header: {reader.fieldnames})")
+    count = 0
+    for number, row in enumerate(reader, start=1):
+        count += 1
+        if None in row:  # more cells than header columns
+            yield number, ValueError(f"{len(row[None])} more cells than the header has columns")
+            continue
+        yield number, row
+    if not count:
+        raise SourceError(f"{path}: empty file (a header and no rows)")
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
+    import pyarrow.lib
+    import pyarrow.parquet as parquet
+
+    try:
+        table = parquet.read_table(path)
+    except (pyarrow.lib.ArrowInvalid, OSError) as error:
+        raise SourceError(f"{path}: not Parquet: {error}") from None
+    if table.num_rows == 0:
+        raise SourceError(f"{path}: empty file (no rows)")
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield number, row
+
+
+def dataset_rows(dataset) -> Iterator[tuple[int, dict | Exception]]:
+    """(row number, row) of a `datasets.Dataset` (from `load_dataset` or `load_from_disk`)."""
+    for number, row in enumerate(dataset, start=1):
+        yield number, row
+
+
+def load_hub_rows(name: str, *, config: str | None, split: str, revision: str | None,
+                  trust_remote_code: bool = False):
+    """A hub dataset split through `datasets.load_dataset`, or a dataset saved with `save_to_disk`
+    when `name` is a local folder. Returns (description, dataset)."""
+    import datasets
+
+    if Path(name).is_dir():
+        loaded = datasets.load_from_disk(name)
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise SourceError(f"{name}: no split {split!r} (has {sorted(loaded)})")
+            loaded = loaded[split]
+        return f"{name}[{split}]", loaded
+    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    try:
+        loaded = datasets.load_dataset(name, config, split=split, revision=revision, **kwargs)
+    except Exception as error:  # noqa: BLE001 - datasets raises many types; say which dataset failed
+        raise SourceError(f"hub dataset {name!r} (config {config!r}, split {split!r}, revision {revision!r}): "
+                          f"{type(error).__name__}: {error}") from error
+    return f"{name}/{config or 'default'}[{split}]@{revision or 'main'}", loaded
+
+
+# --- mapping and validation -----------------------------------------------------------------------
+
+def check_columns(source: str, available: Iterable[str], mapping: Mapping) -> None:
+    """A mapped column the data does not have is an error naming it (not a reject per row)."""
+    available = list(available)
+    missing = [name for name in mapping.columns() if name not in available]
+    if missing:
+        raise SourceError(f"{source}: the column mapping names {missing}, which the data does not have "
+                          f"(columns: {available}); set prepare.source.columns")
+
+
+def split_conversation(chosen: str, rejected: str) -> tuple[str, str, str] | None:
+    """HH-RLHF layout: (prompt, chosen reply, rejected reply), the prompt ending with the last
+    "\\n\\nAssistant:" of `chosen`; None when `rejected` does not share that prefix."""
+    cut = chosen.rfind(HH_ASSISTANT_MARKER)
+    if cut < 0:
+        return None
+    prompt = chosen[:cut + len(HH_ASSISTANT_MARKER)]
+    if not rejected.startswith(prompt):
+        return None
+    return prompt, chosen[len(prompt):].strip(), rejected[len(prompt):].strip()
+
+
+def render_messages(messages: list[dict]) -> str:
+    """A prompt given as messages, as text: a lone user turn is its content; longer ones are
+    "role: content" blocks (the policy's chat template wraps the text as one user turn)."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    return "\n\n".join(f"{message['role']}: {message['content']}" for message in messages)
+
+
+def _is_messages(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+
+
+def _has_invalid_utf8(text: str) -> bool:
+    return any("\udc80" <= char <= "\udcff" for char in text)
+
+
+def _safe(value):
+    """A raw value as it can be written to JSON (lone surrogates shown as \\x escapes)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
+    if isinstance(value, list):
+        return [_safe(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _safe(item) for key, item in value.items()}
+    return value if value is None or isinstance(value, (int, float, bool)) else repr(value)
+
+
+def _extract(row: dict, mapping: Mapping) -> tuple[dict | None, tuple[str, str, str] | None]:
+    """The (prompt, chosen, rejected) texts of a row, or (None, (reason, field, detail))."""
+    for name in mapping.columns():
+        if row.get(name) is None:
+            return None, ("missing_field", name, f"no value for column {name!r}")
+    if mapping.layout == "messages":
+        values = {name: row[name] for name in (mapping.chosen, mapping.rejected)}
+        for name, value in values.items():
+            if not _is_messages(value):
+                return None, ("wrong_type", name, f"expected a list of {{role, content}} messages, got {type(value).__name__}")
+        chosen_messages, rejected_messages = values[mapping.chosen], values[mapping.rejected]
+        if chosen_messages[:-1] != rejected_messages[:-1] or not chosen_messages[:-1]:
+            return None, ("prompt_prefix_mismatch", mapping.chosen,
+                          "chosen and rejected must share every message but the last, and have at least one")
+        for name, messages in ((mapping.chosen, chosen_messages), (mapping.rejected, rejected_messages)):
+            if messages[-1]["role"] != "assistant":
+                return None, ("wrong_type", name, f"the last message is from {messages[-1]['role']!r}, not the assistant")
+        return {"prompt": render_messages(chosen_messages[:-1]), "chosen": chosen_messages[-1]["content"],
+                "rejected": rejected_messages[-1]["content"]}, None
+    for name in mapping.columns():
+        if not isinstance(row[name], str):
+            return None, ("wrong_type", name, f"expected text, got {type(row[name]).__name__}")
+    if mapping.layout == "conversation_pair":
+        split = split_conversation(row[mapping.chosen], row[mapping.rejected])
+        if split is None:
+            return None, ("prompt_prefix_mismatch", mapping.rejected,
+                          f"rejected does not start with chosen's prompt (up to its last {HH_ASSISTANT_MARKER!r})")
+        prompt, chosen, rejected = split
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, None
+    return {"prompt": row[mapping.prompt], "chosen": row[mapping.chosen], "rejected": row[mapping.rejected]}, None
+
+
+def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping: Mapping, *,
+             count_tokens: Callable[[str], int] | None = None, max_tokens: int | None = None,
+             too_long: str = "reject", truncate: Callable[[str, int], str] | None = None) -> MappedSource:
+    """Map and validate rows into (prompt, chosen, rejected) pairs; every row that fails becomes one
+    reject with its row number and the first reason that applies (REJECT_REASONS)."""
+    if too_long not in ("reject", "truncate"):
+        raise ValueError(f"too_long must be 'reject' or 'truncate', got {too_long!r}")
+    result = MappedSource()
+    seen: set[tuple[str, str, str]] = set()
+
+    def reject(number: int, reason: str, field_name: str | None, detail: str, raw) -> None:
+        result.rejects.append({"source": source, "row": number, "reason": reason, "field": field_name,
+                               "detail": detail, "raw": _safe(raw)})
+
+    for number, row in rows:
+        result.rows_read += 1
+        if isinstance(row, Exception):
+            reject(number, "malformed_row", None, str(row), None)
+            continue
+        pair, problem = _extract(row, mapping)
+        if problem is not None:
+            reject(number, *problem, row)
+            continue
+        bad = next(((reason, name) for name, text in pair.items() for reason, failed in
+                    (("invalid_utf8", _has_invalid_utf8(text)), ("empty_text", not text.strip())) if failed), None)
+        if bad is not None:
+            reject(number, bad[0], bad[1], f"{bad[1]} is {'not valid UTF-8' if bad[0] == 'invalid_utf8' else 'empty'}", row)
+            continue
+        if pair["chosen"] == pair["rejected"]:
+            reject(number, "chosen_equals_rejected", "rejected", "chosen and rejected are the same text", row)
+            continue
+        if count_tokens is not None and max_tokens is not None:
+            lengths = {name: count_tokens(text) for name, text in pair.items()}
+            over = {name: length for name, length in lengths.items() if length > max_tokens}
+            if over and too_long == "reject":
+                name = next(iter(over))
+                reject(number, "too_long", name, f"{over[name]} tokens > limit {max_tokens}", row)
+                continue
+            for name in over:
+                pair[name] = truncate(pair[name], max_tokens)
+        key = (pair["prompt"], pair["chosen"], pair["rejected"])
+        if key in seen:
+            reject(number, "duplicate_pair", None, "the same (prompt, chosen, rejected) appeared before", row)
+            continue
+        seen.add(key)
+        result.pairs.append({**pair, "source": source, "source_row": number})
+    return result
+
+
+def check_reject_fraction(result: MappedSource, source: str, max_fraction: float) -> None:
+    """Fail, naming the source and its top reasons, when too many rows were rejected."""
+    if not result.rows_read:
+        raise SourceError(f"{source}: no rows")
+    fraction = len(result.rejects) / result.rows_read
+    if fraction > max_fraction:
+        top = ", ".join(f"{reason} x{count}" for reason, count in Counter(
+            r["reason"] for r in result.rejects).most_common(3))
+        raise SourceError(f"{source}: {len(result.rejects)} of {result.rows_read} rows rejected ({fraction:.0%} > "
+                          f"max_reject_fraction {max_fraction:.0%}); top reasons: {top}. See rejects.jsonl")
+
+
+# --- from params to splits ----------------------------------------------------------------------
+
+def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> MappedSource:
+    """Read, map and validate every file (or the hub split) that `config` (SourceParams) names;
+    token lengths are counted with the policy's tokenizer. Fails above `max_reject_fraction`."""
+    mapping = Mapping(layout=config.layout, prompt=config.columns.prompt if config.layout == "columns" else None,
+                      chosen=config.columns.chosen, rejected=config.columns.rejected)
+    count_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+
+    def truncate(text: str, limit: int) -> str:
+        return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:limit])
+
+    options = {"count_tokens": count_tokens, "max_tokens": config.max_text_tokens, "too_long": config.too_long,
+               "truncate": truncate}
+    merged = MappedSource()
+    if config.kind == "hub":
+        description, dataset = load_hub_rows(config.name, config=config.config, split=config.split,
+                                             revision=config.revision, trust_remote_code=trust_remote_code)
+        check_columns(description, dataset.column_names, mapping)
+        sources = [(description, map_rows(description, dataset_rows(dataset), mapping, **options))]
+    else:
+        sources = []
+        for path in config.files:
+            rows = list(read_file_rows(path))
+            present = {key for _, row in rows if isinstance(row, dict) for key in row}
+            check_columns(path, sorted(present), mapping)
+            sources.append((path, map_rows(path, rows, mapping, **options)))
+    for description, result in sources:
+        check_reject_fraction(result, description, config.max_reject_fraction)
+        merged.pairs += result.pairs
+        merged.rejects += result.rejects
+        merged.rows_read += result.rows_read
+    # The same pair in two files is a duplicate too: keep the first.
+    seen: set[tuple[str, str, str]] = set()
+    kept = []
+    for pair in merged.pairs:
+        key = (pair["prompt"], pair["chosen"], pair["rejected"])
+        if key in seen:
+            merged.rejects.append({"source": pair["source"], "row": pair["source_row"], "reason": "duplicate_pair",
+                                   "field": None, "detail": "the same pair appeared in an earlier source",
+                                   "raw": _safe({k: pair[k] for k in ("prompt", "chosen", "rejected")})})
+            continue
+        seen.add(key)
+        kept.append(pair)
+    merged.pairs = kept
+    return merged
+
+
+def split_pairs(pairs: list[dict], *, seed: int, sizes: dict[str, int]) -> dict[str, list[dict]]:
+    """Shuffle by seed and cut val, test, then train (each at most its size) so that no prompt is in
+    two splits: pairs are grouped by prompt before cutting."""
+    import random
+
+    by_prompt: dict[str, list[dict]] = {}
+    for pair in pairs:
+        by_prompt.setdefault(pair["prompt"], []).append(pair)
+    prompts = sorted(by_prompt)
+    random.Random(seed).shuffle(prompts)
+    splits: dict[str, list[dict]] = {name: [] for name in sizes}
+    order = [name for name in ("val", "test", "train") if name in sizes]
+    current = 0
+    for prompt in prompts:
+        while current < len(order) and len(splits[order[current]]) >= sizes[order[current]]:
+            current += 1
+        if current == len(order):
+            break
+        splits[order[current]] += by_prompt[prompt]
+    return splits

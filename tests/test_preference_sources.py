@@ -1,0 +1,195 @@
+"""Every bad input of DESIGN.md §6 on small fixture files: a named reject with its row, or a clear
+error naming the file. Real parsers, real files, the real `datasets` load path (from disk)."""
+
+import json
+
+import pytest
+
+from robust_rlhf.preference_sources import (Mapping, SourceError, check_columns, check_reject_fraction,
+                                            dataset_rows, load_hub_rows, map_rows, read_file_rows,
+                                            split_conversation)
+
+GOOD = {"prompt": "Rate the park.", "chosen": "Lovely and calm.", "rejected": "Noisy."}
+
+
+def write_jsonl(path, rows):
+    path.write_bytes(b"".join((json.dumps(r).encode() if isinstance(r, dict) else r) + b"\n" for r in rows))
+    return path
+
+
+def mapped(path, mapping=Mapping(), **kwargs):
+    return map_rows(str(path), read_file_rows(path), mapping, **kwargs)
+
+
+def only_reject(result):
+    assert len(result.rejects) == 1, result.rejects
+    return result.rejects[0]
+
+
+@pytest.mark.parametrize("row, reason, field", [
+    ({"prompt": "p", "chosen": "a"}, "missing_field", "rejected"),
+    ({"prompt": "p", "chosen": "a", "rejected": None}, "missing_field", "rejected"),
+    ({"prompt": "p", "chosen": 3, "rejected": "b"}, "wrong_type", "chosen"),
+    ({"prompt": "  \n", "chosen": "a", "rejected": "b"}, "empty_text", "prompt"),
+    ({"prompt": "p", "chosen": "", "rejected": "b"}, "empty_text", "chosen"),
+    ({"prompt": "p", "chosen": "same", "rejected": "same"}, "chosen_equals_rejected", "rejected"),
+])
+def test_bad_rows_are_rejected_with_row_and_reason(tmp_path, row, reason, field):
+    result = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, row]))
+    rejected = only_reject(result)
+    assert (rejected["row"], rejected["reason"], rejected["field"]) == (2, reason, field)
+    assert rejected["source"].endswith("prefs.jsonl") and rejected["raw"] == row
+    assert [pair["source_row"] for pair in result.pairs] == [1]
+    assert result.rows_read == 2 and result.reject_counts() == {reason: 1}
+
+
+def test_invalid_utf8_rejects_only_its_row(tmp_path):
+    bad = b'{"prompt": "p", "chosen": "caf\xe9", "rejected": "b"}'  # latin-1 byte, not UTF-8
+    result = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, bad, GOOD | {"chosen": "Fine."}]))
+    rejected = only_reject(result)
+    assert (rejected["row"], rejected["reason"], rejected["field"]) == (2, "invalid_utf8", "chosen")
+    assert rejected["raw"]["chosen"] == "caf\\xe9"  # kept, printable
+    json.dumps(result.rejects)  # the reject is writable as JSON
+    assert len(result.pairs) == 2
+
+
+def test_duplicate_pair_is_rejected_the_second_time(tmp_path):
+    result = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, GOOD]))
+    assert only_reject(result)["reason"] == "duplicate_pair" and len(result.pairs) == 1
+
+
+def test_too_long_rejects_or_truncates_by_param(tmp_path):
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD | {"chosen": "one two three four five six"}])
+    words = lambda text: len(text.split())  # noqa: E731
+    cut = lambda text, limit: " ".join(text.split()[:limit])  # noqa: E731
+    rejected = only_reject(mapped(path, count_tokens=words, max_tokens=4))
+    assert (rejected["reason"], rejected["field"]) == ("too_long", "chosen") and "6 tokens > limit 4" in rejected["detail"]
+    kept = mapped(path, count_tokens=words, max_tokens=4, too_long="truncate", truncate=cut)
+    assert not kept.rejects and kept.pairs[0]["chosen"] == "one two three four"
+
+
+def test_malformed_jsonl_line_is_a_reject_but_a_file_of_none_is_an_error(tmp_path):
+    result = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, b"{not json", b"[1, 2]"]))
+    assert [(r["row"], r["reason"]) for r in result.rejects] == [(2, "malformed_row"), (3, "malformed_row")]
+    (tmp_path / "really.jsonl").write_text("prompt,chosen,rejected\np,a,b\n")
+    with pytest.raises(SourceError, match=r"really.jsonl: not JSONL"):
+        list(read_file_rows(tmp_path / "really.jsonl"))
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.jsonl", b"", "empty file"),
+    ("blank.csv", b"\n\n", "empty file"),
+    ("header_only.csv", b"prompt,chosen,rejected\n", "a header and no rows"),
+    ("empty.json", b"[]", "empty file"),
+    ("notjson.json", b"prompt,chosen\n", "not JSON"),
+    ("notparquet.parquet", b"prompt,chosen,rejected\n", "not Parquet"),
+    ("table.xlsx", b"x", "unknown file type"),
+])
+def test_whole_file_problems_name_the_file(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(SourceError, match=message) as raised:
+        list(read_file_rows(tmp_path / name))
+    assert name in str(raised.value)
+
+
+def test_a_mapped_column_the_data_lacks_is_an_error_naming_it():
+    with pytest.raises(SourceError, match=r"names \['question'\].*columns: \['prompt', 'chosen', 'rejected'\]"):
+        check_columns("prefs.csv", ["prompt", "chosen", "rejected"], Mapping(prompt="question"))
+
+
+def test_csv_json_and_parquet_read_the_same_rows(tmp_path):
+    import pyarrow
+    import pyarrow.parquet
+
+    rows = [GOOD, GOOD | {"chosen": "Green, quiet, \"lovely\"."}]
+    with open(tmp_path / "prefs.csv", "w", newline="") as handle:
+        import csv
+
+        writer = csv.DictWriter(handle, fieldnames=list(GOOD))
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "prefs.json").write_text(json.dumps(rows))
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows), tmp_path / "prefs.parquet")
+    for name in ("prefs.csv", "prefs.json", "prefs.parquet"):
+        result = mapped(tmp_path / name)
+        assert [{k: p[k] for k in GOOD} for p in result.pairs] == rows, name
+
+
+def test_csv_row_with_extra_cells_is_rejected(tmp_path):
+    (tmp_path / "prefs.csv").write_text("prompt,chosen,rejected\np,a,b\np,a,b,extra\n")
+    assert only_reject(mapped(tmp_path / "prefs.csv"))["reason"] == "malformed_row"
+
+
+HH_CHOSEN = "\n\nHuman: Is the park nice?\n\nAssistant: Yes, lovely and calm."
+HH_REJECTED = "\n\nHuman: Is the park nice?\n\nAssistant: No."
+
+
+def test_conversation_pair_splits_off_the_shared_prompt(tmp_path):
+    assert split_conversation(HH_CHOSEN, HH_REJECTED) == (
+        "\n\nHuman: Is the park nice?\n\nAssistant:", "Yes, lovely and calm.", "No.")
+    path = write_jsonl(tmp_path / "hh.jsonl", [
+        {"chosen": HH_CHOSEN, "rejected": HH_REJECTED},
+        {"chosen": HH_CHOSEN, "rejected": "\n\nHuman: Is the zoo nice?\n\nAssistant: No."},
+    ])
+    result = mapped(path, Mapping(layout="conversation_pair", prompt=None))
+    assert result.pairs[0]["prompt"].endswith("Assistant:") and result.pairs[0]["rejected"] == "No."
+    assert (only_reject(result)["row"], only_reject(result)["reason"]) == (2, "prompt_prefix_mismatch")
+
+
+def messages(*turns):
+    return [{"role": role, "content": content} for role, content in turns]
+
+
+def test_message_lists_share_the_prompt_and_end_with_the_assistant(tmp_path):
+    user = ("user", "Is the park nice?")
+    path = write_jsonl(tmp_path / "chat.jsonl", [
+        {"chosen": messages(user, ("assistant", "Lovely.")), "rejected": messages(user, ("assistant", "No."))},
+        {"chosen": messages(user, ("assistant", "Lovely.")), "rejected": messages(("user", "Zoo?"), ("assistant", "No."))},
+        {"chosen": messages(user, ("assistant", "Lovely.")), "rejected": "No."},
+        {"chosen": messages(user, ("user", "Lovely.")), "rejected": messages(user, ("user", "No."))},
+    ])
+    result = mapped(path, Mapping(layout="messages", prompt=None))
+    assert {key: result.pairs[0][key] for key in ("prompt", "chosen", "rejected")} == {
+        "prompt": "Is the park nice?", "chosen": "Lovely.", "rejected": "No."}
+    assert [(r["row"], r["reason"]) for r in result.rejects] == [
+        (2, "prompt_prefix_mismatch"), (3, "wrong_type"), (4, "wrong_type")]
+
+
+def test_reject_fraction_above_the_limit_fails_naming_source_and_reasons(tmp_path):
+    result = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, GOOD, {"prompt": "p"}]))
+    check_reject_fraction(result, "prefs.jsonl", 0.7)
+    with pytest.raises(SourceError, match=r"prefs.jsonl: 2 of 3 rows rejected .*duplicate_pair x1, missing_field x1"):
+        check_reject_fraction(result, "prefs.jsonl", 0.2)
+
+
+def test_hub_path_loads_a_dataset_saved_to_disk(tmp_path):
+    import datasets
+
+    rows = [GOOD, GOOD | {"chosen": ""}]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "ds"))
+    description, dataset = load_hub_rows(str(tmp_path / "ds"), config=None, split="train", revision=None)
+    check_columns(description, dataset.column_names, Mapping())
+    result = map_rows(description, dataset_rows(dataset), Mapping())
+    assert len(result.pairs) == 1 and only_reject(result)["reason"] == "empty_text"
+    with pytest.raises(SourceError, match="no split 'test'"):
+        load_hub_rows(str(tmp_path / "ds"), config=None, split="test", revision=None)
+
+
+def test_hub_path_calls_load_dataset_and_names_the_dataset_when_it_fails(tmp_path, monkeypatch):
+    # No hub here: datasets fails offline; the error names the dataset, config, split and revision.
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(SourceError, match=r"hub dataset 'someorg/prefs' \(config None, split 'train', revision 'v1'\)"):
+        load_hub_rows("someorg/prefs", config=None, split="train", revision="v1")
+
+
+def test_split_pairs_keeps_each_prompt_in_one_split():
+    from robust_rlhf.preference_sources import split_pairs
+
+    pairs = [{"prompt": f"p{i % 7}", "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(21)]
+    splits = split_pairs(pairs, seed=0, sizes={"train": 100, "val": 3, "test": 3})
+    prompts = {name: {pair["prompt"] for pair in rows} for name, rows in splits.items()}
+    assert not (prompts["train"] & prompts["val"]) and not (prompts["train"] & prompts["test"])
+    assert not (prompts["val"] & prompts["test"])
+    assert sum(map(len, splits.values())) == 21 and len(splits["val"]) == 3 and len(splits["test"]) == 3
+    assert split_pairs(pairs, seed=0, sizes={"train": 100, "val": 3, "test": 3}) == splits  # deterministic
