@@ -55,15 +55,22 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
-        if path.exists():
-            # Rename the old one aside first so the swap leaves at most a stale `.old` behind.
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        publish_directory(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_directory(source: str | Path, path: str | Path) -> None:
+    """Move a finished folder (on the same file system) to `path`, replacing what is there by renames."""
+    source, path = Path(source), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        # Rename the old one aside first so the swap leaves at most a stale `.old` behind.
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(source, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, path)

@@ -103,6 +103,9 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
         values = response_values(critic.module, query_ids, query_mask, response_ids, response_mask)
     # 2. Score with every reward model's heads, 3. aggregate (this method's, and every other for the log).
     scores = reward_models.score(prompts, responses, batch_size=len(prompts))
+    for kind, (mu, sigma) in scores.items():  # name the reward model that broke, before aggregating
+        check_finite(f"reward_model/{kind}/mu", mu, phase="ppo", step=step)
+        check_finite(f"reward_model/{kind}/sigma", sigma, phase="ppo", step=step)
     raw_reward = method_rewards(scores, {"optimised": method}, config)["optimised"]
     check_finite("reward/optimised", raw_reward, phase="ppo", step=step)
     reward = normalizer(raw_reward).to(device)

@@ -57,6 +57,17 @@ class RewardNormalizer:
         self.reference_mean, self.reference_std = reference_mean, reference_std
         self.moments = RunningMoments()
 
+    def state(self) -> dict:
+        """What a resumed run needs to normalise exactly as before the interruption."""
+        return {"mode": self.mode, "reference_mean": self.reference_mean, "reference_std": self.reference_std,
+                "count": self.moments.count, "mean": self.moments.mean, "m2": self.moments.m2}
+
+    def load_state(self, state: dict) -> None:
+        if state["mode"] != self.mode:
+            raise ValueError(f"saved normaliser mode {state['mode']!r} is not {self.mode!r}")
+        self.reference_mean, self.reference_std = state["reference_mean"], state["reference_std"]
+        self.moments = RunningMoments(state["count"], state["mean"], state["m2"])
+
     def __call__(self, reward: torch.Tensor) -> torch.Tensor:
         if self.mode == "none":
             return reward

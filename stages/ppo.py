@@ -9,11 +9,13 @@ last step's scalars to --metrics.
 from __future__ import annotations
 
 import argparse
+import logging
+import shutil
 from pathlib import Path
 
 from tqdm import tqdm
 
-from robust_rlhf.atomic import atomic_directory, read_jsonl
+from robust_rlhf.atomic import publish_directory, read_jsonl
 from robust_rlhf.checkpoint import save_policy_checkpoint
 from robust_rlhf.config import Params, ParamsError
 from robust_rlhf.distributed import (deepspeed_config, full_state_dict, init_distributed, initialize_engine,
@@ -22,8 +24,11 @@ from robust_rlhf.metrics import StepLog
 from robust_rlhf.models import load_backbone, load_causal_lm, load_tokenizer
 from robust_rlhf.ppo import ValueModel, ppo_step, reference_reward_moments
 from robust_rlhf.reward_normalization import RewardNormalizer
+from robust_rlhf.resume import load_state, restore_engines, resume_folder, save_state
 from robust_rlhf.reward_scoring import load_reward_models
 from robust_rlhf.stage_cli import seed_everything, stage_main
+
+logger = logging.getLogger(__name__)
 
 
 def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path, reward: Path, ensemble: Path,
@@ -54,27 +59,49 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
     prompts = [row["prompt"] for row in read_jsonl(data / "ppo_prompts.jsonl")]
     max_prompt_tokens = params.prepare.max_prompt_tokens
     normalizer = RewardNormalizer(config.reward_normalization)
-    if config.reward_normalization == "reference":
-        normalizer.reference_mean, normalizer.reference_std = reference_reward_moments(
-            ref_model, reward_models, tokenizer, prompts, method_params, config=config,
-            max_prompt_tokens=max_prompt_tokens)
+    # A run killed after a checkpoint goes on from it: engines, RNGs, normaliser and step log.
+    resume = resume_folder(policy)
+    run_params = {"seed": seed, "method": method_params.model_dump(), "ppo": config.model_dump(),
+                  "deepspeed": params.deepspeed.model_dump(), "max_prompt_tokens": max_prompt_tokens,
+                  "world_size": world_size}
+    saved = load_state(resume, run_params)
+    engines = {"actor": actor, "critic": critic}
     step_log = StepLog(steps)
-    metrics: dict[str, float] = {}
-    with atomic_directory(policy) as run_dir:
-        for step in tqdm(range(config.steps), desc=f"ppo@{method}-{seed}", unit="step"):
-            # Prompts cycle through the set in order, so a run is a pure function of params and seed.
-            start = (step * config.rollout_batch_size) % len(prompts)
-            batch_prompts = [prompts[(start + i) % len(prompts)] for i in range(config.rollout_batch_size)]
-            metrics, _ = ppo_step(step, actor, critic, ref_model, reward_models, tokenizer, batch_prompts,
-                                  method=method_params, normalizer=normalizer, config=config,
-                                  max_prompt_tokens=max_prompt_tokens)
+    if saved is None:
+        shutil.rmtree(resume, ignore_errors=True)
+        if config.reward_normalization == "reference":
+            normalizer.reference_mean, normalizer.reference_std = reference_reward_moments(
+                ref_model, reward_models, tokenizer, prompts, method_params, config=config,
+                max_prompt_tokens=max_prompt_tokens)
+        first_step = 0
+    else:
+        restore_engines(resume, engines, saved)
+        normalizer.load_state(saved["stage"]["normalizer"])
+        step_log.rows = saved["stage"]["step_log"]
+        first_step = saved["step"]
+        logger.info("resuming ppo@%s-%s from step %d of %d (%s)", method, seed, first_step, config.steps, resume)
+    run_dir = resume / "policy"
+    metrics: dict[str, float] = step_log.rows[-1] if step_log.rows else {}
+    for step in tqdm(range(first_step, config.steps), desc=f"ppo@{method}-{seed}", unit="step",
+                     initial=first_step, total=config.steps):
+        # Prompts cycle through the set in order, so a run is a pure function of params and seed.
+        start = (step * config.rollout_batch_size) % len(prompts)
+        batch_prompts = [prompts[(start + i) % len(prompts)] for i in range(config.rollout_batch_size)]
+        metrics, _ = ppo_step(step, actor, critic, ref_model, reward_models, tokenizer, batch_prompts,
+                              method=method_params, normalizer=normalizer, config=config,
+                              max_prompt_tokens=max_prompt_tokens)
+        if is_main_process():
+            step_log.log(step, metrics)
+        done = step + 1
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            state = full_state_dict(actor)
             if is_main_process():
-                step_log.log(step, metrics)
-            done = step + 1
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                state = full_state_dict(actor)
-                if is_main_process():
-                    save_policy_checkpoint(actor.module, tokenizer, state, run_dir, done)
+                save_policy_checkpoint(actor.module, tokenizer, state, run_dir, done)
+            save_state(resume, engines, step=done, run_params=run_params,
+                       stage_state={"normalizer": normalizer.state(), "step_log": step_log.rows})
+    if is_main_process():
+        publish_directory(run_dir, policy)
+        shutil.rmtree(resume, ignore_errors=True)
     return {"method": method, "seed": seed, "reward_model": method_params.reward_model, "aggregation": method_params.aggregation,
             "steps": config.steps, "reward_normalization": {"mode": config.reward_normalization,
                                                             "reference_mean": normalizer.reference_mean,

@@ -120,3 +120,18 @@ def test_running_mode_single_first_value_only_centres():
 def test_unknown_mode_raises():
     with pytest.raises(ValueError, match="unknown reward normalisation 'whiten'"):
         RewardNormalizer("whiten")
+
+
+def test_normaliser_state_round_trips_for_a_resumed_run():
+    import json
+
+    from robust_rlhf.reward_normalization import RewardNormalizer
+
+    first = RewardNormalizer("running")
+    first(torch.tensor([1.0, 2.0, 3.0]))
+    resumed = RewardNormalizer("running")
+    resumed.load_state(json.loads(json.dumps(first.state())))
+    batch = torch.tensor([4.0, 0.0])
+    assert torch.equal(first(batch.clone()), resumed(batch.clone()))
+    with pytest.raises(ValueError, match="mode"):
+        RewardNormalizer("none").load_state(first.state())
