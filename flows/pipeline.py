@@ -12,6 +12,7 @@ run shows in that server's UI. Flows only orchestrate: no training logic lives h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -19,19 +20,26 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections import deque
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from robust_rlhf.config import load_params
 
 PARAMS_ERROR_EXIT_CODE = 2  # what a stage exits with when params.yaml is invalid (stage_cli.py)
+
+
+class FlowTimedOut(RuntimeError):
+    """The flow ran past `orchestration.flow_timeout_minutes`; the stage running then was stopped."""
 
 
 class StageFailed(RuntimeError):
@@ -109,34 +117,74 @@ def read_stage_metrics(repo: Path, stage: str) -> dict[str, object]:
     return metrics
 
 
-def _retry_unless_bad_params(task, task_run, state) -> bool:
-    """Retry transient failures; a stage that rejected params.yaml fails the same way every time."""
+def _retry_unless_bad_input(task, task_run, state) -> bool:
+    """Retry transient failures; a stage that rejected params.yaml or its input data fails the same
+    way every time, and a flow past its timeout has no time left."""
     error = state.result(raise_on_failure=False)
+    if isinstance(error, FlowTimedOut):
+        return False
     return not (isinstance(error, StageFailed) and error.stage_exit_code == PARAMS_ERROR_EXIT_CODE)
 
 
-@task(task_run_name="{stage}", retries=2, retry_delay_seconds=[10, 30], retry_condition_fn=_retry_unless_bad_params,
-      cache_policy=NO_CACHE)
-def run_stage(stage: str, repo: str) -> dict:
+def retry_delays(first_delay_seconds: float, retries: int) -> list[float]:
+    """Exponential backoff: first, 2 x first, 4 x first, ... (Prefect adds the jitter)."""
+    return [first_delay_seconds * 2**attempt for attempt in range(retries)]
+
+
+def _stop_process_tree(process: subprocess.Popen, grace_seconds: float = 30) -> None:
+    """SIGTERM dvc and everything it started (the stage, its ranks), SIGKILL what is left after a
+    grace period. dvc stays in the flow's process group, so a worker that cancels the flow run
+    stops the stage too."""
+    try:
+        parent = psutil.Process(process.pid)
+        tree = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for member in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=grace_seconds)
+    for member in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+
+
+@task(task_run_name="{stage}", retries=2, retry_delay_seconds=retry_delays(10, 2), retry_jitter_factor=0.2,
+      retry_condition_fn=_retry_unless_bad_input, cache_policy=NO_CACHE)
+def run_stage(stage: str, repo: str, deadline: float | None = None) -> dict:
     """`dvc repro -s <stage>` in `repo`, its output streamed to the run log. Returns
-    {"stage", "skipped" (DVC found it up to date), "metrics"}; raises StageFailed on failure."""
+    {"stage", "skipped" (DVC found it up to date), "metrics"}; raises StageFailed on failure and
+    FlowTimedOut when `deadline` (a time.time() value) passes while it runs."""
     try:
         logger = get_run_logger()
     except MissingContextError:  # called as run_stage.fn(...) outside a flow, e.g. in tests
         logger = logging.getLogger(__name__)
+    if deadline is not None and time.time() >= deadline:
+        raise FlowTimedOut(f"flow timeout reached before stage {stage} started")
     command = [dvc_executable(), "repro", "-s", stage]
     logger.info("running %s", " ".join(command))
     tail: deque[str] = deque(maxlen=40)
     skipped = False  # DVC found the stage up to date (or restored it from its run cache)
     with subprocess.Popen(command, cwd=repo, env=stage_environment(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+        watchdog = None
+        if deadline is not None:
+            watchdog = threading.Timer(max(0.0, deadline - time.time()), _stop_process_tree, args=(process,))
+            watchdog.daemon = True
+            watchdog.start()
         for line in process.stdout:
             line = line.rstrip()
             if line:
                 tail.append(line)
                 logger.info(line)
                 skipped |= line.startswith((f"Stage '{stage}' didn't change", f"Stage '{stage}' is cached"))
+        process.wait()
+        if watchdog is not None:
+            watchdog.cancel()
     output = "\n".join(tail)
+    if deadline is not None and time.time() >= deadline and process.returncode != 0:
+        raise FlowTimedOut(f"flow timeout reached while stage {stage} ran; it was stopped (its outputs are "
+                           f"written atomically, a re-run resumes or starts it over)")
     if process.returncode != 0:
         # DVC reports "failed to reproduce '<stage>': failed to run: <cmd>, exited with <code>"; the
         # last such line is DVC's, earlier ones could be the stage's own output.
@@ -155,17 +203,44 @@ def _flow_run_name() -> str:
     return f"robust-rlhf-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+def report_markdown(repo: Path) -> str:
+    """A markdown artifact for the UI: where the HTML report is and the headline table of the study."""
+    report = (repo / "reports" / "report.html").resolve()
+    lines = [f"# robust-rlhf report", "", f"The full report (plots, samples, reward-model metrics): "
+             f"[{report}]({report.as_uri()})", ""]
+    table = sorted((repo / "metrics" / "eval").glob("*.json"))
+    if table:
+        lines += ["| method | gold | gold gain | win rate | proxy gain | sqrt KL | seeds |", "|---|---|---|---|---|---|---|"]
+        for path in table:
+            row = json.loads(path.read_text())
+            cells = [row.get(key) for key in ("gold", "gold_gain", "win_rate", "proxy_gain", "sqrt_kl")]
+            lines.append(f"| {path.stem} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells)
+                         + f" | {row.get('seeds', '-')} |")
+    return "\n".join(lines)
+
+
 @flow(name="robust-rlhf-pipeline", flow_run_name=_flow_run_name)
 def pipeline(repo: str = ".", methods: list[str] | None = None) -> dict[str, dict]:
     """prepare -> train_reward -> ppo@<method>-<seed>... -> evaluate -> report, one task each, each
     after the last.
 
-    params.yaml is validated first, so a bad value fails the flow at once, before any stage runs.
+    params.yaml is validated first, so a bad value fails the flow at once, before any stage runs. Its
+    `orchestration:` section sets the retries (exponential backoff with jitter) and the flow's
+    timeout; the last task publishes a markdown artifact linking the HTML report.
     """
     stages = pipeline_stages(Path(repo), methods)
+    orchestration = load_params(Path(repo) / "params.yaml").orchestration
+    deadline = (None if orchestration.flow_timeout_minutes is None
+                else time.time() + 60 * orchestration.flow_timeout_minutes)
+    stage_task = run_stage.with_options(
+        retries=orchestration.task_retries,
+        retry_delay_seconds=retry_delays(orchestration.retry_delay_seconds, orchestration.task_retries) or 0)
     results = {}
     for stage in stages:
-        results[stage] = run_stage(stage, repo)
+        results[stage] = stage_task(stage, repo, deadline)
+    if "report" in results:
+        create_markdown_artifact(key="robust-rlhf-report", markdown=report_markdown(Path(repo)),
+                                 description="The study's report and headline table")
     return results
 
 

@@ -230,6 +230,56 @@ class EvaluateParams(_Section):
         "picked by each method's reward for n = 1..N.")
 
 
+class LauncherParams(_Section):
+    """How DeepSpeed stages are launched (robust_rlhf/launcher.py). One process by default; more go
+    through the `deepspeed` launcher, which starts them with RANK/WORLD_SIZE set."""
+
+    num_gpus: int = Field(1, ge=1, description="Processes per node: one per GPU (CPU processes on DeepSpeed's "
+                          "CPU accelerator, where it also sets LOCAL_SIZE).")
+    num_nodes: int = Field(1, ge=1, description="Nodes to use; > 1 needs `hostfile`.")
+    hostfile: str | None = Field(None, description="A DeepSpeed hostfile (`host slots=N` per line) for multi-node "
+                                 "runs; the launcher reaches the other hosts over ssh (pdsh).")
+    master_addr: str | None = Field(None, description="Rank 0's address for multi-node runs (default: first host).")
+    master_port: int | None = Field(None, ge=1024, le=65535, description="Rendezvous port; None picks a free one.")
+
+    @property
+    def world_size(self) -> int:
+        return self.num_gpus * self.num_nodes
+
+    @model_validator(mode="after")
+    def _nodes_need_a_hostfile(self) -> "LauncherParams":
+        if self.num_nodes > 1 and self.hostfile is None:
+            raise ValueError("launcher.num_nodes > 1 needs launcher.hostfile (the hosts to launch on)")
+        return self
+
+
+class ScheduleParams(_Section):
+    """When the served `pipeline` deployment runs by itself (flows/serve.py); both None: on demand only."""
+
+    cron: str | None = Field(None, description="A cron string, e.g. '0 3 * * *' (03:00 every day).")
+    interval_minutes: float | None = Field(None, gt=0, description="Run every N minutes.")
+    timezone: str = Field("UTC", description="Timezone of the cron schedule.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ScheduleParams":
+        if self.cron is not None and self.interval_minutes is not None:
+            raise ValueError("orchestration.schedule: set cron or interval_minutes, not both")
+        return self
+
+
+class OrchestrationParams(_Section):
+    """The Prefect flows (flows/): retries, timeout, schedule, sweep concurrency. No stage reads it, so
+    changing it re-runs nothing."""
+
+    task_retries: int = Field(2, ge=0, description="Retries of a stage that failed for a transient reason "
+                              "(bad params and bad input data are never retried).")
+    retry_delay_seconds: float = Field(10, ge=0, description="First retry delay; doubled for each later retry, "
+                                       "with +-20% jitter.")
+    flow_timeout_minutes: float | None = Field(None, gt=0, description="Fail a pipeline flow run after this long.")
+    schedule: ScheduleParams = ScheduleParams()
+    sweep_max_parallel: int = Field(1, ge=1, description="DVC experiments of a sweep run at once (queue workers).")
+
+
 def policy_run_name(method: str, seed: int) -> str:
     """The name of one PPO run (its checkpoint folder, curve and metrics files): `<method>-seed<seed>`."""
     return f"{method}-seed{seed}"
@@ -250,6 +300,8 @@ class Params(_Section):
     train_reward: TrainRewardParams
     ppo: PPOParams
     evaluate: EvaluateParams
+    launcher: LauncherParams = LauncherParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
 
     @model_validator(mode="after")
     def _methods_are_runnable(self) -> "Params":

@@ -5,12 +5,16 @@ On a machine without a GPU the same calls run on DeepSpeed's CPU accelerator wit
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from pathlib import Path
 from typing import Iterable
 
 import torch
 
 from robust_rlhf.config import DeepSpeedParams
+from robust_rlhf.launcher import free_port
 
 
 def deepspeed_config(
@@ -57,21 +61,37 @@ def init_distributed() -> int:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        defaults = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
+        defaults = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
                     "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
         for key, value in defaults.items():
             os.environ.setdefault(key, value)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend)
+        with _extension_build_guard("deepspeed_shm_comm"):  # DeepSpeed JIT-loads this op on the CPU accelerator
+            deepspeed.init_distributed(dist_backend=backend)
     return dist.get_world_size()
 
 
-def _free_port() -> int:
-    import socket
+@contextlib.contextmanager
+def _extension_build_guard(extension: str):
+    """Hold an flock while DeepSpeed JIT-loads `extension`, and clear a stale torch build lock first.
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    torch marks a JIT build with a plain `lock` file that only its creator removes: a stage killed
+    (SIGKILL, a flow timeout) while loading the op leaves it behind, and every later process waits
+    on it forever. Our processes load the op only under this flock, which the kernel releases when
+    its holder dies; so whoever gets the flock and still finds `lock` knows its creator is dead.
+    """
+    from torch.utils.cpp_extension import _get_build_directory
+
+    build_dir = Path(_get_build_directory(extension, verbose=False))
+    with open(build_dir.parent / f".{extension}.robust_rlhf.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        stale = build_dir / "lock"
+        if stale.exists():
+            stale.unlink()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def initialize_engine(model: torch.nn.Module, config: dict, parameters: Iterable[torch.nn.Parameter] | None = None):
@@ -101,3 +121,33 @@ def is_main_process() -> bool:
     import torch.distributed as dist
 
     return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each scalar averaged over the data-parallel ranks (the same keys on every rank); unchanged on one
+    process."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    keys = sorted(values)
+    stacked = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64)
+    dist.all_reduce(stacked)
+    return {key: float(total) / dist.get_world_size() for key, total in zip(keys, stacked)}
+
+
+def gather_from_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's `tensor` (same shape on each) concatenated along dim 0, in rank order."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from robust_rlhf.config import MethodParams, PPOParams
+from robust_rlhf.distributed import gather_from_ranks
 from robust_rlhf.gae import gae
 from robust_rlhf.generation import decode, encode_prompts, forward_response, sample_responses
 from robust_rlhf.kl import kl_k1, kl_k2
@@ -84,6 +85,20 @@ def reference_reward_moments(policy, reward_models: RewardModels, tokenizer, pro
     return float(reward.mean()), float(reward.std(unbiased=False)) if reward.numel() > 1 else 1.0
 
 
+def rollout_prompts(prompts: list[str], *, step: int, rank: int, world_size: int, rollout_batch_size: int) -> list[str]:
+    """The prompts rank `rank` rolls out at `step`: the set is read in order, cycling, one
+    `rollout_batch_size` block per (step, rank), so a run is a pure function of params and seed and
+    ranks never share a block within a step."""
+    start = ((step * world_size + rank) * rollout_batch_size) % len(prompts)
+    return [prompts[(start + i) % len(prompts)] for i in range(rollout_batch_size)]
+
+
+def rank_sampling_seed(seed: int, *, rank: int, step: int) -> int:
+    """A sampling seed for data-parallel rank > 0 at `step`: distinct per (seed, rank, step) and the same
+    after a resume, without touching rank 0's stream (which equals a single-process run's)."""
+    return (seed * 1_000_003 + rank * 10_007 + step) % 2**31
+
+
 def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, tokenizer, prompts: list[str], *,
              method: MethodParams, normalizer: RewardNormalizer, config: PPOParams,
              max_prompt_tokens: int) -> tuple[dict[str, float], list[str]]:
@@ -108,7 +123,8 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
         check_finite(f"reward_model/{kind}/sigma", sigma, phase="ppo", step=step)
     raw_reward = method_rewards(scores, {"optimised": method}, config)["optimised"]
     check_finite("reward/optimised", raw_reward, phase="ppo", step=step)
-    reward = normalizer(raw_reward).to(device)
+    # `running` moments see every rank's rewards, so all ranks normalise alike.
+    reward = normalizer(raw_reward, population=gather_from_ranks(raw_reward)).to(device)
     # 4. KL-shaped per-token reward, 5. GAE, 6. whiten.
     mask = response_mask.to(logprobs.dtype)
     kl_per_token = kl_k1(logprobs, ref_logprobs)

@@ -68,10 +68,12 @@ class RewardNormalizer:
         self.reference_mean, self.reference_std = state["reference_mean"], state["reference_std"]
         self.moments = RunningMoments(state["count"], state["mean"], state["m2"])
 
-    def __call__(self, reward: torch.Tensor) -> torch.Tensor:
+    def __call__(self, reward: torch.Tensor, *, population: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalise `reward`; `running` first merges `population` (default: `reward`) into its moments,
+        e.g. every data-parallel rank's rewards."""
         if self.mode == "none":
             return reward
         if self.mode == "running":
-            self.moments.update(reward)
+            self.moments.update(reward if population is None else population)
             return normalize_rewards(reward, self.moments.mean, self.moments.std)
         return normalize_rewards(reward, self.reference_mean, self.reference_std)

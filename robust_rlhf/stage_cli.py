@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from robust_rlhf.config import Params, ParamsError, StageInputError, load_params
+from robust_rlhf.launcher import launched_by_launcher, relaunch_under_deepspeed
 from robust_rlhf.metrics import write_metrics
 
 
@@ -29,12 +30,13 @@ def seed_everything(seed: int) -> None:
 
 
 def stage_main(name: str, run: Callable[..., dict], path_args: list[str], argv: list[str] | None = None,
-               extra_args: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+               extra_args: Callable[[argparse.ArgumentParser], None] | None = None, data_parallel: bool = False) -> None:
     """Parse `--params`, `--metrics` and the stage's own path arguments, validate params before any
     work, run the stage, write its metrics atomically and print a one-line summary.
 
     `run(params, **paths)` returns the metrics dict; every path argument reaches it as a Path, and
-    every argument that `extra_args` adds reaches it by its name.
+    every argument that `extra_args` adds reaches it by its name. A `data_parallel` stage with
+    `launcher.world_size` > 1 re-runs itself under the deepspeed launcher (robust_rlhf/launcher.py).
     """
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     parser.add_argument("--params", default="params.yaml", type=Path)
@@ -53,6 +55,12 @@ def stage_main(name: str, run: Callable[..., dict], path_args: list[str], argv: 
     except ParamsError as error:
         print(f"stage {name}: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if params.launcher.world_size > 1 and not launched_by_launcher():
+        if data_parallel:
+            stage_argv = list(sys.argv[1:] if argv is None else argv)
+            raise SystemExit(relaunch_under_deepspeed(params.launcher, f"stages.{name}", stage_argv))
+        logging.getLogger(__name__).info("stage %s shards no work across ranks; it runs as one process "
+                                         "(launcher.world_size=%d applies to ppo)", name, params.launcher.world_size)
     seed_everything(params.seed)
 
     started = time.perf_counter()

@@ -19,10 +19,10 @@ from robust_rlhf.atomic import publish_directory, read_jsonl
 from robust_rlhf.checkpoint import save_policy_checkpoint
 from robust_rlhf.config import Params, ParamsError
 from robust_rlhf.distributed import (deepspeed_config, full_state_dict, init_distributed, initialize_engine,
-                                     is_main_process)
+                                     is_main_process, mean_over_ranks, rank)
 from robust_rlhf.metrics import StepLog
 from robust_rlhf.models import load_backbone, load_causal_lm, load_tokenizer
-from robust_rlhf.ppo import ValueModel, ppo_step, reference_reward_moments
+from robust_rlhf.ppo import ValueModel, ppo_step, rank_sampling_seed, reference_reward_moments, rollout_prompts
 from robust_rlhf.reward_normalization import RewardNormalizer
 from robust_rlhf.resume import load_state, restore_engines, resume_folder, save_state
 from robust_rlhf.reward_scoring import load_reward_models
@@ -81,15 +81,21 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
         first_step = saved["step"]
         logger.info("resuming ppo@%s-%s from step %d of %d (%s)", method, seed, first_step, config.steps, resume)
     run_dir = resume / "policy"
+    this_rank = rank()
+    if world_size > 1:
+        logger.info("rank %d/%d: %d rollouts per step of the %d in each global batch", this_rank, world_size,
+                    config.rollout_batch_size, config.rollout_batch_size * world_size)
     metrics: dict[str, float] = step_log.rows[-1] if step_log.rows else {}
     for step in tqdm(range(first_step, config.steps), desc=f"ppo@{method}-{seed}", unit="step",
                      initial=first_step, total=config.steps):
-        # Prompts cycle through the set in order, so a run is a pure function of params and seed.
-        start = (step * config.rollout_batch_size) % len(prompts)
-        batch_prompts = [prompts[(start + i) % len(prompts)] for i in range(config.rollout_batch_size)]
+        batch_prompts = rollout_prompts(prompts, step=step, rank=this_rank, world_size=world_size,
+                                        rollout_batch_size=config.rollout_batch_size)
+        if this_rank > 0:  # rank 0 keeps the single-process stream; the others get their own, per step
+            seed_everything(rank_sampling_seed(seed, rank=this_rank, step=step))
         metrics, _ = ppo_step(step, actor, critic, ref_model, reward_models, tokenizer, batch_prompts,
                               method=method_params, normalizer=normalizer, config=config,
                               max_prompt_tokens=max_prompt_tokens)
+        metrics = mean_over_ranks(metrics)
         if is_main_process():
             step_log.log(step, metrics)
         done = step + 1
@@ -103,7 +109,7 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
         publish_directory(run_dir, policy)
         shutil.rmtree(resume, ignore_errors=True)
     return {"method": method, "seed": seed, "reward_model": method_params.reward_model, "aggregation": method_params.aggregation,
-            "steps": config.steps, "reward_normalization": {"mode": config.reward_normalization,
+            "steps": config.steps, "world_size": world_size, "reward_normalization": {"mode": config.reward_normalization,
                                                             "reference_mean": normalizer.reference_mean,
                                                             "reference_std": normalizer.reference_std},
             "final": metrics}
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument("--seed", required=True, type=int, help="this run's PPO seed (one of `ppo_seeds`)")
 
     stage_main("ppo", run, ["data", "policy_init", "reward", "ensemble", "policy", "steps"], argv,
-               extra_args=method_arg)
+               extra_args=method_arg, data_parallel=True)
 
 
 if __name__ == "__main__":

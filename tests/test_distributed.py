@@ -24,3 +24,17 @@ def test_inference_config_has_no_optimizer():
 def test_zero_stage_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="zero_stage"):
         DeepSpeedParams(zero_stage=4)
+
+
+def test_a_stale_torch_build_lock_left_by_a_killed_stage_is_cleared(tmp_path, monkeypatch):
+    # A stage killed while DeepSpeed JIT-loads its op leaves torch's `lock` file; without the guard
+    # every later stage waits on it forever.
+    from robust_rlhf.distributed import _extension_build_guard
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    build_dir = tmp_path / "some_op"
+    build_dir.mkdir()
+    (build_dir / "lock").touch()
+    with _extension_build_guard("some_op"):
+        assert not (build_dir / "lock").exists()
+    assert (tmp_path / ".some_op.robust_rlhf.flock").exists()

@@ -2,42 +2,18 @@
 
 import json
 import math
-import os
+import time
 
+import psutil
 import pytest
 import yaml
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED,
-                              temporary_settings)
-from prefect.testing.utilities import prefect_test_harness
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
-from flows.pipeline import StageFailed, flatten, pipeline, pipeline_stages, run_stage, stage_metrics_paths
+from flows.pipeline import (FlowTimedOut, StageFailed, flatten, pipeline, pipeline_stages, retry_delays, run_stage,
+                            stage_metrics_paths)
 from tests.conftest import REPO, copy_repo, tiny_params
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """One test Prefect server (SQLite in a temp dir) for the module, with a throwaway PREFECT_HOME."""
-    home = tmp_path_factory.mktemp("prefect_home")
-    # os.environ for the server subprocess; temporary_settings for this process, whose settings were
-    # read when prefect was imported. No heartbeat thread: it costs ~1 s per flow run.
-    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DS_ACCELERATOR": "cpu"}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        with temporary_settings({PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False,
-                                 PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            with prefect_test_harness(server_startup_timeout=120):
-                yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def with_params(repo, **overrides):
@@ -126,7 +102,10 @@ def test_flow_runs_every_stage_then_finds_them_up_to_date(tmp_path, prefect_serv
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     tables = {artifact.key: artifact.data for artifact in artifacts}
     assert set(tables) == {"prepare-metrics", "train-reward-metrics", "ppo-single-0-metrics", "evaluate-metrics",
-                           "report-metrics"}
+                           "report-metrics", "robust-rlhf-report"}
+    # the markdown artifact links the report and holds the headline row of each method
+    assert (repo / "reports/report.html").resolve().as_uri() in tables["robust-rlhf-report"]
+    assert f"| single | {per_method['gold']:.3f} |" in tables["robust-rlhf-report"]
     rows = json.loads(tables["evaluate-metrics"]) if isinstance(tables["evaluate-metrics"], str) \
         else tables["evaluate-metrics"]
     assert {"metric": "single/gold", "value": evaluated["single/gold"]} in rows
@@ -142,3 +121,33 @@ def test_flow_refuses_bad_params_before_running_a_stage(tmp_path, prefect_server
     with pytest.raises(Exception, match="ppo.robust.lambda"):
         pipeline(repo=str(repo))
     assert not (repo / "data").exists()
+
+
+def test_retry_delays_double():
+    assert retry_delays(10, 3) == [10, 20, 40]
+    assert retry_delays(5, 0) == []
+
+
+def test_a_stage_running_past_the_deadline_is_stopped(tmp_path):
+    repo = copy_repo(tmp_path)
+    started = time.time()
+    # prepare needs well over 4 s (DeepSpeed alone takes longer to import)
+    with pytest.raises(FlowTimedOut, match="while stage prepare ran; it was stopped"):
+        run_stage.fn("prepare", str(repo), deadline=started + 4)
+    assert time.time() - started < 40  # stopped, not waited for
+    assert not (repo / "data").exists()  # outputs are published only when a stage completes
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "stages.prepare" in " ".join(p.info["cmdline"] or [])
+                and str(repo) in " ".join(p.info["cmdline"] or [])]
+
+
+def test_flow_timeout_from_params_fails_the_run_without_retries(tmp_path, prefect_server):
+    repo = with_params(copy_repo(tmp_path), **{"orchestration.flow_timeout_minutes": 0.01,
+                                               "orchestration.retry_delay_seconds": 0})
+    state = pipeline(repo=str(repo), methods=["single"], return_state=True)
+    assert state.is_failed()
+    with pytest.raises(FlowTimedOut, match="flow timeout reached"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert [(run.name, run.run_count) for run in task_runs] == [("prepare", 1)]
