@@ -52,6 +52,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success it replaces `path` whole, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
@@ -59,6 +60,25 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temp folders and files (`.<name>.*.tmp`, `.<name>.old`) that a writer of `path` killed
+    mid-write left beside it; return what was removed. They would otherwise pile up, and inside a
+    folder that a later stage depends on they would change its DVC hash. Only one writer of a path
+    runs at a time (DVC locks the stage), so none of them belongs to a live writer."""
+    path = Path(path)
+    stale = [*path.parent.glob(f".{path.name}.*.tmp"), path.with_name(f".{path.name}.old")]
+    removed = []
+    for leftover in stale:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        elif leftover.exists():
+            leftover.unlink()
+        else:
+            continue
+        removed.append(leftover)
+    return removed
 
 
 def publish_directory(source: str | Path, path: str | Path) -> None:
