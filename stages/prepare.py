@@ -10,6 +10,7 @@ starts from and evaluate compares against.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from robust_rlhf.atomic import atomic_directory, atomic_write_jsonl
@@ -23,6 +24,8 @@ from robust_rlhf.stage_cli import stage_main
 from robust_rlhf.task import split_prompts, tokenizer_corpus
 
 SPLITS = ("train", "val", "test")
+DVC_SOURCES_DIR = "data_sources"  # a dep of prepare in dvc.yaml: local preference files belong here
+logger = logging.getLogger(__name__)
 
 
 def run(params: Params, *, data: Path, policy: Path) -> dict:
@@ -71,6 +74,10 @@ def _prepare_from_source(params: Params, data: Path, tokenizer) -> dict:
     """Pairs from the configured source: validated, rejects kept, split by prompt; PPO prompts from
     the train split's prompts and evaluation prompts from the test split's."""
     config = params.prepare
+    for outside in files_outside(config.source.files if config.source.kind == "files" else [], DVC_SOURCES_DIR):
+        logger.warning("%s is not under %s/, so it is no DVC dependency of prepare: `dvc repro` will not notice "
+                       "when it changes; move it there or add it to prepare's deps in dvc.yaml", outside,
+                       DVC_SOURCES_DIR)
     loaded = load_source(config.source, tokenizer, trust_remote_code=params.models.trust_remote_code)
     splits = split_pairs(loaded.pairs, seed=params.seed, sizes={
         "train": config.num_train_pairs, "val": config.num_val_pairs, "test": config.num_test_pairs})
@@ -89,6 +96,13 @@ def _prepare_from_source(params: Params, data: Path, tokenizer) -> dict:
     return {"rows": {"read": loaded.rows_read, **{split: len(splits[split]) for split in SPLITS},
                      **{f"{split}_prompts": len(prompts) for split, prompts in prompt_sets.items()}},
             "rejects": {"total": len(loaded.rejects), **loaded.reject_counts()}}
+
+
+def files_outside(files: list[str], folder: str | Path) -> list[str]:
+    """The files not inside `folder` (both resolved against the working directory, the repo root
+    under DVC)."""
+    root = Path(folder).resolve()
+    return [file for file in files if not Path(file).resolve().is_relative_to(root)]
 
 
 def _distinct_prompts(pairs: list[dict], limit: int) -> list[str]:

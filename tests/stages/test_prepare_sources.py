@@ -35,8 +35,10 @@ def test_files_source_keeps_good_rows_and_counts_every_reject(tmp_path):
     bad = [{"prompt": "Review the zoo.", "chosen": "Same.", "rejected": "Same."}, rows[0], {"prompt": "x", "chosen": "y"}]
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows + bad))
-    prepare(tmp_path, source_params(tmp_path, {"kind": "files", "files": [str(path)],
-                                               "max_reject_fraction": 0.2}))
+    result = prepare(tmp_path, source_params(tmp_path, {"kind": "files", "files": [str(path)],
+                                                        "max_reject_fraction": 0.2}))
+    # a file outside data_sources/ is no DVC dep of prepare: the stage says so
+    assert f"{path} is not under data_sources/" in result.stderr
     metrics = json.loads((tmp_path / "prepare.json").read_text())
     assert metrics["rows"]["read"] == 23
     assert metrics["rejects"] == {"total": 3, "chosen_equals_rejected": 1, "duplicate_pair": 1, "missing_field": 1}
@@ -88,3 +90,13 @@ def test_hub_source_reads_hh_conversations_saved_to_disk(tmp_path):
 def test_a_source_without_a_name_is_refused_before_any_work(tmp_path, source, key):
     result = prepare(tmp_path, source_params(tmp_path, source), ok=False)
     assert result.returncode == 2 and key in result.stderr
+
+
+def test_files_outside_the_dvc_sources_folder_are_named(tmp_path, monkeypatch):
+    from stages.prepare import files_outside
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data_sources").mkdir()
+    assert files_outside(["data_sources/a.jsonl", "./data_sources/sub/b.csv", "other/c.json", "/abs/d.parquet",
+                          "data_sources/../e.jsonl"], "data_sources") == ["other/c.json", "/abs/d.parquet",
+                                                                         "data_sources/../e.jsonl"]
