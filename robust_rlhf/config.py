@@ -146,6 +146,10 @@ class TrainRewardParams(_Section):
         "auto", description="Backbone pooling: last token (decoders), masked mean (encoders), or auto."
     )
     max_length: int = Field(128, ge=8, description="Tokens of prompt + response seen by the RM.")
+    checkpoint_every: int = Field(
+        10, ge=1, description="Save a resume checkpoint every N optimizer steps of each training phase (stage 1, "
+        "stage 2, each ensemble member) and at the end of each phase; a killed run goes on from the last one."
+    )
     stage1: Stage1Params
     stage2: Stage2Params
 

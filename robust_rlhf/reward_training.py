@@ -3,13 +3,17 @@
 Stage 1: backbone + scalar head with the Bradley-Terry loss.
 Stage 2: the k Gaussian heads, each on its own bootstrap resample, with `gaussian_nll` (regress
 the stage-1 reward with a learned sigma) or `bt_sampled` (BT on reparameterised samples).
+
+Every training loop can start part-way (a `PhaseProgress` from a checkpoint) and reports its
+progress after each micro-batch to `on_step`, which decides when to checkpoint (`checkpoint_due`).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -29,6 +33,44 @@ class NonFiniteLossError(RuntimeError):
 def check_finite(name: str, value: torch.Tensor, *, phase: str, step: int) -> None:
     if not torch.isfinite(value).all():
         raise NonFiniteLossError(f"{phase}: {name} is not finite at step {step}; stopping")
+
+
+@dataclass
+class PhaseProgress:
+    """How far one training phase got: the next epoch and batch to run and the loss of every
+    micro-batch so far. Stage 2 adds its generator's state (noise, and frozen stage 2's shuffles) and
+    frozen stage 2 the current epoch's row order, which that generator drew."""
+
+    epoch: int = 0
+    batch: int = 0
+    losses: list[float] = field(default_factory=list)
+    generator: list[int] | None = None
+    order: list[int] | None = None
+
+
+OnStep = Callable[[PhaseProgress], None]
+
+
+def checkpoint_due(micro_batches: int, *, gradient_accumulation_steps: int, checkpoint_every: int) -> bool:
+    """Whether the micro-batch just run completed an optimizer step whose number is a multiple of
+    `checkpoint_every`. Only at an accumulation boundary: a DeepSpeed checkpoint holds no partly
+    accumulated gradients."""
+    optimizer_steps, pending = divmod(micro_batches, gradient_accumulation_steps)
+    return pending == 0 and optimizer_steps % checkpoint_every == 0
+
+
+def remaining_batches(epoch: int, num_batches: int, progress: PhaseProgress) -> range:
+    """Indices of `epoch`'s batches still to run: all of them, or those after `progress.batch` in the
+    epoch the phase stopped in."""
+    return range(progress.batch if epoch == progress.epoch else 0, num_batches)
+
+
+def _generator(seed: int, progress: PhaseProgress) -> torch.Generator:
+    """A generator seeded by `seed`, or in the state a checkpoint saved."""
+    generator = torch.Generator().manual_seed(seed)
+    if progress.generator is not None:
+        generator.set_state(torch.tensor(progress.generator, dtype=torch.uint8))
+    return generator
 
 
 @dataclass
@@ -53,6 +95,19 @@ def pair_batches(pairs: list[dict], tokenizer, *, batch_size: int, max_length: i
         yield PairBatch(dict(chosen), dict(rejected), torch.tensor(rows))
 
 
+def remaining_pair_batches(pairs: list[dict], tokenizer, *, epochs: int, micro_batch_size: int, max_length: int,
+                           seed: int, phase: str, progress: PhaseProgress):
+    """Yield (epoch, batch index, PairBatch) for every micro-batch still to run from `progress` on;
+    epoch e is shuffled by seed + e, so a resumed run sees the batches an uninterrupted one does."""
+    for epoch in range(progress.epoch, epochs):
+        batches = list(pair_batches(pairs, tokenizer, batch_size=micro_batch_size, max_length=max_length,
+                                    seed=seed + epoch))
+        todo = remaining_batches(epoch, len(batches), progress)
+        for index in tqdm(todo, desc=f"{phase} epoch {epoch + 1}/{epochs}", unit="batch", initial=todo.start,
+                          total=len(batches)):
+            yield epoch, index, batches[index]
+
+
 def bootstrap_weights(num_items: int, num_heads: int, *, seed: int, enabled: bool) -> torch.Tensor:
     """(N, k) counts: column i is head i's bootstrap resample (multinomial N draws), or all ones."""
     if not enabled:
@@ -64,23 +119,33 @@ def bootstrap_weights(num_items: int, num_heads: int, *, seed: int, enabled: boo
     return counts.T.contiguous()
 
 
+def backward_and_step(engine, loss: torch.Tensor, name: str, *, phase: str, losses: list[float]) -> None:
+    """Stop on a non-finite loss before it reaches the weights (the last checkpoint stays the last good
+    one), else backward and step `engine` and append the loss to `losses`."""
+    check_finite(name, loss, phase=phase, step=len(losses))
+    engine.backward(loss)
+    engine.step()
+    losses.append(loss.item())
+
+
 def train_stage1(engine, pairs: list[dict], tokenizer, *, epochs: int, micro_batch_size: int, max_length: int,
-                 seed: int) -> list[float]:
-    """Bradley-Terry training of backbone + bt_head through `engine` (wrapping a BRMERewardModel)."""
+                 seed: int, phase: str = "train_reward stage1", progress: PhaseProgress | None = None,
+                 on_step: OnStep | None = None) -> list[float]:
+    """Bradley-Terry training of backbone + bt_head through `engine` (wrapping a BRMERewardModel),
+    from `progress` on. Returns the loss of every micro-batch of the phase."""
     model: BRMERewardModel = engine.module
-    losses, step = [], 0
+    progress = progress or PhaseProgress()
+    losses = list(progress.losses)
     engine.train()
-    for epoch in range(epochs):
-        batches = pair_batches(pairs, tokenizer, batch_size=micro_batch_size, max_length=max_length, seed=seed + epoch)
-        for batch in tqdm(list(batches), desc=f"reward stage 1 epoch {epoch + 1}/{epochs}", unit="batch"):
-            reward_chosen = model.bt_reward(model.pooled(**_to(batch.chosen, engine.device))).float()
-            reward_rejected = model.bt_reward(model.pooled(**_to(batch.rejected, engine.device))).float()
-            loss = bradley_terry_loss(reward_chosen, reward_rejected)
-            check_finite("loss/bt", loss, phase="train_reward stage 1", step=step)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            step += 1
+    for epoch, index, batch in remaining_pair_batches(pairs, tokenizer, epochs=epochs, micro_batch_size=micro_batch_size,
+                                                      max_length=max_length, seed=seed, phase=phase,
+                                                      progress=progress):
+        reward_chosen = model.bt_reward(model.pooled(**_to(batch.chosen, engine.device))).float()
+        reward_rejected = model.bt_reward(model.pooled(**_to(batch.rejected, engine.device))).float()
+        loss = bradley_terry_loss(reward_chosen, reward_rejected)
+        backward_and_step(engine, loss, "loss/bt", phase=phase, losses=losses)
+        if on_step is not None:
+            on_step(PhaseProgress(epoch, index + 1, losses))
     return losses
 
 
@@ -111,54 +176,61 @@ def stage2_loss(loss_name: str, mu_c, sigma_c, mu_r, sigma_r, target_c, target_r
 
 
 def train_stage2_frozen(engine, features: dict[str, torch.Tensor], weights: torch.Tensor, *, loss_name: str,
-                        epochs: int, micro_batch_size: int, num_noise_samples: int, seed: int) -> list[float]:
-    """Train the Gaussian heads (`engine` wraps a GaussianHeads) on precomputed pooled features."""
-    generator = torch.Generator().manual_seed(seed)
+                        epochs: int, micro_batch_size: int, num_noise_samples: int, seed: int,
+                        phase: str = "train_reward stage2", progress: PhaseProgress | None = None,
+                        on_step: OnStep | None = None) -> list[float]:
+    """Train the Gaussian heads (`engine` wraps a GaussianHeads) on precomputed pooled features, from
+    `progress` on. Returns the loss of every micro-batch of the phase."""
+    progress = progress or PhaseProgress()
+    generator = _generator(seed, progress)
     num_pairs = features["pooled_chosen"].shape[0]
+    num_batches = -(-num_pairs // micro_batch_size)
     # Features were stored in fp32; under bf16/fp16 the heads engine holds half-precision weights.
     feature_dtype = next(engine.module.parameters()).dtype
-    losses, step = [], 0
+    losses = list(progress.losses)
     engine.train()
-    for epoch in range(epochs):
-        order = torch.randperm(num_pairs, generator=generator)
-        for start in tqdm(range(0, num_pairs, micro_batch_size), desc=f"reward stage 2 epoch {epoch + 1}/{epochs}",
-                          unit="batch"):
-            rows = order[start:start + micro_batch_size]
+    for epoch in range(progress.epoch, epochs):
+        # The generator drew this epoch's order before the checkpoint: take the saved one, not a new draw.
+        resumed_epoch = epoch == progress.epoch and progress.order is not None
+        order = torch.tensor(progress.order) if resumed_epoch else torch.randperm(num_pairs, generator=generator)
+        todo = remaining_batches(epoch, num_batches, progress)
+        for index in tqdm(todo, desc=f"{phase} epoch {epoch + 1}/{epochs}", unit="batch", initial=todo.start,
+                          total=num_batches):
+            rows = order[index * micro_batch_size:(index + 1) * micro_batch_size]
             mu_c, sigma_c = _as_float(engine(features["pooled_chosen"][rows].to(engine.device, feature_dtype)))
             mu_r, sigma_r = _as_float(engine(features["pooled_rejected"][rows].to(engine.device, feature_dtype)))
             loss = stage2_loss(loss_name, mu_c, sigma_c, mu_r, sigma_r, features["target_chosen"][rows].to(mu_c),
                                features["target_rejected"][rows].to(mu_c), weights[rows].to(mu_c),
                                num_noise_samples=num_noise_samples, generator=generator)
-            check_finite(f"loss/{loss_name}", loss, phase="train_reward stage 2", step=step)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            step += 1
+            backward_and_step(engine, loss, f"loss/{loss_name}", phase=phase, losses=losses)
+            if on_step is not None:
+                on_step(PhaseProgress(epoch, index + 1, losses, generator.get_state().tolist(), order.tolist()))
     return losses
 
 
 def train_stage2_unfrozen(engine, pairs: list[dict], tokenizer, features: dict[str, torch.Tensor],
                           weights: torch.Tensor, *, loss_name: str, epochs: int, micro_batch_size: int,
-                          max_length: int, num_noise_samples: int, seed: int) -> list[float]:
-    """Train backbone + Gaussian heads (`engine` wraps a BRMERewardModel); targets stay stage-1's."""
+                          max_length: int, num_noise_samples: int, seed: int, phase: str = "train_reward stage2",
+                          progress: PhaseProgress | None = None, on_step: OnStep | None = None) -> list[float]:
+    """Train backbone + Gaussian heads (`engine` wraps a BRMERewardModel), from `progress` on; targets
+    stay stage-1's. Returns the loss of every micro-batch of the phase."""
     model: BRMERewardModel = engine.module
-    generator = torch.Generator().manual_seed(seed)
-    losses, step = [], 0
+    progress = progress or PhaseProgress()
+    generator = _generator(seed, progress)
+    losses = list(progress.losses)
     engine.train()
-    for epoch in range(epochs):
-        batches = pair_batches(pairs, tokenizer, batch_size=micro_batch_size, max_length=max_length, seed=seed + epoch)
-        for batch in tqdm(list(batches), desc=f"reward stage 2 epoch {epoch + 1}/{epochs}", unit="batch"):
-            mu_c, sigma_c = _as_float(model.heads(model.pooled(**_to(batch.chosen, engine.device))))
-            mu_r, sigma_r = _as_float(model.heads(model.pooled(**_to(batch.rejected, engine.device))))
-            loss = stage2_loss(loss_name, mu_c, sigma_c, mu_r, sigma_r,
-                               features["target_chosen"][batch.rows].to(mu_c),
-                               features["target_rejected"][batch.rows].to(mu_c), weights[batch.rows].to(mu_c),
-                               num_noise_samples=num_noise_samples, generator=generator)
-            check_finite(f"loss/{loss_name}", loss, phase="train_reward stage 2", step=step)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            step += 1
+    for epoch, index, batch in remaining_pair_batches(pairs, tokenizer, epochs=epochs, micro_batch_size=micro_batch_size,
+                                                      max_length=max_length, seed=seed, phase=phase,
+                                                      progress=progress):
+        mu_c, sigma_c = _as_float(model.heads(model.pooled(**_to(batch.chosen, engine.device))))
+        mu_r, sigma_r = _as_float(model.heads(model.pooled(**_to(batch.rejected, engine.device))))
+        loss = stage2_loss(loss_name, mu_c, sigma_c, mu_r, sigma_r,
+                           features["target_chosen"][batch.rows].to(mu_c),
+                           features["target_rejected"][batch.rows].to(mu_c), weights[batch.rows].to(mu_c),
+                           num_noise_samples=num_noise_samples, generator=generator)
+        backward_and_step(engine, loss, f"loss/{loss_name}", phase=phase, losses=losses)
+        if on_step is not None:
+            on_step(PhaseProgress(epoch, index + 1, losses, generator.get_state().tolist()))
     return losses
 
 

@@ -3,10 +3,13 @@ stages' CLIs (in subprocesses, as DVC runs them) that the per-stage tests inspec
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,10 +61,38 @@ def copy_repo(destination: Path) -> Path:
 
 def run_stage(stage: str, params: Path, **paths: Path) -> subprocess.CompletedProcess:
     """Run `python -m stages.<stage>` with --params and the given path flags; return the result."""
+    return subprocess.run(stage_command(stage, params, **paths), cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def stage_command(stage: str, params: Path, **args) -> list[str]:
+    """argv of `python -m stages.<stage>` with --params and the given flags (paths or values)."""
     command = [sys.executable, "-m", f"stages.{stage}", "--params", str(params)]
-    for name, value in paths.items():
+    for name, value in args.items():
         command += [f"--{name.replace('_', '-')}", str(value)]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    return command
+
+
+def kill_after_checkpoint(command: list[str], state: Path, at_least_step: int) -> int:
+    """Run `command`, SIGKILL it once it has written a resume `state` (state.json) of its own naming a
+    step >= at_least_step, and return that step. Never earlier: a kill during DeepSpeed's start-up can
+    leave the JIT-build lock in TORCH_EXTENSIONS_DIR behind, and every later DeepSpeed process waits on
+    it forever."""
+    step_before = json.loads(state.read_text())["step"] if state.exists() else -1
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            step = json.loads(state.read_text())["step"] if state.exists() else -1
+            if step > step_before and step >= at_least_step:
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, "the stage finished before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return json.loads(state.read_text())["step"]
 
 
 def run_stage_ok(stage: str, params: Path, **paths: Path) -> subprocess.CompletedProcess:

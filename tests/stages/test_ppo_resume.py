@@ -5,16 +5,12 @@ keeps the last good checkpoint; the same params and seed give the same run twice
 import csv
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 from safetensors.torch import load_file, save_file
 
 from robust_rlhf.checkpoint import read_checkpoints
-from tests.conftest import REPO, run_stage, tiny_params, write_params
+from tests.conftest import kill_after_checkpoint, run_stage, stage_command, tiny_params, write_params
 
 STEPS, EVERY = 6, 2
 
@@ -25,35 +21,14 @@ def ppo_paths(pipeline_run, out, reward=None):
             "policy": out / "policy", "steps": out / "steps.csv", "metrics": out / "metrics.json"}
 
 
-def command(params, paths):
-    argv = [sys.executable, "-m", "stages.ppo", "--params", str(params)]
-    for name, value in paths.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
-    return argv
-
-
 def rows(path):
     with open(path) as handle:
         return list(csv.DictReader(handle))
 
 
-def kill_after_checkpoint(params, paths, at_least_step):
-    """Start the stage, SIGKILL it once its resume state names a step >= at_least_step."""
-    state = paths["policy"].with_name(".policy.resume") / "state.json"
-    process = subprocess.Popen(command(params, paths), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if state.exists() and json.loads(state.read_text())["step"] >= at_least_step:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, "the stage finished before it could be killed"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    return json.loads(state.read_text())["step"]
+def kill_ppo(params, paths, at_least_step):
+    return kill_after_checkpoint(stage_command("ppo", params, **paths),
+                                 paths["policy"].with_name(".policy.resume") / "state.json", at_least_step)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +52,7 @@ def test_same_params_and_seed_give_the_same_run(pipeline_run, uninterrupted, tmp
 def test_killed_run_resumes_and_ends_like_the_uninterrupted_one(pipeline_run, uninterrupted, tmp_path):
     params, out = uninterrupted
     paths = ppo_paths(pipeline_run, tmp_path)
-    killed_at = kill_after_checkpoint(params, paths, at_least_step=EVERY)
+    killed_at = kill_ppo(params, paths, at_least_step=EVERY)
     assert killed_at < STEPS and not paths["policy"].exists()  # nothing published for DVC to cache
 
     # changed params make the saved state invalid: refused, naming the key, state kept
@@ -103,7 +78,7 @@ def test_killed_run_resumes_and_ends_like_the_uninterrupted_one(pipeline_run, un
 def test_nan_reward_stops_naming_the_step_and_keeps_the_last_checkpoint(pipeline_run, uninterrupted, tmp_path):
     params, _ = uninterrupted
     paths = ppo_paths(pipeline_run, tmp_path)
-    killed_at = kill_after_checkpoint(params, paths, at_least_step=EVERY)
+    killed_at = kill_ppo(params, paths, at_least_step=EVERY)
     # The reward model goes bad between the kill and the resume: every reward is NaN.
     broken = tmp_path / "reward"
     shutil.copytree(pipeline_run["reward"], broken)

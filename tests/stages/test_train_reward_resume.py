@@ -1,0 +1,113 @@
+"""A train_reward stage killed with SIGKILL resumes from its last checkpoint and publishes what an
+uninterrupted run publishes; a resume with changed params is refused; a NaN loss stops the stage
+naming the phase, step and tensor and keeps the last good checkpoint."""
+
+import json
+import subprocess
+
+import pytest
+from safetensors.torch import load_file
+
+from robust_rlhf.atomic import atomic_write_jsonl
+from robust_rlhf.models import TINY_POLICY, materialise_policy
+from robust_rlhf.task import NEGATIVE_WORDS, POSITIVE_WORDS, TEMPLATES, TOPICS, tokenizer_corpus
+from tests.conftest import REPO, kill_after_checkpoint, run_stage, stage_command, tiny_params, write_params
+
+# 24 train pairs in micro-batches of 8: 3 batches an epoch, so 6 micro-batches in each of stage1,
+# stage2 and member_0, a checkpoint after every one.
+PHASE_STEPS = 6
+TOTAL_STEPS = 3 * PHASE_STEPS
+SMALL = {"train_reward.stage1.epochs": 2, "train_reward.stage2.epochs": 2, "train_reward.ensemble_size": 1,
+         "train_reward.checkpoint_every": 1, "methods": {"brme": {"reward_model": "brme", "aggregation": "brme"}}}
+
+
+def preference_pairs(count: int, offset: int) -> list[dict]:
+    """Pairs whose chosen reply is positive and rejected one negative, with gold scores."""
+    pairs = []
+    for index in range(offset, offset + count):
+        prompt = TEMPLATES[index % len(TEMPLATES)].format(topic=TOPICS[index % len(TOPICS)])
+        good, bad = POSITIVE_WORDS[index % len(POSITIVE_WORDS)], NEGATIVE_WORDS[index % len(NEGATIVE_WORDS)]
+        pairs.append({"prompt": prompt, "chosen": f"It was {good} and {good}.", "rejected": f"It was {bad}.",
+                      "gold_chosen": 1.0, "gold_rejected": -1.0})
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A tiny policy (the reward backbone) and preference splits, built in-process: no prepare run."""
+    root = tmp_path_factory.mktemp("train_reward_inputs")
+    materialise_policy(TINY_POLICY, root / "policy_init", seed=0, corpus=tokenizer_corpus(), trust_remote_code=False)
+    atomic_write_jsonl(root / "data/prefs_train.jsonl", preference_pairs(24, 0))
+    atomic_write_jsonl(root / "data/prefs_val.jsonl", preference_pairs(8, 100))
+    return {"params": write_params(root / "params.yaml", tiny_params(**SMALL)), "data": root / "data",
+            "policy": root / "policy_init"}
+
+
+def stage_paths(inputs, out):
+    return {"data": inputs["data"], "policy": inputs["policy"], "reward": out / "reward",
+            "ensemble": out / "ensemble", "reliability": out / "reliability", "metrics": out / "metrics.json"}
+
+
+def saved_state(out):
+    return json.loads((out / ".reward.resume/state.json").read_text())
+
+
+def kill_train_reward(params, paths, at_least_step):
+    return kill_after_checkpoint(stage_command("train_reward", params, **paths),
+                                 paths["reward"].with_name(".reward.resume") / "state.json", at_least_step)
+
+
+def published(out) -> dict:
+    """Every tensor and CSV row the stage published, and its metrics without the wall time."""
+    tensors = {str(path.relative_to(out)): load_file(str(path)) for path in sorted(out.rglob("*.safetensors"))}
+    csvs = {str(path.relative_to(out)): path.read_text() for path in sorted(out.rglob("*.csv"))}
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.pop("wall_seconds")
+    return {"tensors": tensors, "csvs": csvs, "metrics": metrics}
+
+
+def assert_same_outputs(expected: dict, got: dict) -> None:
+    assert got["tensors"].keys() == expected["tensors"].keys() and len(expected["tensors"]) == 4
+    for file, tensors in expected["tensors"].items():
+        assert tensors.keys() == got["tensors"][file].keys()
+        assert all((tensors[name] == got["tensors"][file][name]).all() for name in tensors), file
+    assert got["csvs"] == expected["csvs"] and got["metrics"] == expected["metrics"]
+
+
+def test_killed_run_resumes_and_publishes_what_an_uninterrupted_run_does(inputs, tmp_path):
+    reference = tmp_path / "uninterrupted"
+    reference.mkdir()
+    with open(reference / "stderr.log", "w") as log:  # runs beside the killed one, to save time
+        uninterrupted = subprocess.Popen(stage_command("train_reward", inputs["params"], **stage_paths(inputs, reference)), cwd=REPO,
+                                         stdout=subprocess.DEVNULL, stderr=log)
+        out = tmp_path / "killed"
+        paths = stage_paths(inputs, out)
+        # in member_0, after its 2nd micro-batch: stage1 and stage2 finished, member_0's engine mid-way
+        killed_at = kill_train_reward(inputs["params"], paths, at_least_step=2 * PHASE_STEPS + 2)
+        assert uninterrupted.wait(timeout=600) == 0, (reference / "stderr.log").read_text()[-3000:]
+    assert killed_at < TOTAL_STEPS and not paths["reward"].exists()  # nothing published for DVC to cache
+    assert saved_state(out)["stage"]["phase"] == "member_0" and not (reference / ".reward.resume").exists()
+
+    # changed params make the saved state invalid: refused, naming the key, state kept
+    changed = write_params(tmp_path / "changed.yaml", tiny_params(**SMALL, **{"train_reward.stage2.learning_rate": 0.5}))
+    refused = run_stage("train_reward", changed, **paths)
+    assert refused.returncode == 2 and "changed: train_reward.stage2.learning_rate" in refused.stderr
+    assert saved_state(out)["step"] == killed_at
+
+    resumed = run_stage("train_reward", inputs["params"], **paths)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming train_reward from step {killed_at}: phase member_0" in resumed.stderr
+    assert not (out / ".reward.resume").exists()
+    # engines, optimizer states, RNGs, data positions and finished phases all came back
+    assert_same_outputs(published(reference), published(out))
+
+
+def test_nan_loss_stops_naming_phase_step_and_tensor_and_keeps_the_last_checkpoint(inputs, tmp_path):
+    # A learning rate this large makes the first Adam step push every weight to ~1e30: the next loss overflows.
+    params = write_params(tmp_path / "params.yaml", tiny_params(**SMALL, **{"train_reward.stage1.learning_rate": 1e30}))
+    result = run_stage("train_reward", params, **stage_paths(inputs, tmp_path))
+    assert result.returncode != 0
+    assert "train_reward stage1: loss/bt is not finite at step 1" in result.stderr
+    state = saved_state(tmp_path)
+    assert state["step"] == 1 and state["stage"]["phase"] == "stage1"
+    assert (tmp_path / ".reward.resume/stage1" / state["tag"]).is_dir() and not (tmp_path / "reward").exists()
