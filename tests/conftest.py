@@ -74,9 +74,8 @@ def stage_command(stage: str, params: Path, **args) -> list[str]:
 
 def kill_after_checkpoint(command: list[str], state: Path, at_least_step: int) -> int:
     """Run `command`, SIGKILL it once it has written a resume `state` (state.json) of its own naming a
-    step >= at_least_step, and return that step. Never earlier: a kill during DeepSpeed's start-up can
-    leave the JIT-build lock in TORCH_EXTENSIONS_DIR behind, and every later DeepSpeed process waits on
-    it forever."""
+    step >= at_least_step, and return that step (a kill before the first checkpoint has nothing to
+    resume from)."""
     step_before = json.loads(state.read_text())["step"] if state.exists() else -1
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
