@@ -1,0 +1,68 @@
+"""Pipeline overhead and memory on the tiny profile, in a temp copy of the repo (as the end-to-end
+tests do: `dvc repro` rewrites dvc.lock, metrics and plots): each stage's wall time and peak RSS,
+then a fully cached `dvc repro` and the Prefect flow over the cached stages."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+from bench.measure import Measured, run_measured
+
+
+def tiny_repo(destination: Path, methods: list[str]) -> Path:
+    """A temp copy of this checkout with the tiny profile as params.yaml, cut to `methods`."""
+    from tests.conftest import copy_repo
+
+    repo = copy_repo(destination)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["methods"] = {name: params["methods"][name] for name in methods}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return repo
+
+
+def run_stages(repo: Path, env: dict[str, str], logs: Path) -> dict[str, Measured]:
+    """`dvc repro -s <stage>` for every stage in run order, each measured on its own."""
+    from flows.pipeline import dvc_executable, pipeline_stages
+
+    measured = {}
+    for stage in pipeline_stages(repo):
+        result = run_measured([dvc_executable(), "repro", "-s", stage], cwd=repo, env=env,
+                              log=logs / f"{stage.replace('@', '_')}.log")
+        if result.returncode:
+            raise RuntimeError(f"dvc repro -s {stage} failed ({result.returncode}):\n{result.output_tail}")
+        measured[stage] = result
+    return measured
+
+
+def cached_repro_seconds(repo: Path, env: dict[str, str], repeats: int = 3) -> float:
+    """Median wall time of a `dvc repro` with every stage up to date."""
+    from flows.pipeline import dvc_executable
+
+    times = [run_measured([dvc_executable(), "repro"], cwd=repo, env=env).wall_seconds for _ in range(repeats)]
+    return statistics.median(times)
+
+
+def flow_seconds(repo: Path, env: dict[str, str], logs: Path) -> tuple[float, float]:
+    """(the flow run over cached stages against a running Prefect server, the whole
+    `python -m flows.pipeline` command, which also starts Prefect's ephemeral server)."""
+    in_server = run_measured([sys.executable, "-m", "bench.flow_run", "--repo", str(repo)],
+                             cwd=Path.cwd(), env=env, log=logs / "flow_run.log")
+    if in_server.returncode:
+        raise RuntimeError(f"flow run failed:\n{in_server.output_tail}")
+    flow_run = float(in_server.output_tail.strip().splitlines()[-1].split()[-1])
+    cli = run_measured([sys.executable, "-m", "flows.pipeline", "--repo", str(repo)], cwd=Path.cwd(), env=env,
+                       log=logs / "flow_cli.log")
+    if cli.returncode:
+        raise RuntimeError(f"python -m flows.pipeline failed:\n{cli.output_tail}")
+    return flow_run, cli.wall_seconds
+
+
+def bench_env(prefect_home: Path) -> dict[str, str]:
+    """The environment of the pipeline's subprocesses: a throwaway PREFECT_HOME, no telemetry."""
+    return dict(os.environ, PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PYTHONUNBUFFERED="1")
