@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench.measure import run_measured
-from bench.ppo_workload import PPOWorkload, add_workload_args, workload_argv, workload_from_args
+from bench.ppo_workload import CRITIC, PPOWorkload, add_workload_args, workload_argv, workload_from_args
 from bench.table import Row, render
 from bench.timing import mean_split
 
@@ -25,7 +25,7 @@ SECTIONS = ("ppo", "brme", "pipeline")
 PPO_NOTE = ("same policy (SmolLM2-135M), prompts, batch, generation length, epochs and reward models; "
             "ours is PPO: it also runs the actor's old-logprob and the critic's forward in the rollout and "
             "trains the critic (a second 135M model), work TRL's GRPO (beta = our kl_coef, so with its "
-            "reference forward) does not do")
+            "reference forward) does not do; the critic's share is its own row below")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,6 +79,12 @@ def ppo_rows(ours: dict, theirs: dict) -> list[Row]:
                 f"{their_rate:.3f} ({their_tokens:.1f} tok/s)", our_rate / their_rate, ">= 2x", PPO_NOTE)]
     our_split, their_split = mean_split(ours["splits"]), mean_split(theirs["splits"])
     our_step, their_step = statistics.fmean(ours["step_seconds"]), statistics.fmean(theirs["step_seconds"])
+    batch = ours["workload"]["batch_size"]
+    without_critic = batch / (our_step - our_split.get(CRITIC, 0.0))
+    rows.append(Row("  samples/s without our critic's time", f"{without_critic:.3f}", f"{batch / their_step:.3f}",
+                    without_critic / (batch / their_step), "",
+                    "ours minus the measured critic phase (its rollout forward, update forward, backward, step): "
+                    "the work GRPO does not do; ours still computes the actor's old log-probs in the rollout"))
     for phase in dict.fromkeys([*our_split, *their_split]):
         mine, other = our_split.get(phase, 0.0), their_split.get(phase, 0.0)
         rows.append(Row(f"  {phase} s/step (speed-up)", f"{mine:.2f} s ({mine / our_step:.0%})",
@@ -86,6 +92,17 @@ def ppo_rows(ours: dict, theirs: dict) -> list[Row]:
     rows.append(Row("  peak RSS, PPO process (MB, theirs/ours)", f"{ours['peak_rss_mb']:.0f}",
                     f"{theirs['peak_rss_mb']:.0f}", theirs["peak_rss_mb"] / ours["peak_rss_mb"]))
     return rows
+
+
+def response_logits_rows(times: dict[str, dict[str, float]]) -> list[Row]:
+    """The library change's before/after: LM head on the response columns only."""
+    note = ("forward_response before/after logits_to_keep (LM head on the response columns only), default policy, "
+            "same batch and process; before = every column's logits, then sliced")
+    return [Row("  log-prob forward, inference (speed-up)", f"{times['after']['inference']:.2f} s",
+                f"{times['before']['inference']:.2f} s", times["before"]["inference"] / times["after"]["inference"],
+                note=note),
+            Row("  log-prob forward + backward (speed-up)", f"{times['after']['train']:.2f} s",
+                f"{times['before']['train']:.2f} s", times["before"]["train"] / times["after"]["train"])]
 
 
 def brme_rows(times: dict[str, dict[int, float]]) -> list[Row]:
@@ -133,6 +150,15 @@ def main(argv: list[str] | None = None) -> None:
         theirs = run_ppo_child("ppo_trl", work, workload, env, profile=args.torch_profile)
         print(f"trl: {theirs['step_seconds']}", flush=True)
         rows += ppo_rows(ours, theirs)
+        import torch
+
+        from bench.response_logits import response_forward_times
+
+        torch.set_num_threads(args.threads)
+        logits_times = response_forward_times(work, batch_size=workload.batch_size, response_len=workload.max_new_tokens,
+                                              max_prompt_tokens=params.prepare.max_prompt_tokens, repeats=args.repeats)
+        print(f"response logits: {logits_times}", flush=True)
+        rows += response_logits_rows(logits_times)
     if "brme" in sections:
         import torch
 

@@ -3,26 +3,14 @@ reward backbone (all-MiniLM-L6-v2), through the library's own `score_texts`."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import replace
 
+from bench.timing import median_seconds
 from bench.workload import bench_prompts, new_reward_model
 
 # A response of about the default generation length (32 tokens) for every prompt.
 RESPONSE = ("The food was really good and the service was friendly, but the place was too loud and we "
             "waited a long time for the table, so I think we would go back on a quiet day.")
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of `fn()` over `repeats` calls, after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def scoring_times(backbone_spec: str, head_counts: list[int], *, batch_size: int, max_length: int,

@@ -4,7 +4,6 @@ then a fully cached `dvc repro` and the Prefect flow over the cached stages."""
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -63,6 +62,9 @@ def flow_seconds(repo: Path, env: dict[str, str], logs: Path) -> tuple[float, fl
 
 
 def bench_env(prefect_home: Path) -> dict[str, str]:
-    """The environment of the pipeline's subprocesses: a throwaway PREFECT_HOME, no telemetry."""
-    return dict(os.environ, PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120", PYTHONUNBUFFERED="1")
+    """The environment the flow gives its stages (this venv's bin first on PATH, so dvc.yaml's
+    `python` is this interpreter), with a throwaway PREFECT_HOME and no telemetry."""
+    from flows.pipeline import stage_environment
+
+    return stage_environment() | {"PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                                  "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}

@@ -12,23 +12,25 @@ from pathlib import Path
 
 import torch
 
-from bench.ppo_workload import PPOWorkload, StepRecord, child_parser, top_ops_table, workload_from_args
+from bench.ppo_workload import (CRITIC, GENERATION, LOGPROB_FORWARD, SCORING, PPOWorkload, StepRecord, child_parser,
+                                top_ops_table, workload_from_args)
 from bench.timing import PhaseTimer, phase_split
 from bench.workload import POLICY_DIR, bench_prompts, build_reward_models, default_params
 
-GENERATION, SCORING, ROLLOUT_FORWARD = "generation", "reward scoring", "logprob/ref/critic forward"
 
-
-def instrument(timer: PhaseTimer) -> None:
-    """Time the library's own functions where ppo_step calls them. The rollout's forwards run without
-    grad; the same functions inside the update (grad on) stay in `training`."""
+def instrument(timer: PhaseTimer, critic) -> None:
+    """Time the library's own functions where ppo_step calls them. The actor's and reference's
+    rollout forwards run without grad; the actor's forward inside the update (grad on) stays in
+    `training`. Every critic forward, backward and step is the critic's phase, which GRPO lacks."""
     import robust_rlhf.ppo as ppo
     from robust_rlhf.reward_scoring import RewardModels
 
     no_grad = lambda: not torch.is_grad_enabled()  # noqa: E731
     ppo.sample_responses = timer.wrap(ppo.sample_responses, GENERATION)
-    ppo.forward_response = timer.wrap(ppo.forward_response, ROLLOUT_FORWARD, when=no_grad)
-    ppo.response_values = timer.wrap(ppo.response_values, ROLLOUT_FORWARD, when=no_grad)
+    ppo.forward_response = timer.wrap(ppo.forward_response, LOGPROB_FORWARD, when=no_grad)
+    ppo.response_values = timer.wrap(ppo.response_values, CRITIC)
+    critic.backward = timer.wrap(critic.backward, CRITIC)
+    critic.step = timer.wrap(critic.step, CRITIC)
     RewardModels.score = timer.wrap(RewardModels.score, SCORING)
 
 
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     seed_everything(workload.seed)
     tokenizer, actor, critic, ref_model, reward_models = build_engines(params, args.work)
     timer = PhaseTimer()
-    instrument(timer)
+    instrument(timer, critic)
     method = params.methods["brme"]
     # Fixed moments: the `reference` moments cost one extra rollout per run, not per step.
     normalizer = RewardNormalizer(params.ppo.reward_normalization, reference_mean=0.0, reference_std=1.0)

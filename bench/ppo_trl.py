@@ -20,11 +20,10 @@ from pathlib import Path
 
 import torch
 
-from bench.ppo_workload import StepRecord, child_parser, top_ops_table, workload_from_args
+from bench.ppo_workload import (GENERATION, LOGPROB_FORWARD, SCORING, StepRecord, child_parser, top_ops_table,
+                                workload_from_args)
 from bench.timing import PhaseTimer, phase_split
 from bench.workload import POLICY_DIR, bench_prompts, build_reward_models, default_params
-
-GENERATION, SCORING, ROLLOUT_FORWARD = "generation", "reward scoring", "logprob/ref/critic forward"
 GROUP_SIZE = 2  # GRPO's completions per prompt; the smallest group, so the batch has the most prompts
 
 
@@ -56,7 +55,7 @@ def instrument(trainer, timer: PhaseTimer, generated_tokens: list[int]) -> None:
     trainer._generate = timer.wrap(counted_generate, GENERATION)
     trainer._calculate_rewards = timer.wrap(trainer._calculate_rewards, SCORING)
     trainer._get_per_token_logps_and_entropies = timer.wrap(trainer._get_per_token_logps_and_entropies,
-                                                            ROLLOUT_FORWARD, when=no_grad)
+                                                            LOGPROB_FORWARD, when=no_grad)
 
 
 def step_recorder(timer: PhaseTimer, record: StepRecord, generated_tokens: list[int], args):

@@ -10,6 +10,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
+# Phase names shared by both implementations, so the table lines them up.
+GENERATION, SCORING, LOGPROB_FORWARD = "generation", "reward scoring", "logprob/ref forward"
+CRITIC = "critic forward+update"  # ours only: PPO's value model, which GRPO does not have
+
+
 @dataclass(frozen=True)
 class PPOWorkload:
     """Same policy, prompts, batch, generation length and epochs on both sides."""

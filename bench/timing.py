@@ -53,6 +53,18 @@ class PhaseTimer:
         self.totals.clear()
 
 
+def median_seconds(fn: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median wall time of `fn()` over `repeats` calls, after one untimed warm-up call (first-call
+    allocations and lazy initialisation are not what a repeated call costs)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = clock()
+        fn()
+        times.append(clock() - started)
+    return statistics.median(times)
+
+
 def phase_split(wall: float, measured: dict[str, float]) -> dict[str, float]:
     """The step's wall time split into the measured phases plus `training (rest)`, everything not in
     a measured phase (the optimisation epochs, and the small glue around them). Sums to `wall`."""

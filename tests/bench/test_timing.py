@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.timing import TRAINING_REST, PhaseTimer, mean_split, phase_split
+from bench.timing import TRAINING_REST, PhaseTimer, mean_split, median_seconds, phase_split
 
 
 class FakeClock:
@@ -55,3 +55,9 @@ def test_phase_split_puts_the_rest_in_training_and_sums_to_the_wall_time():
 
 def test_mean_split_counts_a_missing_phase_as_zero():
     assert mean_split([{"a": 1.0, "b": 2.0}, {"a": 3.0}]) == {"a": 2.0, "b": 1.0}
+
+
+def test_median_seconds_skips_the_warm_up_call():
+    clock = FakeClock()
+    costs = iter([100.0, 1.0, 3.0, 2.0])  # the first (warm-up) call is slow and must not count
+    assert median_seconds(lambda: clock.advance(next(costs)), repeats=3, clock=clock) == 2.0
