@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--brme-batch", type=int, default=32, help="(prompt, response) pairs per scored batch")
     parser.add_argument("--brme-heads", default="1,3,5,10")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each BRME scoring (median)")
+    parser.add_argument("--pipeline-profile", choices=("tiny", "default"), default="tiny",
+                        help="tiny: tiny random models (~3 min); default: the default models with every size cut "
+                             "(several minutes more), for each stage's peak RSS on the default models")
     parser.add_argument("--pipeline-methods", default="single,brme",
                         help="methods kept in the tiny profile for the pipeline benchmark (one ppo stage each)")
     add_workload_args(parser)
@@ -117,12 +120,13 @@ def brme_rows(times: dict[str, dict[int, float]]) -> list[Row]:
     return rows
 
 
-def pipeline_rows(stages: dict, cached_repro: float, flow_run: float, flow_cli: float) -> list[Row]:
-    rows = [Row("dvc repro, all cached (tiny profile)", f"{cached_repro:.2f} s", "3 s", cached_repro / 3.0, "<= 1x"),
+def pipeline_rows(stages: dict, cached_repro: float, flow_run: float, flow_cli: float, profile: str) -> list[Row]:
+    rows = [Row(f"dvc repro, all cached ({profile} profile)", f"{cached_repro:.2f} s", "3 s", cached_repro / 3.0,
+                "<= 1x"),
             Row("Prefect flow, all cached, server up", f"{flow_run:.2f} s", "10 s", flow_run / 10.0, "<= 1x"),
             Row("python -m flows.pipeline, all cached", f"{flow_cli:.2f} s", "", None, "",
                 "the whole command: also starts Prefect's ephemeral server and imports the flow")]
-    rows += [Row(f"stage {stage}: peak RSS (tiny profile)", f"{m.peak_rss_mb:.0f} MB", f"{m.wall_seconds:.1f} s wall")
+    rows += [Row(f"stage {stage}: peak RSS ({profile} profile)", f"{m.peak_rss_mb:.0f} MB", f"{m.wall_seconds:.1f} s wall")
              for stage, m in stages.items()]
     return rows
 
@@ -171,17 +175,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"brme: {times}", flush=True)
         rows += brme_rows(times)
     if "pipeline" in sections:
-        from bench.pipeline_overhead import bench_env, cached_repro_seconds, flow_seconds, run_stages, tiny_repo
+        from bench.pipeline_overhead import bench_env, bench_repo, cached_repro_seconds, flow_seconds, run_stages
 
         with tempfile.TemporaryDirectory(prefix="bench_pipeline_") as tmp:
-            repo = tiny_repo(Path(tmp) / "repo", args.pipeline_methods.split(","))
+            repo = bench_repo(Path(tmp) / "repo", args.pipeline_profile, args.pipeline_methods.split(","))
             pipeline_env = bench_env(Path(tmp) / "prefect_home") | {key: env[key] for key in ("OMP_NUM_THREADS",)}
             logs = work / "pipeline_logs"
             logs.mkdir(exist_ok=True)
             stages = run_stages(repo, pipeline_env, logs)
             cached = cached_repro_seconds(repo, pipeline_env)
             flow_run, flow_cli = flow_seconds(repo, pipeline_env, logs)
-        rows += pipeline_rows(stages, cached, flow_run, flow_cli)
+        rows += pipeline_rows(stages, cached, flow_run, flow_cli, args.pipeline_profile)
     print()
     print(render(rows))
 

@@ -13,11 +13,34 @@ import yaml
 from bench.measure import Measured, run_measured
 
 
-def tiny_repo(destination: Path, methods: list[str]) -> Path:
-    """A temp copy of this checkout with the tiny profile as params.yaml, cut to `methods`."""
-    from tests.conftest import copy_repo
+# `default`: the default profile's models (SmolLM2-135M, MiniLM) with every size cut, so that each
+# stage's peak memory is that of the default models in a few minutes instead of the 36-minute run.
+DEFAULT_MODELS_SMALL = {
+    "prepare": {"num_train_pairs": 16, "num_val_pairs": 8, "num_test_pairs": 8, "num_ppo_prompts": 8,
+                "num_eval_prompts": 4, "max_new_tokens": 16},
+    "train_reward": {"ensemble_size": 2, "stage1": {"epochs": 1}, "stage2": {"epochs": 1}},
+    "ppo": {"steps": 1, "checkpoint_every": 1, "max_new_tokens": 16},
+    "evaluate": {"samples_per_prompt": 1, "max_new_tokens": 16, "best_of_n": 2},
+}
 
-    repo = copy_repo(destination)
+
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` applied section by section (nested dicts merge, values replace)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def bench_repo(destination: Path, profile: str, methods: list[str]) -> Path:
+    """A temp copy of this checkout whose params.yaml is the `tiny` profile or the default models
+    cut small (`default`), with only `methods`."""
+    from tests.conftest import REPO, copy_repo
+
+    repo = copy_repo(destination)  # its params.yaml is the tiny profile
+    if profile == "default":
+        default = yaml.safe_load((REPO / "params.yaml").read_text())
+        (repo / "params.yaml").write_text(yaml.safe_dump(merged(default, DEFAULT_MODELS_SMALL), sort_keys=False))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["methods"] = {name: params["methods"][name] for name in methods}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
