@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="profile the measured PPO steps (slows them): top ops to <work>/ppo_*_top_ops.txt")
     parser.add_argument("--brme-batch", type=int, default=32, help="(prompt, response) pairs per scored batch")
     parser.add_argument("--brme-heads", default="1,3,5,10")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each BRME scoring (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each BRME scoring and log-prob forward (median)")
     parser.add_argument("--pipeline-profile", choices=("tiny", "default"), default="tiny",
                         help="tiny: tiny random models (~3 min); default: the default models with every size cut "
                              "(several minutes more), for each stage's peak RSS on the default models")

@@ -1,9 +1,22 @@
-"""Run a command in a child process and measure its wall time and peak resident memory."""
+"""Run a command in a child process and measure its wall time and peak resident memory.
+
+    python -m bench.measure RESULT.json -- COMMAND...   # the wrapper run_measured starts
+
+The command runs under a small wrapper process that reports RUSAGE_CHILDREN: a child forked (or
+vforked) straight from a large process inherits that process's RSS high-water mark across exec
+on Linux, so measured directly from the bench (GBs of models loaded) every small stage would
+read as large as the bench itself.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import resource
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,31 +26,47 @@ from pathlib import Path
 class Measured:
     returncode: int
     wall_seconds: float
-    peak_rss_mb: float  # the largest RSS of the child or any descendant it waited for (dvc -> stage)
+    peak_rss_mb: float  # the largest RSS of the command or any descendant it waited for (dvc -> stage)
     output_tail: str
 
 
 def run_measured(command: list[str], *, cwd: Path, env: dict[str, str] | None = None, log: Path | None = None,
                  timeout: float | None = None) -> Measured:
-    """Run `command`, output to `log` (or a temp file next to nothing: DEVNULL when None).
-
-    os.wait4 gives this child's own rusage, so each command's peak RSS is its own, unlike
-    RUSAGE_CHILDREN, which is the maximum over every child this process ever waited for.
-    """
-    started = time.perf_counter()
-    with open(log or os.devnull, "w") as out:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = None if timeout is None else started + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG if deadline else 0)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                process.kill()
-                pid, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(0.05)
-    process.returncode = os.waitstatus_to_exitcode(status)  # wait4 reaped it; tell Popen so
-    wall = time.perf_counter() - started
+    """Run `command` in `cwd`, its output to `log` (discarded when None); killed with its process
+    group after `timeout` seconds."""
+    with tempfile.TemporaryDirectory(prefix="bench_measure_") as tmp:
+        result_path = Path(tmp) / "result.json"
+        wrapper = [sys.executable, "-m", "bench.measure", str(result_path), "--", *command]
+        started = time.perf_counter()
+        with open(log or os.devnull, "w") as out:
+            # The wrapper imports `bench` from this checkout, wherever the command runs.
+            wrapper_env = dict(env if env is not None else os.environ)
+            wrapper_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                      wrapper_env.get("PYTHONPATH")]))
+            process = subprocess.Popen(wrapper, cwd=cwd, env=wrapper_env, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+            try:
+                returncode = process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                returncode = process.wait()
+        wall = time.perf_counter() - started
+        peak = json.loads(result_path.read_text())["peak_rss_mb"] if result_path.exists() else float("nan")
     tail = log.read_text(errors="replace")[-3000:] if log else ""
-    return Measured(process.returncode, wall, usage.ru_maxrss / 1024, tail)
+    return Measured(returncode, wall, peak, tail)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The wrapper: run the command after `--`, write its exit code and peak RSS, exit with its code."""
+    argv = sys.argv[1:] if argv is None else argv
+    result_path, separator, command = argv[0], argv[1], argv[2:]
+    if separator != "--" or not command:
+        raise SystemExit("usage: python -m bench.measure RESULT.json -- COMMAND...")
+    returncode = subprocess.call(command)
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    Path(result_path).write_text(json.dumps({"returncode": returncode, "peak_rss_mb": peak_mb}))
+    raise SystemExit(returncode)
+
+
+if __name__ == "__main__":
+    main()
