@@ -76,9 +76,13 @@ def _response_logits(model, query_ids, query_mask, response_ids, response_mask) 
     input_ids = torch.cat([query_ids, response_ids], dim=1)
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    query_len = query_ids.shape[1]
-    return logits[:, query_len - 1 : -1, :].float()  # (B, T, V)
+    # Only the last T + 1 positions reach the LM head (columns Tq - 1 .. L - 1; the last is dropped):
+    # the same as `logits[:, Tq - 1 : -1]` of the full logits, without the (B, Tq, V) query logits,
+    # which cost ~1/5 of a small model's forward (and its backward) at a 49k vocabulary.
+    response_len = response_ids.shape[1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   logits_to_keep=response_len + 1).logits
+    return logits[:, :-1, :].float()  # (B, T, V)
 
 
 def decode(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:

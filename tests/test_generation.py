@@ -26,3 +26,26 @@ def test_sampled_logprobs_match_a_separate_forward(tiny_policy, tiny_tokenizer):
             alone, _ = forward_response(tiny_policy, ids, mask, response_ids[row:row + 1], response_mask[row:row + 1])
             keep = response_mask[row].bool()
             torch.testing.assert_close(batched[row][keep], alone[0][keep], atol=1e-4, rtol=1e-4)
+
+
+def test_response_logprobs_equal_a_slice_of_the_full_logits(tiny_policy, tiny_tokenizer):
+    """forward_response runs the LM head on the response columns only; the naive reference slices
+    the full sequence's logits at Tq - 1 .. L - 2."""
+    from robust_rlhf.ppo_losses import entropy_from_logits, logprobs_of_labels
+
+    prompts = ["Write a short review of the library.", "Give your honest opinion of a long flight today."]
+    query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)
+    torch.manual_seed(1)
+    response_ids, response_mask = sample_responses(
+        tiny_policy, query_ids, query_mask, max_new_tokens=5, temperature=1.0,
+        eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        logprobs, entropy = forward_response(tiny_policy, query_ids, query_mask, response_ids, response_mask,
+                                             with_entropy=True)
+        attention_mask = torch.cat([query_mask, response_mask], dim=1)
+        full = tiny_policy(input_ids=torch.cat([query_ids, response_ids], dim=1), attention_mask=attention_mask,
+                           position_ids=(attention_mask.cumsum(dim=1) - 1).clamp_min(0)).logits
+        naive = full[:, query_ids.shape[1] - 1 : -1].float()
+    assert logprobs.shape == response_ids.shape
+    torch.testing.assert_close(logprobs, logprobs_of_labels(naive, response_ids), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy, entropy_from_logits(naive), atol=1e-5, rtol=1e-5)

@@ -1,0 +1,46 @@
+"""BRME scoring cost: k Gaussian heads on one backbone vs k separate reward models, on the default
+reward backbone (all-MiniLM-L6-v2), through the library's own `score_texts`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from bench.timing import median_seconds
+from bench.workload import bench_prompts, new_reward_model
+
+# A response of about the default generation length (32 tokens) for every prompt.
+RESPONSE = ("The food was really good and the service was friendly, but the place was too loud and we "
+            "waited a long time for the table, so I think we would go back on a quiet day.")
+
+
+def scoring_times(backbone_spec: str, head_counts: list[int], *, batch_size: int, max_length: int,
+                  repeats: int) -> dict[str, dict[int, float]]:
+    """Seconds to score one batch: `heads[k]` with k heads on one backbone, `models[k]` with k
+    separate one-head reward models scored one after another (as an ensemble is)."""
+    from robust_rlhf.models import load_tokenizer
+    from robust_rlhf.reward_model import BRMERewardModel, score_texts
+
+    tokenizer = load_tokenizer(backbone_spec, padding_side="right")
+    prompts = bench_prompts(batch_size)
+    responses = [RESPONSE] * batch_size
+
+    def score(models):
+        return lambda: [score_texts(model, tokenizer, prompts, responses, batch_size=batch_size) for model in models]
+
+    one_head = new_reward_model(backbone_spec, 1, max_length=max_length, seed=0)
+    heads, models = {}, {}
+    for k in head_counts:
+        # k heads share the one backbone: a new BRME around the same backbone module.
+        k_heads = BRMERewardModel(one_head.backbone, replace(one_head.config, num_heads=k), seed=k).eval()
+        heads[k] = median_seconds(score([k_heads]), repeats)
+    for k in head_counts:
+        separate = [one_head] + [new_reward_model(backbone_spec, 1, max_length=max_length, seed=i) for i in range(1, k)]
+        models[k] = median_seconds(score(separate), repeats)
+        del separate
+    return {"heads": heads, "models": models}
+
+
+def scoring_ratios(times: dict[str, dict[int, float]]) -> dict[int, tuple[float, float]]:
+    """Per k: (k heads / 1 head, k models / k heads): the heads' overhead and the ensemble's cost over them."""
+    heads, models = times["heads"], times["models"]
+    return {k: (heads[k] / heads[1], models[k] / heads[k]) for k in heads}

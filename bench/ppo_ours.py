@@ -1,0 +1,113 @@
+"""Our PPO step (robust_rlhf.ppo.ppo_step, the code the `ppo` stage runs) on the default models,
+timed per phase. Run by `python -m bench` in a child process:
+
+    python -m bench.ppo_ours --work DIR --out ours.json [--ppo-steps 3 ...]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import torch
+
+from bench.ppo_workload import (CRITIC, GENERATION, LOGPROB_FORWARD, SCORING, PPOWorkload, StepRecord, child_parser,
+                                top_ops_table, workload_from_args)
+from bench.timing import PhaseTimer, phase_split
+from bench.workload import POLICY_DIR, bench_prompts, build_reward_models, default_params
+
+
+def instrument(timer: PhaseTimer, critic) -> None:
+    """Time the library's own functions where ppo_step calls them. The actor's and reference's
+    rollout forwards run without grad; the actor's forward inside the update (grad on) stays in
+    `training`. Every critic forward, backward and step is the critic's phase, which GRPO lacks."""
+    import robust_rlhf.ppo as ppo
+    from robust_rlhf.reward_scoring import RewardModels
+
+    no_grad = lambda: not torch.is_grad_enabled()  # noqa: E731
+    ppo.sample_responses = timer.wrap(ppo.sample_responses, GENERATION)
+    ppo.forward_response = timer.wrap(ppo.forward_response, LOGPROB_FORWARD, when=no_grad)
+    ppo.response_values = timer.wrap(ppo.response_values, CRITIC)
+    critic.backward = timer.wrap(critic.backward, CRITIC)
+    critic.step = timer.wrap(critic.step, CRITIC)
+    RewardModels.score = timer.wrap(RewardModels.score, SCORING)
+
+
+def build_engines(params, work: Path):
+    """Actor, critic (DeepSpeed engines), reference and reward models as stages/ppo.py builds them."""
+    from robust_rlhf.distributed import deepspeed_config, init_distributed, initialize_engine
+    from robust_rlhf.models import load_backbone, load_causal_lm, load_tokenizer
+    from robust_rlhf.ppo import ValueModel
+    from robust_rlhf.reward_scoring import load_reward_models
+
+    config, policy_init = params.ppo, work / POLICY_DIR
+    world_size = init_distributed()
+
+    def engine_config(learning_rate):
+        steps = config.gradient_accumulation_steps if learning_rate else 1
+        return deepspeed_config(deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size,
+                                gradient_accumulation_steps=steps, world_size=world_size, learning_rate=learning_rate)
+
+    def frozen(model):
+        return initialize_engine(model.eval().requires_grad_(False), engine_config(None)).module
+
+    actor = initialize_engine(load_causal_lm(policy_init), engine_config(config.learning_rate))
+    critic = initialize_engine(ValueModel(load_backbone(policy_init)), engine_config(config.critic_learning_rate))
+    reward_models = load_reward_models(*build_reward_models(params, work), trust_remote_code=False, prepare=frozen)
+    return load_tokenizer(policy_init), actor, critic, frozen(load_causal_lm(policy_init)), reward_models
+
+
+def with_workload(params, workload: PPOWorkload):
+    """The default params with the bench's PPO sizes (validated like params.yaml)."""
+    ppo = params.ppo.model_copy(update={
+        "steps": workload.steps + 1, "rollout_batch_size": workload.batch_size,
+        "micro_batch_size": workload.micro_batch_size,
+        "gradient_accumulation_steps": workload.gradient_accumulation_steps, "ppo_epochs": workload.epochs,
+        "max_new_tokens": workload.max_new_tokens})
+    return params.model_copy(update={"ppo": type(params.ppo).model_validate(ppo.model_dump(by_alias=True))})
+
+
+def main(argv: list[str] | None = None) -> None:
+    from robust_rlhf.ppo import ppo_step
+    from robust_rlhf.reward_normalization import RewardNormalizer
+    from robust_rlhf.stage_cli import seed_everything
+
+    args = child_parser("python -m bench.ppo_ours").parse_args(argv)
+    workload = workload_from_args(args)
+    params = with_workload(default_params(Path.cwd()), workload)
+    seed_everything(workload.seed)
+    tokenizer, actor, critic, ref_model, reward_models = build_engines(params, args.work)
+    timer = PhaseTimer()
+    instrument(timer, critic)
+    method = params.methods["brme"]
+    # Fixed moments: the `reference` moments cost one extra rollout per run, not per step.
+    normalizer = RewardNormalizer(params.ppo.reward_normalization, reference_mean=0.0, reference_std=1.0)
+    prompts = bench_prompts(workload.batch_size * (workload.steps + 1))
+    record = StepRecord("ours", vars(workload))
+    profiler = contextlib.nullcontext()
+    for step in range(workload.steps + 1):
+        if step == 1 and args.torch_profile:
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            profiler.__enter__()
+        timer.reset()
+        batch = prompts[step * workload.batch_size:(step + 1) * workload.batch_size]
+        started = time.perf_counter()
+        metrics, _ = ppo_step(step, actor, critic, ref_model, reward_models, tokenizer, batch, method=method,
+                              normalizer=normalizer, config=params.ppo,
+                              max_prompt_tokens=params.prepare.max_prompt_tokens)
+        wall = time.perf_counter() - started
+        if step == 0:
+            continue  # warm-up: first-call allocations and lazy inits
+        record.step_seconds.append(wall)
+        record.splits.append(phase_split(wall, dict(timer.totals)))
+        record.response_tokens.append(round(metrics["response/length"] * workload.batch_size))
+        print(f"ours step {step}: {wall:.2f} s {dict(timer.totals)}", flush=True)
+    if args.torch_profile:
+        profiler.__exit__(None, None, None)
+        args.torch_profile.write_text(top_ops_table(profiler))
+    record.write(args.out)
+
+
+if __name__ == "__main__":
+    main()

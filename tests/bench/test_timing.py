@@ -1,0 +1,63 @@
+"""bench/timing.py: exclusive phase accounting and the step split, on a fake clock."""
+
+import pytest
+
+from bench.timing import TRAINING_REST, PhaseTimer, mean_split, median_seconds, phase_split
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+def test_nested_phase_is_charged_to_itself_and_taken_out_of_the_outer_one():
+    clock = FakeClock()
+    timer = PhaseTimer(clock)
+    with timer.phase("outer"):
+        clock.advance(1.0)
+        with timer.phase("inner"):
+            clock.advance(2.0)
+        clock.advance(0.5)
+    assert timer.totals == {"outer": 1.5, "inner": 2.0}
+
+
+def test_wrap_times_only_the_calls_where_the_condition_holds():
+    clock = FakeClock()
+    timer = PhaseTimer(clock)
+    enabled = {"on": True}
+
+    def work(seconds):
+        clock.advance(seconds)
+        return seconds
+
+    timed = timer.wrap(work, "work", when=lambda: enabled["on"])
+    assert timed(3.0) == 3.0
+    enabled["on"] = False
+    timed(10.0)
+    assert timer.totals == {"work": 3.0}
+    timer.reset()
+    assert timer.totals == {}
+
+
+def test_phase_split_puts_the_rest_in_training_and_sums_to_the_wall_time():
+    split = phase_split(10.0, {"generation": 4.0, "reward scoring": 1.0})
+    assert split == {"generation": 4.0, "reward scoring": 1.0, TRAINING_REST: 5.0}
+    assert sum(split.values()) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="more than the step"):
+        phase_split(1.0, {"generation": 2.0})
+
+
+def test_mean_split_counts_a_missing_phase_as_zero():
+    assert mean_split([{"a": 1.0, "b": 2.0}, {"a": 3.0}]) == {"a": 2.0, "b": 1.0}
+
+
+def test_median_seconds_skips_the_warm_up_call():
+    clock = FakeClock()
+    costs = iter([100.0, 1.0, 3.0, 2.0])  # the first (warm-up) call is slow and must not count
+    assert median_seconds(lambda: clock.advance(next(costs)), repeats=3, clock=clock) == 2.0
