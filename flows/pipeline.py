@@ -167,9 +167,14 @@ def run_stage(stage: str, repo: str, deadline: float | None = None) -> dict:
     skipped = False  # DVC found the stage up to date (or restored it from its run cache)
     with subprocess.Popen(command, cwd=repo, env=stage_environment(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
-        watchdog = None
+        watchdog, timed_out = None, threading.Event()
+
+        def stop_at_deadline() -> None:
+            timed_out.set()
+            _stop_process_tree(process)
+
         if deadline is not None:
-            watchdog = threading.Timer(max(0.0, deadline - time.time()), _stop_process_tree, args=(process,))
+            watchdog = threading.Timer(max(0.0, deadline - time.time()), stop_at_deadline)
             watchdog.daemon = True
             watchdog.start()
         for line in process.stdout:
@@ -182,7 +187,8 @@ def run_stage(stage: str, repo: str, deadline: float | None = None) -> dict:
         if watchdog is not None:
             watchdog.cancel()
     output = "\n".join(tail)
-    if deadline is not None and time.time() >= deadline and process.returncode != 0:
+    # Decided by the watchdog, not the exit code: dvc may exit 0 after forwarding SIGTERM to the stage.
+    if timed_out.is_set():
         raise FlowTimedOut(f"flow timeout reached while stage {stage} ran; it was stopped (its outputs are "
                            f"written atomically, a re-run resumes or starts it over)")
     if process.returncode != 0:

@@ -66,8 +66,13 @@ def init_distributed() -> int:
         for key, value in defaults.items():
             os.environ.setdefault(key, value)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        with _extension_build_guard("deepspeed_shm_comm"):  # DeepSpeed JIT-loads this op on the CPU accelerator
-            deepspeed.init_distributed(dist_backend=backend)
+        # DeepSpeed JIT-loads its CPU comm op inside init_distributed; load it first, under the guard,
+        # and outside the rendezvous (which waits for every rank, so must not hold the flock).
+        with _extension_build_guard("deepspeed_shm_comm"):
+            from deepspeed.comm.torch import build_shm_op
+
+            build_shm_op()  # cached by DeepSpeed's op builder: init_distributed reuses the loaded module
+        deepspeed.init_distributed(dist_backend=backend)
     return dist.get_world_size()
 
 
