@@ -1,7 +1,5 @@
 """The Prefect flow: task logic through `.fn()`, and real flow runs under a test Prefect server."""
 
-import json
-import math
 import time
 
 import psutil
@@ -9,7 +7,7 @@ import pytest
 import yaml
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.pipeline import (FlowTimedOut, StageFailed, flatten, pipeline, pipeline_stages, retry_delays, run_stage,
                             stage_metrics_paths)
@@ -75,45 +73,6 @@ def test_retries_skip_bad_params_but_cover_other_failures(tmp_path, prefect_serv
     assert bad_params.is_failed() and unknown_stage.is_failed()
     assert unknown_stage.result(raise_on_failure=False).stage_exit_code is None
     assert run_counts == [1, 3]
-
-
-def test_flow_runs_every_stage_then_finds_them_up_to_date(tmp_path, prefect_server):
-    repo = copy_repo(tmp_path)
-    state = pipeline(repo=str(repo), methods=["single"], return_state=True)
-    assert state.is_completed()
-    first = state.result()
-    assert list(first) == ["prepare", "train_reward", "ppo@single-0", "evaluate", "report"]
-    assert not any(result["skipped"] for result in first.values())
-    assert first["prepare"]["metrics"]["rows/train"] == tiny_params()["prepare"]["num_train_pairs"]
-    assert first["ppo@single-0"]["metrics"]["method"] == "single"
-    evaluated = first["evaluate"]["metrics"]
-    assert math.isfinite(evaluated["initial/gold"]) and math.isfinite(evaluated["single/gold"])
-    # evaluate covers the method this run trained and names the ones it did not.
-    assert evaluated["runs_not_evaluated"] == [f"{m}-seed0" for m in tiny_params()["methods"] if m != "single"]
-    assert first["report"]["metrics"]["methods"] == 1 and (repo / "reports/report.html").exists()
-    # both of evaluate's declared metrics: the file's keys as they are, the folder's under each file's stem
-    per_method = json.loads((repo / "metrics/eval/single.json").read_text())
-    assert evaluated["single/gold"] == per_method["gold"] and evaluated["single/steps"] == per_method["steps"]
-    assert evaluated["initial/gold"] == json.loads((repo / "metrics/eval.json").read_text())["initial"]["gold"]
-
-    # one table artifact per stage, its rows the stage's flattened metrics
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-    tables = {artifact.key: artifact.data for artifact in artifacts}
-    assert set(tables) == {"prepare-metrics", "train-reward-metrics", "ppo-single-0-metrics", "evaluate-metrics",
-                           "report-metrics", "robust-rlhf-report"}
-    # the markdown artifact links the report and holds the headline row of each method
-    assert (repo / "reports/report.html").resolve().as_uri() in tables["robust-rlhf-report"]
-    assert f"| single | {per_method['gold']:.3f} |" in tables["robust-rlhf-report"]
-    rows = json.loads(tables["evaluate-metrics"]) if isinstance(tables["evaluate-metrics"], str) \
-        else tables["evaluate-metrics"]
-    assert {"metric": "single/gold", "value": evaluated["single/gold"]} in rows
-
-    second = pipeline(repo=str(repo), methods=["single"])
-    assert list(second) == list(first)
-    assert all(result["skipped"] for result in second.values())
-    assert second["evaluate"]["metrics"] == first["evaluate"]["metrics"]
 
 
 def test_flow_refuses_bad_params_before_running_a_stage(tmp_path, prefect_server):

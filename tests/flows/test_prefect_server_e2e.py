@@ -6,6 +6,8 @@ with the params' schedule. Every process it starts is stopped at the end."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import subprocess
@@ -23,9 +25,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from robust_rlhf.launcher import free_port
-from tests.conftest import copy_repo
+from tests.conftest import copy_repo, tiny_params
 
 BIN = Path(sys.executable).parent
+STAGES = ["prepare", "train_reward", "ppo@brme-0", "evaluate", "report"]
 
 
 def wait_until(condition, timeout: float, what: str, interval: float = 1.0):
@@ -97,24 +100,46 @@ def test_deployed_pipeline_runs_on_a_work_pool_worker_and_serves_with_its_schedu
                                       env=env, cwd=repo, stdout=worker_log, stderr=subprocess.STDOUT,
                                       start_new_session=True))
 
-    with temporary_settings({PREFECT_API_URL: url}):
-        flow_run = run_deployment("robust-rlhf-pipeline/pipeline", timeout=0)
-        with get_client(sync_client=True) as client:
-            final = wait_until(lambda: (run := client.read_flow_run(flow_run.id)).state.is_final() and run,
-                               900, "the flow run", interval=2)
-            assert final.state.is_completed(), (tmp_path / "worker.log").read_text()[-5000:]
-            task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
-    assert sorted(run.name for run in task_runs) == sorted(["prepare", "train_reward", "ppo@brme-0", "evaluate",
-                                                            "report"])
-    assert all(run.state.is_completed() for run in task_runs)
-    by_key = {artifact.key: artifact for artifact in artifacts}
+    def run_through_the_api():
+        """Trigger the deployment, wait for the worker to finish it; its task runs and artifacts."""
+        with temporary_settings({PREFECT_API_URL: url}):
+            flow_run = run_deployment("robust-rlhf-pipeline/pipeline", timeout=0)
+            with get_client(sync_client=True) as client:
+                final = wait_until(lambda: (run := client.read_flow_run(flow_run.id)).state.is_final() and run,
+                                   900, "the flow run", interval=2)
+                assert final.state.is_completed(), (tmp_path / "worker.log").read_text()[-5000:]
+                task_runs = client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+                artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+        assert sorted(run.name for run in task_runs) == sorted(STAGES)
+        assert all(run.state.is_completed() for run in task_runs)
+        return {artifact.key: artifact for artifact in artifacts}
+
+    by_key = run_through_the_api()
     assert {"prepare-metrics", "train-reward-metrics", "ppo-brme-0-metrics", "evaluate-metrics",
-            "report-metrics", "robust-rlhf-report"} <= set(by_key)
+            "report-metrics", "robust-rlhf-report"} == set(by_key)
+    assert not any("up to date" in by_key[key].description for key in by_key if key.endswith("-metrics"))
+    # a stage's table artifact is its metrics, flattened; evaluate's holds both its metrics file and folder
+    evaluated = json.loads((repo / "metrics/eval.json").read_text())
+    per_method = json.loads((repo / "metrics/eval/brme.json").read_text())
+    rows = by_key["evaluate-metrics"].data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert {"metric": "brme/gold", "value": per_method["gold"]} in rows
+    assert {"metric": "initial/gold", "value": evaluated["initial"]["gold"]} in rows
+    assert math.isfinite(per_method["gold"])
+    # evaluate covers the method this run trained and names the ones it did not
+    assert evaluated["runs_not_evaluated"] == [f"{m}-seed0" for m in tiny_params()["methods"] if m != "brme"]
+    # the markdown artifact links the report and holds the method's headline row
     assert by_key["robust-rlhf-report"].type == "markdown"
     assert (repo / "reports/report.html").resolve().as_uri() in by_key["robust-rlhf-report"].data
+    assert f"| brme | {per_method['gold']:.3f} |" in by_key["robust-rlhf-report"].data
     assert (repo / "reports/report.html").exists()
+
+    # A second run: DVC finds every stage up to date, so each task finishes at once and says so.
+    again = run_through_the_api()
+    assert all("(up to date, not re-run)" in again[key].description for key in again if key.endswith("-metrics"))
+    assert json.loads((repo / "metrics/eval.json").read_text()) == evaluated
 
     # Served from this machine: the pipeline on params' cron, the sweep on demand.
     serve_log = open(tmp_path / "serve.log", "w")
