@@ -149,16 +149,22 @@ def _stop_process_tree(process: subprocess.Popen, grace_seconds: float = 30) -> 
             member.kill()
 
 
+def run_logger():
+    """The Prefect run's logger; a module logger when a task is called as `.fn(...)` outside a flow
+    (tests, benchmarks)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
 @task(task_run_name="{stage}", retries=2, retry_delay_seconds=retry_delays(10, 2), retry_jitter_factor=0.2,
       retry_condition_fn=_retry_unless_bad_input, cache_policy=NO_CACHE)
 def run_stage(stage: str, repo: str, deadline: float | None = None) -> dict:
     """`dvc repro -s <stage>` in `repo`, its output streamed to the run log. Returns
     {"stage", "skipped" (DVC found it up to date), "metrics"}; raises StageFailed on failure and
     FlowTimedOut when `deadline` (a time.time() value) passes while it runs."""
-    try:
-        logger = get_run_logger()
-    except MissingContextError:  # called as run_stage.fn(...) outside a flow, e.g. in tests
-        logger = logging.getLogger(__name__)
+    logger = run_logger()
     if deadline is not None and time.time() >= deadline:
         raise FlowTimedOut(f"flow timeout reached before stage {stage} started")
     command = [dvc_executable(), "repro", "-s", stage]

@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import MissingContextError
 
-from flows.pipeline import dvc_executable, stage_environment
+from flows.pipeline import dvc_executable, run_logger, stage_environment
 from robust_rlhf.config import Params, load_params
 
 # Aggregations that read ppo.robust.lambda (robust_rlhf/aggregation.py); for the others a lambda
@@ -111,13 +109,6 @@ def comparison_row(point: SweepPoint, name: str, status: str, experiment: dict |
     return row
 
 
-def _logger():
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(__name__)
-
-
 def _dvc(repo: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([dvc_executable(), *args], cwd=repo, env=stage_environment(), capture_output=True, text=True)
     if check and result.returncode != 0:
@@ -131,7 +122,7 @@ def queue_experiment(repo: str, name: str, overrides: list[str]) -> str:
     arguments = ["exp", "run", "--queue", "-n", name]
     for override in overrides:
         arguments += ["-S", override]
-    _logger().info("dvc %s", " ".join(arguments))
+    run_logger().info("dvc %s", " ".join(arguments))
     return _dvc(repo, *arguments).stdout.strip()
 
 
@@ -140,7 +131,7 @@ def run_queue(repo: str, max_parallel: int) -> dict[str, str]:
     """Run every queued experiment, `max_parallel` at a time (DVC's queue workers), until none is
     left; return each experiment's final status."""
     result = _dvc(repo, "exp", "run", "--run-all", "--jobs", str(max_parallel), check=False)
-    _logger().info("dvc exp run --run-all --jobs %d exited with %d\n%s", max_parallel, result.returncode,
+    run_logger().info("dvc exp run --run-all --jobs %d exited with %d\n%s", max_parallel, result.returncode,
                    (result.stdout + result.stderr)[-3000:])
     return parse_queue_status(_dvc(repo, "queue", "status").stdout)
 
@@ -149,7 +140,7 @@ def run_queue(repo: str, max_parallel: int) -> dict[str, str]:
 def collect_experiment(repo: str, name: str, status: str) -> str:
     """Log the experiment's own output (`dvc queue logs`) so each run's stages show in the UI."""
     logs = _dvc(repo, "queue", "logs", name, check=False)
-    logger = _logger()
+    logger = run_logger()
     logger.info("experiment %s: %s\n%s", name, status, (logs.stdout + logs.stderr)[-6000:])
     if status != "Success":
         logger.error("experiment %s did not succeed (%s); see `dvc queue logs %s`", name, status, name)

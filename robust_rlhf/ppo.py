@@ -123,8 +123,9 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
         check_finite(f"reward_model/{kind}/sigma", sigma, phase="ppo", step=step)
     raw_reward = method_rewards(scores, {"optimised": method}, config)["optimised"]
     check_finite("reward/optimised", raw_reward, phase="ppo", step=step)
-    # `running` moments see every rank's rewards, so all ranks normalise alike.
-    reward = normalizer(raw_reward, population=gather_from_ranks(raw_reward)).to(device)
+    # `running` moments see every rank's rewards, so all ranks normalise alike; the other modes need none.
+    population = gather_from_ranks(raw_reward) if normalizer.mode == "running" else None
+    reward = normalizer(raw_reward, population=population).to(device)
     # 4. KL-shaped per-token reward, 5. GAE, 6. whiten.
     mask = response_mask.to(logprobs.dtype)
     kl_per_token = kl_k1(logprobs, ref_logprobs)
