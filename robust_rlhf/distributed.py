@@ -30,7 +30,9 @@ def deepspeed_config(
 
     train_batch_size = micro_batch_size * gradient_accumulation_steps * world_size (DeepSpeed
     checks this identity). With learning_rate None the engine has no optimizer (inference only).
-    The optimizer is DeepSpeed's AdamW with `torch_adam`, which needs no JIT-compiled op.
+    The optimizer is DeepSpeed's AdamW with `torch_adam`, which needs no JIT-compiled op, and torch's
+    fused kernel (CPU and CUDA): DeepSpeed's default torch AdamW is the per-tensor loop, 0.53 s per step
+    for a 135M model on 2 CPU cores against 0.10 s fused (what transformers' Trainer, so TRL, uses).
     """
     config: dict = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
@@ -45,7 +47,7 @@ def deepspeed_config(
     if learning_rate is not None:
         config["optimizer"] = {
             "type": "AdamW",
-            "params": {"lr": learning_rate, "weight_decay": weight_decay, "torch_adam": True},
+            "params": {"lr": learning_rate, "weight_decay": weight_decay, "torch_adam": True, "fused": True},
         }
         config["gradient_clipping"] = deepspeed.gradient_clipping
     return config

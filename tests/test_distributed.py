@@ -10,7 +10,8 @@ def test_deepspeed_config_batch_identity_and_optimizer():
     assert config["train_batch_size"] == 4 * 3 * 2
     assert config["zero_optimization"] == {"stage": 2}
     assert config["bf16"] == {"enabled": True} and config["fp16"] == {"enabled": False}
-    assert config["optimizer"]["params"] == {"lr": 1e-5, "weight_decay": 0.1, "torch_adam": True}
+    assert config["optimizer"]["params"] == {"lr": 1e-5, "weight_decay": 0.1, "torch_adam": True,
+                                           "fused": True}
     assert config["gradient_clipping"] == 1.0
 
 
@@ -38,3 +39,31 @@ def test_a_stale_torch_build_lock_left_by_a_killed_stage_is_cleared(tmp_path, mo
     with _extension_build_guard("some_op"):
         assert not (build_dir / "lock").exists()
     assert (tmp_path / ".some_op.robust_rlhf.flock").exists()
+
+
+def test_engines_step_with_torchs_fused_adamw(tmp_path):
+    # In a subprocess: a DeepSpeed engine joins a process group, which must not outlive the test.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent('''
+        import torch
+        from robust_rlhf.config import DeepSpeedParams
+        from robust_rlhf.distributed import deepspeed_config, init_distributed, initialize_engine
+        init_distributed()
+        for zero_stage in (0, 2):
+            config = deepspeed_config(deepspeed=DeepSpeedParams(zero_stage=zero_stage), micro_batch_size=2,
+                                      gradient_accumulation_steps=1, world_size=1, learning_rate=0.1)
+            engine = initialize_engine(torch.nn.Linear(3, 1), config)
+            before = engine.module.weight.detach().clone()
+            engine.backward(engine(torch.ones(2, 3)).sum())
+            engine.step()
+            optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps torch's
+            assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["fused"], optimizer.defaults
+            assert not torch.equal(before, engine.module.weight), "the step did not move the weights"
+        print("ok")
+    ''')
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout[-2000:] + result.stderr[-3000:]
