@@ -117,6 +117,21 @@ def read_stage_metrics(repo: Path, stage: str) -> dict[str, object]:
     return metrics
 
 
+def stages_up_to_date(repo: Path, timeout_seconds: float = 120) -> set[str]:
+    """The stages `dvc status` finds up to date (deps, params and outs as dvc.lock records them), asked
+    once for the whole pipeline: one DVC start instead of one per stage. Empty when dvc status fails,
+    so every stage then goes through `dvc repro -s` and DVC reports the problem there."""
+    try:
+        result = subprocess.run([dvc_executable(), "status", "--json"], cwd=repo, env=stage_environment(),
+                                capture_output=True, text=True, timeout=timeout_seconds)
+        changed = json.loads(result.stdout or "null") if result.returncode == 0 else None
+    except (subprocess.TimeoutExpired, json.JSONDecodeError):
+        changed = None
+    if not isinstance(changed, dict):
+        return set()
+    return set(pipeline_stages(repo)) - set(changed)
+
+
 def _retry_unless_bad_input(task, task_run, state) -> bool:
     """Retry transient failures; a stage that rejected params.yaml or its input data fails the same
     way every time, and a flow past its timeout has no time left."""
@@ -160,13 +175,18 @@ def run_logger():
 
 @task(task_run_name="{stage}", retries=2, retry_delay_seconds=retry_delays(10, 2), retry_jitter_factor=0.2,
       retry_condition_fn=_retry_unless_bad_input, cache_policy=NO_CACHE)
-def run_stage(stage: str, repo: str, deadline: float | None = None) -> dict:
+def run_stage(stage: str, repo: str, deadline: float | None = None, up_to_date: bool = False) -> dict:
     """`dvc repro -s <stage>` in `repo`, its output streamed to the run log. Returns
     {"stage", "skipped" (DVC found it up to date), "metrics"}; raises StageFailed on failure and
-    FlowTimedOut when `deadline` (a time.time() value) passes while it runs."""
+    FlowTimedOut when `deadline` (a time.time() value) passes while it runs. `up_to_date`: the flow's
+    `dvc status` already found the stage up to date, and no stage before it ran since, so no
+    `dvc repro` is started for it."""
     logger = run_logger()
     if deadline is not None and time.time() >= deadline:
         raise FlowTimedOut(f"flow timeout reached before stage {stage} started")
+    if up_to_date:
+        logger.info("Stage '%s' didn't change (dvc status), skipping", stage)
+        return _published(stage, repo, skipped=True)
     command = [dvc_executable(), "repro", "-s", stage]
     logger.info("running %s", " ".join(command))
     tail: deque[str] = deque(maxlen=40)
@@ -202,6 +222,11 @@ def run_stage(stage: str, repo: str, deadline: float | None = None) -> dict:
         # last such line is DVC's, earlier ones could be the stage's own output.
         exited = re.findall(r"exited with (-?\d+)", output)
         raise StageFailed(stage, process.returncode, int(exited[-1]) if exited else None, output)
+    return _published(stage, repo, skipped=skipped)
+
+
+def _published(stage: str, repo: str, *, skipped: bool) -> dict:
+    """The stage's metrics as a table artifact, and the task's result."""
     metrics = read_stage_metrics(Path(repo), stage)
     create_table_artifact(
         key=re.sub(r"[^a-z0-9-]", "-", f"{stage}-metrics".lower()),
@@ -247,9 +272,15 @@ def pipeline(repo: str = ".", methods: list[str] | None = None) -> dict[str, dic
     stage_task = run_stage.with_options(
         retries=orchestration.task_retries,
         retry_delay_seconds=retry_delays(orchestration.retry_delay_seconds, orchestration.task_retries) or 0)
-    results = {}
+    # One `dvc status` up front: a stage it found up to date needs no `dvc repro` of its own, until a stage
+    # before it goes through `dvc repro` (which may run it or restore it from the run cache, changing a later
+    # stage's deps); from then on DVC is asked stage by stage.
+    up_to_date = stages_up_to_date(Path(repo))
+    results, ask_dvc = {}, False
     for stage in stages:
-        results[stage] = stage_task(stage, repo, deadline)
+        known_up_to_date = stage in up_to_date and not ask_dvc
+        results[stage] = stage_task(stage, repo, deadline, up_to_date=known_up_to_date)
+        ask_dvc |= not known_up_to_date
     if "report" in results:
         create_markdown_artifact(key="robust-rlhf-report", markdown=report_markdown(Path(repo)),
                                  description="The study's report and headline table")
