@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from robust_rlhf.config import MethodParams, PPOParams
-from robust_rlhf.generation import decode, encode_prompts, forward_response, sample_responses
+from robust_rlhf.generation import decode, encode_prompts, forward_response, sample
 from robust_rlhf.gold import GoldScorer
 from robust_rlhf.kl import kl_k1, kl_k2
 from robust_rlhf.reward_scoring import RewardModels, method_rewards
@@ -36,12 +36,18 @@ def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, p
     for start in tqdm(range(0, len(expanded), batch_size), desc=desc, unit="batch"):
         batch = expanded[start:start + batch_size]
         query_ids, query_mask = (t.to(device) for t in encode_prompts(tokenizer, batch, max_prompt_tokens=max_prompt_tokens))
-        response_ids, response_mask = sample_responses(
-            policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        logprobs, _ = forward_response(policy, query_ids, query_mask, response_ids, response_mask)
-        ref_logprobs, _ = forward_response(ref_model, query_ids, query_mask, response_ids, response_mask)
-        log_ratios.append((kl_k1(logprobs, ref_logprobs) * response_mask).sum(dim=1).cpu())
+        # The policy's log-probs come with the sample (generate's logits): one forward less per batch. The
+        # initial policy is the reference itself: its log-ratio is 0 by definition, no forward needed.
+        is_reference = policy is ref_model
+        sampled = sample(policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         with_logprobs=not is_reference)
+        response_ids, response_mask = sampled.ids, sampled.mask
+        if is_reference:
+            log_ratios.append(torch.zeros(len(batch)))
+        else:
+            ref_logprobs, _ = forward_response(ref_model, query_ids, query_mask, response_ids, response_mask)
+            log_ratios.append((kl_k1(sampled.logprobs, ref_logprobs) * response_mask).sum(dim=1).cpu())
         responses += decode(tokenizer, response_ids, response_mask)
     log_ratio = torch.cat(log_ratios)
     gold_reward = torch.tensor(gold(expanded, responses))

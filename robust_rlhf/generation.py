@@ -6,6 +6,8 @@ KV cache (transformers' `generate`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from robust_rlhf.ppo_losses import entropy_from_logits, logprobs_of_labels
@@ -36,24 +38,60 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> tor
     return (eos_seen_before == 0).long()
 
 
+@dataclass
+class SampledResponses:
+    """What one batched sampling pass yields. Token tensors are (B, T)."""
+
+    ids: torch.Tensor                      # response tokens; pad after the first EOS
+    mask: torch.Tensor                     # 1 up to and including the first EOS
+    logprobs: torch.Tensor | None = None   # log pi(token) under the sampling model, from generate's own logits
+    last_hidden: torch.Tensor | None = None  # (B, T, H) final hidden state of the state before each token
+
+
 @torch.inference_mode()
-def sample_responses(
+def sample(
     model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int, temperature: float,
-    eos_token_id: int, pad_token_id: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one response per query with the KV cache. Returns response ids and mask, (B, T).
+    eos_token_id: int, pad_token_id: int, with_logprobs: bool = False, with_hidden: bool = False,
+) -> SampledResponses:
+    """Sample one response per query with the KV cache.
 
     Pure ancestral sampling (top_k = 0, top_p = 1) so log-probs under the model are the sampling
     distribution that PPO's ratio and the KL estimators assume. Tokens after EOS become pad.
+
+    `with_logprobs` keeps generate's raw logits (before any logits processor) and returns the
+    sampled tokens' log-probs: the same numbers as `forward_response` on the result (up to float
+    rounding of the cached vs. full-sequence attention), without a second forward. `with_hidden`
+    returns the last layer's hidden state at each step's input position (the query's last column,
+    then each fed-back token): the state a value head reads before each response token.
     """
     output = model.generate(
         input_ids=query_ids, attention_mask=query_mask, do_sample=True, temperature=temperature,
         top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, min_new_tokens=1,
-        eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id, return_dict_in_generate=True,
+        output_logits=with_logprobs, output_hidden_states=with_hidden,
     )
-    response_ids = output[:, query_ids.shape[1]:]
+    response_ids = output.sequences[:, query_ids.shape[1]:]
     response_mask = response_mask_from_ids(response_ids, eos_token_id)
-    return response_ids.masked_fill(response_mask == 0, pad_token_id), response_mask
+    response_ids = response_ids.masked_fill(response_mask == 0, pad_token_id)
+    sampled = SampledResponses(response_ids, response_mask)
+    if with_logprobs:
+        # one (B, V) tensor per generated token: the logits that predicted it
+        sampled.logprobs = logprobs_of_labels(torch.stack(output.logits, dim=1).float(), response_ids)
+    if with_hidden:
+        # per step, a tuple over layers whose last entry is the final (normed) hidden state; the prefill
+        # step holds every query column, of which the last predicts the first response token
+        sampled.last_hidden = torch.cat([layers[-1][:, -1:] for layers in output.hidden_states], dim=1)
+    return sampled
+
+
+def sample_responses(
+    model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int, temperature: float,
+    eos_token_id: int, pad_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample` for callers that need only the tokens. Returns response ids and mask, (B, T)."""
+    sampled = sample(model, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                     eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    return sampled.ids, sampled.mask
 
 
 def forward_response(
@@ -72,15 +110,21 @@ def forward_response(
     return logprobs, entropy
 
 
-def _response_logits(model, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
+def response_inputs(query_ids, query_mask, response_ids, response_mask) -> dict[str, torch.Tensor]:
+    """Model inputs of [query; response]: ids, attention mask and position ids that follow the mask
+    (left padding does not shift positions, as in `generate`)."""
     input_ids = torch.cat([query_ids, response_ids], dim=1)
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+
+def _response_logits(model, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
     # Only the last T + 1 positions reach the LM head (columns Tq - 1 .. L - 1; the last is dropped):
     # the same as `logits[:, Tq - 1 : -1]` of the full logits, without the (B, Tq, V) query logits,
     # which cost ~1/5 of a small model's forward (and its backward) at a 49k vocabulary.
     response_len = response_ids.shape[1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+    logits = model(**response_inputs(query_ids, query_mask, response_ids, response_mask),
                    logits_to_keep=response_len + 1).logits
     return logits[:, :-1, :].float()  # (B, T, V)
 

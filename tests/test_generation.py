@@ -1,6 +1,6 @@
 import torch
 
-from robust_rlhf.generation import encode_prompts, forward_response, response_mask_from_ids, sample_responses
+from robust_rlhf.generation import encode_prompts, forward_response, response_mask_from_ids, sample, sample_responses
 
 
 def test_response_mask_keeps_first_eos_and_drops_the_rest():
@@ -49,3 +49,30 @@ def test_response_logprobs_equal_a_slice_of_the_full_logits(tiny_policy, tiny_to
     assert logprobs.shape == response_ids.shape
     torch.testing.assert_close(logprobs, logprobs_of_labels(naive, response_ids), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(entropy, entropy_from_logits(naive), atol=1e-5, rtol=1e-5)
+
+
+def test_generates_own_logprobs_and_hidden_states_equal_a_separate_forward(tiny_policy, tiny_tokenizer):
+    """The rollout takes the old log-probs (and a shared value head's input) from generate instead of a
+    second forward; both must be what a full forward over [query; response] gives, padded rows included."""
+    prompts = ["Write a short review of the library.", "Give your honest opinion of a long flight today.",
+               "Say hello."]
+    query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)
+    torch.manual_seed(2)
+    sampled = sample(tiny_policy, query_ids, query_mask, max_new_tokens=7, temperature=1.0,
+                     eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id,
+                     with_logprobs=True, with_hidden=True)
+    torch.manual_seed(2)
+    ids, mask = sample_responses(tiny_policy, query_ids, query_mask, max_new_tokens=7, temperature=1.0,
+                                 eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    assert torch.equal(sampled.ids, ids) and torch.equal(sampled.mask, mask)  # same draw, same tokens
+    with torch.no_grad():
+        expected, _ = forward_response(tiny_policy, query_ids, query_mask, sampled.ids, sampled.mask)
+        attention_mask = torch.cat([query_mask, sampled.mask], dim=1)
+        full = tiny_policy(input_ids=torch.cat([query_ids, sampled.ids], dim=1), attention_mask=attention_mask,
+                           position_ids=(attention_mask.cumsum(dim=1) - 1).clamp_min(0), output_hidden_states=True)
+        hidden = full.hidden_states[-1][:, query_ids.shape[1] - 1 : -1]
+    keep = sampled.mask.bool()
+    assert sampled.logprobs.shape == sampled.ids.shape and sampled.last_hidden.shape == (*sampled.ids.shape, hidden.shape[-1])
+    torch.testing.assert_close(sampled.logprobs[keep], expected[keep], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sampled.last_hidden[keep], hidden[keep], atol=1e-4, rtol=1e-4)
+    assert (sampled.logprobs[keep] < 0).all()
