@@ -23,9 +23,10 @@ from bench.timing import mean_split
 
 SECTIONS = ("ppo", "brme", "pipeline")
 PPO_NOTE = ("same policy (SmolLM2-135M), prompts, batch, generation length, epochs and reward models; "
-            "ours is PPO: it also runs the actor's old-logprob and the critic's forward in the rollout and "
-            "trains the critic (a second 135M model), work TRL's GRPO (beta = our kl_coef, so with its "
-            "reference forward) does not do; the critic's share is its own row below")
+            "ours is PPO, so it also has a critic, which TRL's GRPO (beta = our kl_coef, so with its reference "
+            "forward) lacks: `separate` (the default) trains a second 135M model, `shared` a value head on the "
+            "actor's backbone (ppo.value_model); the old log-probs come from generate's logits in both")
+VALUE_MODELS = ("separate", "shared")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,12 +57,15 @@ def child_env(threads: int) -> dict[str, str]:
                 DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"), TOKENIZERS_PARALLELISM="false")
 
 
-def run_ppo_child(module: str, work: Path, workload: PPOWorkload, env: dict[str, str], *, profile: bool) -> dict:
+def run_ppo_child(module: str, work: Path, workload: PPOWorkload, env: dict[str, str], *, profile: bool,
+                  extra: tuple[str, ...] = (), name: str | None = None) -> dict:
     """Run one implementation's PPO steps in a child; its record plus the child's peak RSS."""
-    out, log = work / f"{module}.json", work / f"{module}.log"
+    name = name or module
+    out, log = work / f"{name}.json", work / f"{name}.log"
     out.unlink(missing_ok=True)
     command = [sys.executable, "-m", f"bench.{module}", "--work", str(work), "--out", str(out),
-               *(["--torch-profile", str(work / f"{module}_top_ops.txt")] if profile else []), *workload_argv(workload)]
+               *(["--torch-profile", str(work / f"{name}_top_ops.txt")] if profile else []), *workload_argv(workload),
+               *extra]
     measured = run_measured(command, cwd=Path.cwd(), env=env, log=log)
     if measured.returncode:
         raise RuntimeError(f"{' '.join(command)} failed ({measured.returncode}), see {log}:\n{measured.output_tail}")
@@ -75,26 +79,42 @@ def throughput(record: dict) -> tuple[float, float]:
     return samples / seconds, sum(record["response_tokens"]) / seconds
 
 
-def ppo_rows(ours: dict, theirs: dict) -> list[Row]:
-    """Throughput, its split per phase (seconds per step, share of the step) and peak RSS."""
-    (our_rate, our_tokens), (their_rate, their_tokens) = throughput(ours), throughput(theirs)
-    rows = [Row("PPO step samples/s (ours PPO vs TRL GRPO)", f"{our_rate:.3f} ({our_tokens:.1f} tok/s)",
-                f"{their_rate:.3f} ({their_tokens:.1f} tok/s)", our_rate / their_rate, ">= 2x", PPO_NOTE)]
-    our_split, their_split = mean_split(ours["splits"]), mean_split(theirs["splits"])
-    our_step, their_step = statistics.fmean(ours["step_seconds"]), statistics.fmean(theirs["step_seconds"])
-    batch = ours["workload"]["batch_size"]
-    without_critic = batch / (our_step - our_split.get(CRITIC, 0.0))
-    rows.append(Row("  samples/s without our critic's time", f"{without_critic:.3f}", f"{batch / their_step:.3f}",
-                    without_critic / (batch / their_step), "",
-                    "ours minus the measured critic phase (its rollout forward, update forward, backward, step): "
-                    "the work GRPO does not do; ours still computes the actor's old log-probs in the rollout"))
-    for phase in dict.fromkeys([*our_split, *their_split]):
-        mine, other = our_split.get(phase, 0.0), their_split.get(phase, 0.0)
-        rows.append(Row(f"  {phase} s/step (speed-up)", f"{mine:.2f} s ({mine / our_step:.0%})",
-                        f"{other:.2f} s ({other / their_step:.0%})", other / mine if mine else None))
-    rows.append(Row("  peak RSS, PPO process (MB, theirs/ours)", f"{ours['peak_rss_mb']:.0f}",
-                    f"{theirs['peak_rss_mb']:.0f}", theirs["peak_rss_mb"] / ours["peak_rss_mb"]))
+def ppo_rows(ours_by_value_model: dict[str, dict], theirs: dict) -> list[Row]:
+    """Throughput of each of our critics against TRL's, then each one's split per phase (seconds per
+    step, share of the step) and peak RSS."""
+    their_rate, their_tokens = throughput(theirs)
+    their_split, their_step = mean_split(theirs["splits"]), statistics.fmean(theirs["step_seconds"])
+    rows = []
+    for value_model, ours in ours_by_value_model.items():
+        our_rate, our_tokens = throughput(ours)
+        rows.append(Row(f"PPO step samples/s, ours ({value_model} critic) vs TRL GRPO",
+                        f"{our_rate:.3f} ({our_tokens:.1f} tok/s)", f"{their_rate:.3f} ({their_tokens:.1f} tok/s)",
+                        our_rate / their_rate, ">= 2x", PPO_NOTE if not rows else ""))
+    for value_model, ours in ours_by_value_model.items():
+        our_split, our_step = mean_split(ours["splits"]), statistics.fmean(ours["step_seconds"])
+        if CRITIC in our_split:
+            batch = ours["workload"]["batch_size"]
+            without_critic = batch / (our_step - our_split[CRITIC])
+            rows.append(Row(f"  {value_model}: samples/s without the critic's time", f"{without_critic:.3f}",
+                            f"{batch / their_step:.3f}", without_critic / (batch / their_step), "",
+                            "ours minus the measured critic phase (its rollout forward, update forward, backward, "
+                            "step): the work GRPO does not do"))
+        for phase in dict.fromkeys([*our_split, *their_split]):
+            mine, other = our_split.get(phase, 0.0), their_split.get(phase, 0.0)
+            rows.append(Row(f"  {value_model}: {phase} s/step (speed-up)", f"{mine:.2f} s ({mine / our_step:.0%})",
+                            f"{other:.2f} s ({other / their_step:.0%})", other / mine if mine else None))
+        rows.append(Row(f"  {value_model}: peak RSS of the PPO process, MB (TRL's / ours)",
+                        f"{ours['peak_rss_mb']:.0f}", f"{theirs['peak_rss_mb']:.0f}",
+                        theirs["peak_rss_mb"] / ours["peak_rss_mb"]))
     return rows
+
+
+def optimizer_rows(times: dict[str, float]) -> list[Row]:
+    """The optimizer change's before/after."""
+    return [Row("  AdamW step, default policy (speed-up)", f"{times['after']:.3f} s", f"{times['before']:.3f} s",
+                times["before"] / times["after"],
+                note="torch's fused AdamW (now) against the per-tensor loop DeepSpeed's torch_adam ran before, "
+                     "same parameters and gradients, same process")]
 
 
 def response_logits_rows(times: dict[str, dict[str, float]]) -> list[Row]:
@@ -149,16 +169,23 @@ def main(argv: list[str] | None = None) -> None:
         build_reward_models(params, work)
     if "ppo" in sections:
         workload = workload_from_args(args)
-        ours = run_ppo_child("ppo_ours", work, workload, env, profile=args.torch_profile)
-        print(f"ours: {ours['step_seconds']}", flush=True)
+        ours = {}
+        for value_model in VALUE_MODELS:
+            ours[value_model] = run_ppo_child("ppo_ours", work, workload, env, profile=args.torch_profile,
+                                              extra=("--value-model", value_model), name=f"ppo_ours_{value_model}")
+            print(f"ours ({value_model} critic): {ours[value_model]['step_seconds']}", flush=True)
         theirs = run_ppo_child("ppo_trl", work, workload, env, profile=args.torch_profile)
         print(f"trl: {theirs['step_seconds']}", flush=True)
         rows += ppo_rows(ours, theirs)
         import torch
 
+        from bench.optimizer_step import optimizer_step_times
         from bench.response_logits import response_forward_times
 
         torch.set_num_threads(args.threads)
+        optimizer_times = optimizer_step_times(work, repeats=args.repeats)
+        print(f"optimizer step: {optimizer_times}", flush=True)
+        rows += optimizer_rows(optimizer_times)
         logits_times = response_forward_times(work, batch_size=workload.batch_size, response_len=workload.max_new_tokens,
                                               max_prompt_tokens=params.prepare.max_prompt_tokens, repeats=args.repeats)
         print(f"response logits: {logits_times}", flush=True)

@@ -19,18 +19,20 @@ from bench.workload import POLICY_DIR, bench_prompts, build_reward_models, defau
 
 
 def instrument(timer: PhaseTimer, critic) -> None:
-    """Time the library's own functions where ppo_step calls them. The actor's and reference's
-    rollout forwards run without grad; the actor's forward inside the update (grad on) stays in
-    `training`. Every critic forward, backward and step is the critic's phase, which GRPO lacks."""
+    """Time the library's own functions where ppo_step calls them. Generation includes the old
+    log-probs (generate's logits) and a shared value head's rollout values; the reference's rollout
+    forward runs without grad; the actor's forward inside the update (grad on) stays in `training`.
+    Every separate critic's forward, backward and step is the critic's phase, which GRPO lacks."""
     import robust_rlhf.ppo as ppo
     from robust_rlhf.reward_scoring import RewardModels
 
     no_grad = lambda: not torch.is_grad_enabled()  # noqa: E731
-    ppo.sample_responses = timer.wrap(ppo.sample_responses, GENERATION)
+    ppo.sample = timer.wrap(ppo.sample, GENERATION)
     ppo.forward_response = timer.wrap(ppo.forward_response, LOGPROB_FORWARD, when=no_grad)
     ppo.response_values = timer.wrap(ppo.response_values, CRITIC)
-    critic.backward = timer.wrap(critic.backward, CRITIC)
-    critic.step = timer.wrap(critic.step, CRITIC)
+    if critic is not None:  # a shared value head has no engine of its own: its cost is inside the actor's
+        critic.backward = timer.wrap(critic.backward, CRITIC)
+        critic.step = timer.wrap(critic.step, CRITIC)
     RewardModels.score = timer.wrap(RewardModels.score, SCORING)
 
 
@@ -38,7 +40,7 @@ def build_engines(params, work: Path):
     """Actor, critic (DeepSpeed engines), reference and reward models as stages/ppo.py builds them."""
     from robust_rlhf.distributed import deepspeed_config, init_distributed, initialize_engine
     from robust_rlhf.models import load_backbone, load_causal_lm, load_tokenizer
-    from robust_rlhf.ppo import ValueModel
+    from robust_rlhf.ppo import build_actor_critic
     from robust_rlhf.reward_scoring import load_reward_models
 
     config, policy_init = params.ppo, work / POLICY_DIR
@@ -52,19 +54,22 @@ def build_engines(params, work: Path):
     def frozen(model):
         return initialize_engine(model.eval().requires_grad_(False), engine_config(None)).module
 
-    actor = initialize_engine(load_causal_lm(policy_init), engine_config(config.learning_rate))
-    critic = initialize_engine(ValueModel(load_backbone(policy_init)), engine_config(config.critic_learning_rate))
+    actor_module, critic_module = build_actor_critic(lambda: load_causal_lm(policy_init),
+                                                     lambda: load_backbone(policy_init), config.value_model)
+    actor = initialize_engine(actor_module, engine_config(config.learning_rate))
+    critic = (None if critic_module is None
+              else initialize_engine(critic_module, engine_config(config.critic_learning_rate)))
     reward_models = load_reward_models(*build_reward_models(params, work), trust_remote_code=False, prepare=frozen)
     return load_tokenizer(policy_init), actor, critic, frozen(load_causal_lm(policy_init)), reward_models
 
 
-def with_workload(params, workload: PPOWorkload):
-    """The default params with the bench's PPO sizes (validated like params.yaml)."""
+def with_workload(params, workload: PPOWorkload, value_model: str):
+    """The default params with the bench's PPO sizes and critic (validated like params.yaml)."""
     ppo = params.ppo.model_copy(update={
         "steps": workload.steps + 1, "rollout_batch_size": workload.batch_size,
         "micro_batch_size": workload.micro_batch_size,
         "gradient_accumulation_steps": workload.gradient_accumulation_steps, "ppo_epochs": workload.epochs,
-        "max_new_tokens": workload.max_new_tokens})
+        "max_new_tokens": workload.max_new_tokens, "value_model": value_model})
     return params.model_copy(update={"ppo": type(params.ppo).model_validate(ppo.model_dump(by_alias=True))})
 
 
@@ -73,9 +78,12 @@ def main(argv: list[str] | None = None) -> None:
     from robust_rlhf.reward_normalization import RewardNormalizer
     from robust_rlhf.stage_cli import seed_everything
 
-    args = child_parser("python -m bench.ppo_ours").parse_args(argv)
+    parser = child_parser("python -m bench.ppo_ours")
+    parser.add_argument("--value-model", choices=("separate", "shared"), default="separate",
+                        help="ppo.value_model: a separate critic model, or a value head on the actor's backbone")
+    args = parser.parse_args(argv)
     workload = workload_from_args(args)
-    params = with_workload(default_params(Path.cwd()), workload)
+    params = with_workload(default_params(Path.cwd()), workload, args.value_model)
     seed_everything(workload.seed)
     tokenizer, actor, critic, ref_model, reward_models = build_engines(params, args.work)
     timer = PhaseTimer()
@@ -84,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     # Fixed moments: the `reference` moments cost one extra rollout per run, not per step.
     normalizer = RewardNormalizer(params.ppo.reward_normalization, reference_mean=0.0, reference_std=1.0)
     prompts = bench_prompts(workload.batch_size * (workload.steps + 1))
-    record = StepRecord("ours", vars(workload))
+    record = StepRecord("ours", vars(workload), note=f"value_model: {args.value_model}")
     profiler = contextlib.nullcontext()
     for step in range(workload.steps + 1):
         if step == 1 and args.torch_profile:

@@ -196,7 +196,14 @@ class PPOParams(_Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     ppo_epochs: int = Field(ge=1, description="Optimisation epochs over each rollout.")
     learning_rate: float = Field(gt=0, description="Actor learning rate.")
-    critic_learning_rate: float = Field(gt=0)
+    critic_learning_rate: float = Field(gt=0, description="Learning rate of the separate critic (value_model: separate).")
+    value_model: Literal["separate", "shared"] = Field(
+        "separate", description="The critic. `separate`: a second copy of the policy's backbone with a value head and its "
+        "own optimizer (critic_learning_rate), as InstructGPT and Coste et al. `shared`: a value head on the actor's own "
+        "backbone, trained through the actor's loss (policy loss + value_loss_coef * value loss): one model, one "
+        "forward and one backward instead of two, at the price of the value loss's gradient also moving the policy.")
+    value_loss_coef: float = Field(0.1, gt=0, description="Weight of the value loss in the actor's loss when "
+                                   "value_model is shared (unused when separate).")
     kl_coef: float = Field(ge=0, description="beta of the per-token KL penalty to the reference.")
     clip_range: float = Field(0.2, gt=0)
     clip_range_value: float = Field(0.2, gt=0)

@@ -1,7 +1,9 @@
 """PPO on a robust reward: rollout -> score heads -> aggregate -> KL-shaped reward -> GAE ->
 whiten -> minibatch epochs of clipped losses -> log (Ziegler et al. 2019; PAPER.md §3).
 
-Actor and critic are DeepSpeed engines; the reference policy and the reward model are frozen.
+Actor and critic are DeepSpeed engines; the reference policy and the reward model are frozen. The
+critic is a separate model, or (`ppo.value_model: shared`) a value head on the actor's backbone, in
+which case the actor engine wraps a `PolicyWithValueHead` and there is no critic engine.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from torch import nn
 from robust_rlhf.config import MethodParams, PPOParams
 from robust_rlhf.distributed import gather_from_ranks
 from robust_rlhf.gae import gae
-from robust_rlhf.generation import decode, encode_prompts, forward_response, sample_responses
+from robust_rlhf.generation import (decode, encode_prompts, forward_response, response_inputs, sample,
+                                    sample_responses)
 from robust_rlhf.kl import kl_k1, kl_k2
-from robust_rlhf.ppo_losses import (kl_shaped_rewards, masked_mean, masked_whiten, ppo_policy_loss,
-                                    ppo_value_loss)
+from robust_rlhf.ppo_losses import (entropy_from_logits, kl_shaped_rewards, logprobs_of_labels, masked_mean,
+                                    masked_whiten, ppo_policy_loss, ppo_value_loss)
 from robust_rlhf.reward_normalization import RewardNormalizer
 from robust_rlhf.reward_scoring import RewardModels, every_aggregation, method_rewards
 from robust_rlhf.reward_training import check_finite
@@ -57,12 +60,61 @@ class ValueModel(nn.Module):
         return self.value_head(hidden).squeeze(-1).float()  # (B, L)
 
 
+class PolicyWithValueHead(nn.Module):
+    """Actor with a shared-backbone critic: the causal LM and a scalar head on its final hidden state
+    (as TRL's former `AutoModelForCausalLMWithValueHead`). `forward` returns the logits and the
+    values of the last `logits_to_keep` positions."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+        self.value_head = nn.Linear(policy.config.hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)  # V = 0 at the start, as the separate critic's
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             logits_to_keep=logits_to_keep, output_hidden_states=True)
+        values = self.value_head(output.hidden_states[-1][:, -logits_to_keep:]).squeeze(-1).float()
+        return output.logits, values
+
+
+def build_actor_critic(load_policy, load_backbone, value_model: str) -> tuple[nn.Module, nn.Module | None]:
+    """The actor module and the critic module (None when the value head shares the actor's backbone).
+    `load_policy()` / `load_backbone()` load fresh copies of the initial policy and of its backbone."""
+    if value_model == "shared":
+        return PolicyWithValueHead(load_policy()), None
+    return load_policy(), ValueModel(load_backbone())
+
+
+def policy_module(actor) -> nn.Module:
+    """The causal LM inside an actor engine (without the shared value head, if any)."""
+    module = actor.module
+    return module.policy if isinstance(module, PolicyWithValueHead) else module
+
+
+def policy_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The causal LM's part of an actor's state dict (keys of `PolicyWithValueHead.policy`, unprefixed)."""
+    if not any(key.startswith("value_head.") for key in state):
+        return state
+    return {key.removeprefix("policy."): value for key, value in state.items() if key.startswith("policy.")}
+
+
+def response_logprobs_and_values(actor, query_ids, query_mask, response_ids, response_mask, *,
+                                 with_entropy: bool = False):
+    """One forward of a `PolicyWithValueHead` engine over [query; response]: log-probs (B, T), entropy
+    (B, T) or None, and V of the state before each response token (B, T), as `forward_response` and
+    `response_values` give them from two models."""
+    logits, values = actor(**response_inputs(query_ids, query_mask, response_ids, response_mask),
+                           logits_to_keep=response_ids.shape[1] + 1)
+    logits = logits[:, :-1, :].float()
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    return logprobs_of_labels(logits, response_ids), entropy, values[:, :-1]
+
+
 def response_values(critic, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
     """V of the state before each response token: the critic at column Tq - 1 + t. -> (B, T)."""
-    input_ids = torch.cat([query_ids, response_ids], dim=1)
-    attention_mask = torch.cat([query_mask, response_mask], dim=1)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
-    values = critic(input_ids, attention_mask, position_ids)
+    values = critic(**response_inputs(query_ids, query_mask, response_ids, response_mask))
     return values[:, query_ids.shape[1] - 1 : -1]
 
 
@@ -103,19 +155,25 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
              method: MethodParams, normalizer: RewardNormalizer, config: PPOParams,
              max_prompt_tokens: int) -> tuple[dict[str, float], list[str]]:
     """One PPO iteration on `prompts` optimising `method`'s reward. `actor`, `critic` are DeepSpeed
-    engines. Returns (metrics, responses)."""
+    engines; `critic` is None when the actor carries the value head (`PolicyWithValueHead`). Returns
+    (metrics, responses)."""
     device = actor.device
-    # 1. Rollout with the current policy.
+    shared_value_head = critic is None
+    # 1. Rollout with the current policy. The old log-probs (and a shared head's input) come from
+    # generate's own pass, not a second forward of the actor.
     actor.eval()
     query_ids, query_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts, max_prompt_tokens=max_prompt_tokens))
-    response_ids, response_mask = sample_responses(
-        actor.module, query_ids, query_mask, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    sampled = sample(policy_module(actor), query_ids, query_mask, max_new_tokens=config.max_new_tokens,
+                     temperature=config.temperature, eos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id, with_logprobs=True, with_hidden=shared_value_head)
+    response_ids, response_mask, logprobs = sampled.ids, sampled.mask, sampled.logprobs
     responses = decode(tokenizer, response_ids, response_mask)
     with torch.inference_mode():
-        logprobs, _ = forward_response(actor.module, query_ids, query_mask, response_ids, response_mask)
         ref_logprobs, _ = forward_response(ref_model, query_ids, query_mask, response_ids, response_mask)
-        values = response_values(critic.module, query_ids, query_mask, response_ids, response_mask)
+        if shared_value_head:
+            values = actor.module.value_head(sampled.last_hidden).squeeze(-1).float()
+        else:
+            values = response_values(critic.module, query_ids, query_mask, response_ids, response_mask)
     # 2. Score with every reward model's heads, 3. aggregate (this method's, and every other for the log).
     scores = reward_models.score(prompts, responses, batch_size=len(prompts))
     for kind, (mu, sigma) in scores.items():  # name the reward model that broke, before aggregating
@@ -157,7 +215,8 @@ def ppo_update(step: int, actor, critic, rollout: Rollout, config: PPOParams) ->
     """`ppo_epochs` passes over the rollout in shuffled micro-batches; DeepSpeed accumulates
     `gradient_accumulation_steps` micro-batches per optimizer step. Returns mean losses and stats."""
     actor.train()
-    critic.train()
+    if critic is not None:
+        critic.train()
     totals: dict[str, float] = {}
     batch_size = rollout.response_ids.shape[0]
     # Minibatch order is a function of the run's seed (torch.manual_seed at stage start) and the step.
@@ -165,21 +224,27 @@ def ppo_update(step: int, actor, critic, rollout: Rollout, config: PPOParams) ->
     for _ in range(config.ppo_epochs):
         for rows in torch.randperm(batch_size, generator=generator).split(config.micro_batch_size):
             mask = rollout.response_mask[rows]
-            logprobs, entropy = forward_response(actor, rollout.query_ids[rows], rollout.query_mask[rows],
-                                                 rollout.response_ids[rows], mask, with_entropy=True)
+            batch = (rollout.query_ids[rows], rollout.query_mask[rows], rollout.response_ids[rows], mask)
+            if critic is None:  # shared backbone: one forward gives both, one backward trains both
+                logprobs, entropy, values = response_logprobs_and_values(actor, *batch, with_entropy=True)
+            else:
+                logprobs, entropy = forward_response(actor, *batch, with_entropy=True)
             policy_loss, clip_fraction = ppo_policy_loss(logprobs, rollout.logprobs[rows], rollout.advantages[rows],
                                                          mask, clip_range=config.clip_range)
             check_finite("loss/policy", policy_loss, phase="ppo", step=step)
-            actor.backward(policy_loss)
-            actor.step()
-
-            values = response_values(critic, rollout.query_ids[rows], rollout.query_mask[rows],
-                                     rollout.response_ids[rows], mask)
+            if critic is not None:
+                actor.backward(policy_loss)
+                actor.step()
+                values = response_values(critic, *batch)
             value_loss, value_clip_fraction = ppo_value_loss(values, rollout.values[rows], rollout.returns[rows],
                                                              mask, clip_range_value=config.clip_range_value)
             check_finite("loss/value", value_loss, phase="ppo", step=step)
-            critic.backward(value_loss)
-            critic.step()
+            if critic is None:
+                actor.backward(policy_loss + config.value_loss_coef * value_loss)
+                actor.step()
+            else:
+                critic.backward(value_loss)
+                critic.step()
 
             with torch.no_grad():
                 approx_kl_old = masked_mean(0.5 * (logprobs - rollout.logprobs[rows]) ** 2, mask)

@@ -22,7 +22,8 @@ from robust_rlhf.distributed import (deepspeed_config, full_state_dict, init_dis
                                      is_main_process, mean_over_ranks, rank)
 from robust_rlhf.metrics import StepLog
 from robust_rlhf.models import load_backbone, load_causal_lm, load_tokenizer
-from robust_rlhf.ppo import ValueModel, ppo_step, rank_sampling_seed, reference_reward_moments, rollout_prompts
+from robust_rlhf.ppo import (build_actor_critic, policy_module, policy_state_dict, ppo_step, rank_sampling_seed,
+                             reference_reward_moments, rollout_prompts)
 from robust_rlhf.reward_normalization import RewardNormalizer
 from robust_rlhf.resume import load_state, restore_engines, resume_folder, save_state
 from robust_rlhf.reward_scoring import load_reward_models
@@ -50,9 +51,12 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
     frozen = lambda model: initialize_engine(model.eval().requires_grad_(False), frozen_config).module  # noqa: E731
 
     tokenizer = load_tokenizer(policy_init, trust_remote_code=remote)
-    actor = initialize_engine(load_causal_lm(policy_init, trust_remote_code=remote), train_config(config.learning_rate))
-    critic = initialize_engine(ValueModel(load_backbone(policy_init, trust_remote_code=remote)),
-                               train_config(config.critic_learning_rate))
+    actor_module, critic_module = build_actor_critic(
+        lambda: load_causal_lm(policy_init, trust_remote_code=remote),
+        lambda: load_backbone(policy_init, trust_remote_code=remote), config.value_model)
+    actor = initialize_engine(actor_module, train_config(config.learning_rate))
+    critic = (None if critic_module is None
+              else initialize_engine(critic_module, train_config(config.critic_learning_rate)))
     ref_model = frozen(load_causal_lm(policy_init, trust_remote_code=remote))
     reward_models = load_reward_models(reward, ensemble, trust_remote_code=remote, prepare=frozen)
 
@@ -65,7 +69,7 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
                   "deepspeed": params.deepspeed.model_dump(), "max_prompt_tokens": max_prompt_tokens,
                   "world_size": world_size}
     saved = load_state(resume, run_params)
-    engines = {"actor": actor, "critic": critic}
+    engines = {"actor": actor} if critic is None else {"actor": actor, "critic": critic}
     step_log = StepLog(steps)
     if saved is None:
         shutil.rmtree(resume, ignore_errors=True)
@@ -100,18 +104,19 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
             step_log.log(step, metrics)
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
-            state = full_state_dict(actor)
+            state = policy_state_dict(full_state_dict(actor))
             if is_main_process():
-                save_policy_checkpoint(actor.module, tokenizer, state, run_dir, done)
+                save_policy_checkpoint(policy_module(actor), tokenizer, state, run_dir, done)
             save_state(resume, engines, step=done, run_params=run_params,
                        stage_state={"normalizer": normalizer.state(), "step_log": step_log.rows})
     if is_main_process():
         publish_directory(run_dir, policy)
         shutil.rmtree(resume, ignore_errors=True)
-    return {"method": method, "seed": seed, "reward_model": method_params.reward_model, "aggregation": method_params.aggregation,
-            "steps": config.steps, "world_size": world_size, "reward_normalization": {"mode": config.reward_normalization,
-                                                            "reference_mean": normalizer.reference_mean,
-                                                            "reference_std": normalizer.reference_std},
+    return {"method": method, "seed": seed, "reward_model": method_params.reward_model,
+            "aggregation": method_params.aggregation, "steps": config.steps, "world_size": world_size,
+            "value_model": config.value_model,
+            "reward_normalization": {"mode": config.reward_normalization, "reference_mean": normalizer.reference_mean,
+                                     "reference_std": normalizer.reference_std},
             "final": metrics}
 
 
