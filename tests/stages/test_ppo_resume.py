@@ -91,3 +91,23 @@ def test_nan_reward_stops_naming_the_step_and_keeps_the_last_checkpoint(pipeline
     assert f"reward_model/brme/mu is not finite at step {killed_at}" in result.stderr
     state = json.loads((tmp_path / ".policy.resume/state.json").read_text())
     assert state["step"] == killed_at and not paths["policy"].exists()
+
+
+def test_a_shared_value_head_run_resumes_like_the_uninterrupted_one(pipeline_run, tmp_path):
+    # one engine (actor + value head) instead of two: its checkpoint must bring the head back too
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{"ppo.steps": STEPS, "ppo.checkpoint_every": EVERY,
+                                                                   "ppo.value_model": "shared"}))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "killed").mkdir()
+    full = ppo_paths(pipeline_run, tmp_path / "full")
+    assert (result := run_stage("ppo", params, **full)).returncode == 0, result.stderr[-3000:]
+    paths = ppo_paths(pipeline_run, tmp_path / "killed")
+    killed_at = kill_ppo(params, paths, at_least_step=EVERY)
+    assert killed_at < STEPS and not paths["policy"].exists()
+    resumed = run_stage("ppo", params, **paths)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming ppo@brme-0 from step {killed_at} of {STEPS}" in resumed.stderr
+    assert rows(paths["steps"]) == rows(full["steps"])  # values, value loss and rewards included
+    final = read_checkpoints(paths["policy"])[-1]["path"]
+    expected, got = (load_file(str(root / final / "model.safetensors")) for root in (full["policy"], paths["policy"]))
+    assert all((expected[name] == got[name]).all() for name in expected)
