@@ -18,6 +18,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests are offline by design: a hub call fails at once instead of after the hub client's network
+# retries (23 s for the hub-path test). Set before any test imports huggingface_hub, which reads it once.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 TINY_PROFILE = REPO / "profiles" / "tiny.yaml"
