@@ -14,12 +14,10 @@ from bench.workload import POLICY_DIR, bench_prompts
 
 def full_sequence_logprobs(model, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
     """The code before the change: logits at every column, then the response slice. (B, T)."""
+    from robust_rlhf.generation import response_inputs
     from robust_rlhf.ppo_losses import logprobs_of_labels
 
-    input_ids = torch.cat([query_ids, response_ids], dim=1)
-    attention_mask = torch.cat([query_mask, response_mask], dim=1)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = model(**response_inputs(query_ids, query_mask, response_ids, response_mask)).logits
     return logprobs_of_labels(logits[:, query_ids.shape[1] - 1 : -1, :].float(), response_ids)
 
 

@@ -117,8 +117,8 @@ def read_stage_metrics(repo: Path, stage: str) -> dict[str, object]:
     return metrics
 
 
-def stages_up_to_date(repo: Path, timeout_seconds: float = 120) -> set[str]:
-    """The stages `dvc status` finds up to date (deps, params and outs as dvc.lock records them), asked
+def stages_up_to_date(repo: Path, stages: list[str], timeout_seconds: float = 120) -> set[str]:
+    """Those of `stages` that `dvc status` finds up to date (deps, params and outs as dvc.lock records them), asked
     once for the whole pipeline: one DVC start instead of one per stage. Empty when dvc status fails,
     so every stage then goes through `dvc repro -s` and DVC reports the problem there."""
     try:
@@ -129,7 +129,7 @@ def stages_up_to_date(repo: Path, timeout_seconds: float = 120) -> set[str]:
         changed = None
     if not isinstance(changed, dict):
         return set()
-    return set(pipeline_stages(repo)) - set(changed)
+    return set(stages) - set(changed)
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:
@@ -275,7 +275,7 @@ def pipeline(repo: str = ".", methods: list[str] | None = None) -> dict[str, dic
     # One `dvc status` up front: a stage it found up to date needs no `dvc repro` of its own, until a stage
     # before it goes through `dvc repro` (which may run it or restore it from the run cache, changing a later
     # stage's deps); from then on DVC is asked stage by stage.
-    up_to_date = stages_up_to_date(Path(repo))
+    up_to_date = stages_up_to_date(Path(repo), stages)
     results, ask_dvc = {}, False
     for stage in stages:
         known_up_to_date = stage in up_to_date and not ask_dvc

@@ -104,10 +104,24 @@ def forward_response(
     Position ids follow the attention mask so left padding does not shift positions (as in
     `generate`). Returns logprobs (B, T) and entropy (B, T) or None.
     """
-    logits = _response_logits(model, query_ids, query_mask, response_ids, response_mask)
-    logprobs = logprobs_of_labels(logits, response_ids)
-    entropy = entropy_from_logits(logits) if with_entropy else None
-    return logprobs, entropy
+    logits = model(**response_inputs(query_ids, query_mask, response_ids, response_mask),
+                   logits_to_keep=response_logits_to_keep(response_ids)).logits
+    return response_logprobs(logits, response_ids, with_entropy=with_entropy)
+
+
+def response_logits_to_keep(response_ids: torch.Tensor) -> int:
+    """How many last positions must reach the LM head: columns Tq - 1 .. L - 1, the last then dropped.
+    The same as `logits[:, Tq - 1 : -1]` of the full logits, without the (B, Tq, V) query logits,
+    which cost ~1/5 of a small model's forward (and its backward) at a 49k vocabulary."""
+    return response_ids.shape[1] + 1
+
+
+def response_logprobs(kept_logits: torch.Tensor, response_ids: torch.Tensor, *,
+                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (B, T) of the response tokens, and entropies or None, from the logits of the last
+    `response_logits_to_keep` positions."""
+    logits = kept_logits[:, :-1, :].float()  # (B, T, V): column t predicts response token t
+    return logprobs_of_labels(logits, response_ids), entropy_from_logits(logits) if with_entropy else None
 
 
 def response_inputs(query_ids, query_mask, response_ids, response_mask) -> dict[str, torch.Tensor]:
@@ -117,16 +131,6 @@ def response_inputs(query_ids, query_mask, response_ids, response_mask) -> dict[
     attention_mask = torch.cat([query_mask, response_mask], dim=1)
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp_min(0)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-
-
-def _response_logits(model, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
-    # Only the last T + 1 positions reach the LM head (columns Tq - 1 .. L - 1; the last is dropped):
-    # the same as `logits[:, Tq - 1 : -1]` of the full logits, without the (B, Tq, V) query logits,
-    # which cost ~1/5 of a small model's forward (and its backward) at a 49k vocabulary.
-    response_len = response_ids.shape[1]
-    logits = model(**response_inputs(query_ids, query_mask, response_ids, response_mask),
-                   logits_to_keep=response_len + 1).logits
-    return logits[:, :-1, :].float()  # (B, T, V)
 
 
 def decode(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:

@@ -16,11 +16,11 @@ from torch import nn
 from robust_rlhf.config import MethodParams, PPOParams
 from robust_rlhf.distributed import gather_from_ranks
 from robust_rlhf.gae import gae
-from robust_rlhf.generation import (decode, encode_prompts, forward_response, response_inputs, sample,
-                                    sample_responses)
+from robust_rlhf.generation import (decode, encode_prompts, forward_response, response_inputs,
+                                    response_logits_to_keep, response_logprobs, sample, sample_responses)
 from robust_rlhf.kl import kl_k1, kl_k2
-from robust_rlhf.ppo_losses import (entropy_from_logits, kl_shaped_rewards, logprobs_of_labels, masked_mean,
-                                    masked_whiten, ppo_policy_loss, ppo_value_loss)
+from robust_rlhf.ppo_losses import (kl_shaped_rewards, masked_mean, masked_whiten, ppo_policy_loss,
+                                    ppo_value_loss)
 from robust_rlhf.reward_normalization import RewardNormalizer
 from robust_rlhf.reward_scoring import RewardModels, every_aggregation, method_rewards
 from robust_rlhf.reward_training import check_finite
@@ -75,8 +75,11 @@ class PolicyWithValueHead(nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         output = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              logits_to_keep=logits_to_keep, output_hidden_states=True)
-        values = self.value_head(output.hidden_states[-1][:, -logits_to_keep:]).squeeze(-1).float()
-        return output.logits, values
+        return output.logits, self.values(output.hidden_states[-1][:, -logits_to_keep:])
+
+    def values(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        """V from the final hidden states: (B, L, H) -> (B, L)."""
+        return self.value_head(last_hidden).squeeze(-1).float()
 
 
 def build_actor_critic(load_policy, load_backbone, value_model: str) -> tuple[nn.Module, nn.Module | None]:
@@ -106,10 +109,8 @@ def response_logprobs_and_values(actor, query_ids, query_mask, response_ids, res
     (B, T) or None, and V of the state before each response token (B, T), as `forward_response` and
     `response_values` give them from two models."""
     logits, values = actor(**response_inputs(query_ids, query_mask, response_ids, response_mask),
-                           logits_to_keep=response_ids.shape[1] + 1)
-    logits = logits[:, :-1, :].float()
-    entropy = entropy_from_logits(logits) if with_entropy else None
-    return logprobs_of_labels(logits, response_ids), entropy, values[:, :-1]
+                           logits_to_keep=response_logits_to_keep(response_ids))
+    return *response_logprobs(logits, response_ids, with_entropy=with_entropy), values[:, :-1]
 
 
 def response_values(critic, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
@@ -171,7 +172,7 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
     with torch.inference_mode():
         ref_logprobs, _ = forward_response(ref_model, query_ids, query_mask, response_ids, response_mask)
         if shared_value_head:
-            values = actor.module.value_head(sampled.last_hidden).squeeze(-1).float()
+            values = actor.module.values(sampled.last_hidden)
         else:
             values = response_values(critic.module, query_ids, query_mask, response_ids, response_mask)
     # 2. Score with every reward model's heads, 3. aggregate (this method's, and every other for the log).
@@ -225,24 +226,31 @@ def ppo_update(step: int, actor, critic, rollout: Rollout, config: PPOParams) ->
         for rows in torch.randperm(batch_size, generator=generator).split(config.micro_batch_size):
             mask = rollout.response_mask[rows]
             batch = (rollout.query_ids[rows], rollout.query_mask[rows], rollout.response_ids[rows], mask)
+
+            def policy_loss_of(logprobs):
+                loss, clip_fraction = ppo_policy_loss(logprobs, rollout.logprobs[rows], rollout.advantages[rows],
+                                                      mask, clip_range=config.clip_range)
+                check_finite("loss/policy", loss, phase="ppo", step=step)
+                return loss, clip_fraction
+
+            def value_loss_of(values):
+                loss, clip_fraction = ppo_value_loss(values, rollout.values[rows], rollout.returns[rows], mask,
+                                                     clip_range_value=config.clip_range_value)
+                check_finite("loss/value", loss, phase="ppo", step=step)
+                return loss, clip_fraction
+
             if critic is None:  # shared backbone: one forward gives both, one backward trains both
                 logprobs, entropy, values = response_logprobs_and_values(actor, *batch, with_entropy=True)
-            else:
-                logprobs, entropy = forward_response(actor, *batch, with_entropy=True)
-            policy_loss, clip_fraction = ppo_policy_loss(logprobs, rollout.logprobs[rows], rollout.advantages[rows],
-                                                         mask, clip_range=config.clip_range)
-            check_finite("loss/policy", policy_loss, phase="ppo", step=step)
-            if critic is not None:
-                actor.backward(policy_loss)
-                actor.step()
-                values = response_values(critic, *batch)
-            value_loss, value_clip_fraction = ppo_value_loss(values, rollout.values[rows], rollout.returns[rows],
-                                                             mask, clip_range_value=config.clip_range_value)
-            check_finite("loss/value", value_loss, phase="ppo", step=step)
-            if critic is None:
+                policy_loss, clip_fraction = policy_loss_of(logprobs)
+                value_loss, value_clip_fraction = value_loss_of(values)
                 actor.backward(policy_loss + config.value_loss_coef * value_loss)
                 actor.step()
             else:
+                logprobs, entropy = forward_response(actor, *batch, with_entropy=True)
+                policy_loss, clip_fraction = policy_loss_of(logprobs)
+                actor.backward(policy_loss)
+                actor.step()
+                value_loss, value_clip_fraction = value_loss_of(response_values(critic, *batch))
                 critic.backward(value_loss)
                 critic.step()
 
