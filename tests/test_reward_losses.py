@@ -1,4 +1,4 @@
-"""Tests for robust_rlhf.reward_losses: Bradley-Terry and the two BRME stage-2 losses."""
+"""Tests for robust_rlhf.reward_losses: Bradley-Terry, the BRME stage-2 losses and the priors."""
 
 import math
 
@@ -7,10 +7,15 @@ import torch
 from torch.testing import assert_close
 
 from robust_rlhf.reward_losses import (
+    anchor_penalty,
+    bradley_terry_heads_loss,
     bradley_terry_loss,
     bt_sampled_loss,
     gaussian_nll_loss,
+    l2_penalty,
     preference_probability,
+    thurstone_nll_loss,
+    thurstone_probability,
 )
 
 
@@ -139,14 +144,27 @@ def test_gaussian_nll_optimal_sigma_is_abs_residual():
 # ---------------------------------------------------------------- bt_sampled_loss
 
 
-def test_bt_sampled_hand_computed():
-    # S = 2, B = 1, k = 1, mu = 0, sigma = 1, eps_c = [1, -1], eps_r = [0, 0]
-    # -> mean(-log sigmoid(1), -log sigmoid(-1)) = (log(1 + e^-1) + log(1 + e)) / 2
-    z = _t([[0.0]])
+def test_bt_sampled_hand_computed_is_the_marginal_likelihood():
+    # S = 2, B = 1, k = 1, mu_c = 1, mu_r = 0, sigma = 1, eps_c = [1, -1], eps_r = [0, 0]
+    # margins 2 and 0 -> -log((sigmoid(2) + sigmoid(0)) / 2), the log outside the mean
     one = _t([[1.0]])
-    loss = bt_sampled_loss(z, one, z, one, _t([[[1.0]], [[-1.0]]]), _t([[[0.0]], [[0.0]]]), one)
-    expected = (math.log(1 + math.exp(-1)) + math.log(1 + math.e)) / 2
+    loss = bt_sampled_loss(one, one, _t([[0.0]]), one, _t([[[1.0]], [[-1.0]]]), _t([[[0.0]], [[0.0]]]), one)
+    expected = -math.log((1 / (1 + math.exp(-2)) + 0.5) / 2)
     assert loss.item() == pytest.approx(expected, rel=1e-12)
+    # the mean of the per-sample losses (the old, Jensen-biased form) is larger
+    assert loss.item() < (math.log(1 + math.exp(-2)) + math.log(2)) / 2
+
+
+def test_bt_sampled_a_larger_sigma_can_lower_the_loss_of_a_misranked_pair():
+    # mu_c = -2 < mu_r = 0: with sigma near 0 the pair costs ~ -log sigmoid(-2); a large sigma pulls
+    # P toward 1/2. Averaging the per-sample loss instead would make every sigma cost more.
+    g = torch.Generator().manual_seed(0)
+    eps_c, eps_r = (torch.randn(4000, 1, 1, generator=g, dtype=torch.float64) for _ in range(2))
+    mu_c, mu_r, w = _t([[-2.0]]), _t([[0.0]]), _t([[1.0]])
+    small = bt_sampled_loss(mu_c, _t([[1e-6]]), mu_r, _t([[1e-6]]), eps_c, eps_r, w)
+    large = bt_sampled_loss(mu_c, _t([[5.0]]), mu_r, _t([[5.0]]), eps_c, eps_r, w)
+    assert small.item() == pytest.approx(math.log(1 + math.exp(2)), rel=1e-4)
+    assert large.item() < small.item() - 0.8
 
 
 def test_bt_sampled_zero_sigma_equals_plain_bt_per_head():
@@ -179,3 +197,80 @@ def test_bt_sampled_zero_weight_pairs_are_ignored():
         sub_eps = [e[:, keep][:, :, head : head + 1] for e in eps]
         per_head.append(bt_sampled_loss(*sub, *sub_eps, torch.ones(3, 1, dtype=torch.float64)))
     assert_close(loss, (per_head[0] + per_head[1]) / 2)
+
+
+# ---------------------------------------------------------------- thurstone
+
+
+def test_thurstone_probability_hand_values():
+    # margin 1, scale sqrt(0.6^2 + 0.8^2 + 0) = 1 -> Phi(1) = 0.841344746
+    p = thurstone_probability(_t([1.0]), _t([0.6]), _t([0.0]), _t([0.8]), noise_floor=0.0)
+    assert p.item() == pytest.approx(0.8413447460685429, rel=1e-12)
+    # the noise floor adds in quadrature: scale sqrt(0 + 0 + 2^2) = 2 -> Phi(0.5) = 0.691462461
+    p = thurstone_probability(_t([1.0]), _t([0.0]), _t([0.0]), _t([0.0]), noise_floor=2.0)
+    assert p.item() == pytest.approx(0.6914624612740131, rel=1e-12)
+
+
+def test_thurstone_nll_hand_values_per_head_bootstrap_weights():
+    # k = 2 heads, B = 2 pairs, floor 0; head 0: z = [1, 0], weights [1, 1] -> mean(-log Phi(1), log 2)
+    # head 1: z = [-1, 2], weights [0, 2] -> -log Phi(2)
+    mu_c, mu_r = _t([[1.0, -1.0], [0.0, 2.0]]), _t([[0.0, 0.0], [0.0, 0.0]])
+    sigma = torch.full((2, 2), math.sqrt(0.5), dtype=torch.float64)
+    loss = thurstone_nll_loss(mu_c, sigma, mu_r, sigma, _t([[1.0, 0.0], [1.0, 2.0]]), noise_floor=0.0)
+    head0 = (-math.log(0.8413447460685429) + math.log(2)) / 2
+    head1 = -math.log(0.9772498680518208)
+    assert loss.item() == pytest.approx((head0 + head1) / 2, rel=1e-12)
+
+
+def test_thurstone_nll_is_finite_far_in_the_tail():
+    loss = thurstone_nll_loss(_t([[-60.0]]), _t([[0.01]]), _t([[0.0]]), _t([[0.01]]), _t([[1.0]]), noise_floor=1.0)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(60.0**2 / 2, rel=0.01)
+
+
+def test_thurstone_optimal_sigma_grows_with_label_noise():
+    # One pair type seen with label agreement q: the NLL-optimal P is q, so with mu fixed the
+    # optimal sigma solves Phi(1 / sqrt(2 sigma^2 + 1)) = q; lower q -> larger sigma.
+    def best_sigma(q):
+        sigmas = torch.linspace(0.0, 10.0, 10001, dtype=torch.float64)
+        z = 1.0 / torch.sqrt(2 * sigmas**2 + 1.0)
+        nll = -(q * torch.special.log_ndtr(z) + (1 - q) * torch.special.log_ndtr(-z))
+        return float(sigmas[nll.argmin()])
+    assert best_sigma(0.9) == 0.0  # above Phi(1) = 0.84 the floor alone is too noisy: sigma stays at 0
+    assert 0.5 < best_sigma(0.7) < best_sigma(0.6) < best_sigma(0.55)
+
+
+# ---------------------------------------------------------------- bradley_terry_heads_loss, priors
+
+
+def test_bradley_terry_heads_loss_with_unit_weights_is_the_mean_of_per_head_bt():
+    g = torch.Generator().manual_seed(3)
+    chosen, rejected = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    loss = bradley_terry_heads_loss(chosen, rejected, torch.ones(5, 3, dtype=torch.float64))
+    expected = sum(bradley_terry_loss(chosen[:, m], rejected[:, m]) for m in range(3)) / 3
+    assert_close(loss, expected)
+
+
+def test_bradley_terry_heads_loss_weight_two_equals_a_duplicated_pair():
+    chosen, rejected = _t([[1.0], [0.0]]), _t([[0.0], [2.0]])
+    weighted = bradley_terry_heads_loss(chosen, rejected, _t([[2.0], [1.0]]))
+    duplicated = bradley_terry_loss(_t([1.0, 1.0, 0.0]), _t([0.0, 0.0, 2.0]))
+    assert_close(weighted, duplicated)
+
+
+def test_anchor_penalty_hand_values():
+    # k = 2, one group (k, 2): head 0 off by (1, 1), head 1 by (2, 0); prior std 2, N = 4
+    # per head 0.5 * ||d||^2 / (4 * 4): 0.5 * 2 / 16 and 0.5 * 4 / 16 -> mean = (1/16 + 2/16) / 2
+    weights, anchors = [_t([[1.0, 1.0], [2.0, 0.0]])], [_t([[0.0, 0.0], [0.0, 0.0]])]
+    assert anchor_penalty(weights, anchors, prior_std=2.0, num_items=4).item() == pytest.approx(3 / 32)
+
+
+def test_anchor_penalty_sums_groups_and_is_zero_at_the_anchor():
+    a, b = _t([[1.0, 2.0]]), _t([[3.0]])
+    assert anchor_penalty([a, b], [a.clone(), b.clone()], prior_std=1.0, num_items=1).item() == 0.0
+    both = anchor_penalty([a, b], [a * 0, b * 0], prior_std=1.0, num_items=1).item()
+    assert both == pytest.approx(0.5 * (1 + 4 + 9))
+
+
+def test_l2_penalty_hand_values():
+    # heads (2, 2): ||w_0||^2 = 1 + 4 = 5, ||w_1||^2 = 9 -> 0.5 * 0.1 * mean(5, 9) = 0.35
+    assert l2_penalty(_t([[1.0, 2.0], [3.0, 0.0]]), l2_coef=0.1).item() == pytest.approx(0.35)
