@@ -73,6 +73,13 @@ class SourceParams(_Section):
         return self
 
 
+class StatisticsParams(_Section):
+    """Intervals of every reported figure (robust_rlhf/statistics.py): cluster bootstrap over prompts."""
+
+    bootstrap_resamples: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples per interval.")
+    confidence_level: float = Field(0.95, gt=0.5, lt=1.0, description="Coverage of every interval.")
+
+
 class PrepareParams(_Section):
     task: Literal["synthetic_gold", "preference_data"] = Field(
         "synthetic_gold", description="synthetic_gold: the built-in offline task of DESIGN.md §4 (pairs sampled "
@@ -93,6 +100,10 @@ class PrepareParams(_Section):
     max_new_tokens: int = Field(ge=1, description="Length of the sampled responses.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the initial policy.")
     batch_size: int = Field(8, ge=1, description="Generation batch size.")
+    num_shift_samples: int = Field(
+        0, ge=0, description="synthetic_gold: responses sampled at `shift_temperature` for the val prompts, an "
+        "off-distribution set on which train_reward measures head disagreement (0: none).")
+    shift_temperature: float = Field(1.6, gt=0, le=10.0, description="Sampling temperature of the shifted responses.")
 
     @model_validator(mode="after")
     def _source_for_preference_data(self) -> "PrepareParams":
@@ -118,12 +129,28 @@ class Stage1Params(_Section):
     micro_batch_size: int = Field(ge=1, description="Pairs per micro-batch.")
     gradient_accumulation_steps: int = Field(1, ge=1)
     weight_decay: float = Field(0.0, ge=0)
+    l2_coef: float = Field(
+        0.0, ge=0, description="lambda of the L2 penalty 0.5 lambda ||w||^2 (per pair) on the reward heads' weights "
+        "with a frozen backbone (stage 1 and the ensemble's members): fewer noisy pairs than twice the feature "
+        "dimension are linearly separable, so an unpenalised linear head fits the flipped labels.")
 
 
 class Stage2Params(_Section):
-    loss: Literal["gaussian_nll", "bt_sampled"] = Field(
-        "gaussian_nll", description="Stage-2 objective of our reconstruction (PAPER.md §2)."
+    loss: Literal["thurstone", "bt_sampled", "gaussian_nll"] = Field(
+        "thurstone", description="Stage-2 objective of our reconstruction (docs/method.md): `thurstone`, the labels' "
+        "probit likelihood with the heads' sigmas in it; `bt_sampled`, the Bradley-Terry marginal likelihood over "
+        "Gaussian rewards (Monte Carlo); `gaussian_nll`, regression onto the stage-1 reward (degenerate with a "
+        "frozen backbone: every head becomes the stage-1 head; kept to show it)."
     )
+    prior_scale: float = Field(
+        1.0, ge=0, description="Anchored-ensemble prior (Pearce et al. 2018): each head starts at, and is pulled "
+        "toward, its own random anchor around the stage-1 head, whose spread moves a head's reward on the training "
+        "responses by prior_scale x the stage-1 reward's std. 0: no anchors (random init with head_init_std).")
+    noise_floor: float = Field(
+        1.702, gt=0, le=10.0, description="s0 in the Thurstone likelihood Phi((mu_c - mu_r) / sqrt(sigma_c^2 + "
+        "sigma_r^2 + s0^2)). 1.702, where Phi(x / 1.702) ~ sigmoid(x): at sigma = 0 a head is a Bradley-Terry "
+        "model, and sigma > 0 says a response's label is noisier than that (it cannot make a head sharper, so "
+        "sigma cannot collapse to buy confidence the anchored prior refuses the means).")
     epochs: int = Field(ge=1)
     learning_rate: float = Field(gt=0)
     micro_batch_size: int = Field(ge=1, description="Pairs per micro-batch.")
@@ -135,6 +162,16 @@ class Stage2Params(_Section):
 
 
 class TrainRewardParams(_Section):
+    seed: int = Field(0, ge=0, description="Seed of the reward models (head inits and anchors, bootstrap resamples, "
+                      "batch order), apart from the data seed, so a reward model's draw can be varied alone.")
+    finetune_backbone: bool = Field(
+        True, description="true: stage 1 and every ensemble member fine-tune the backbone (members seeds apart, as "
+        "Coste et al.). false: the backbone stays as pretrained; its features of the training pairs are computed "
+        "once and stage 1, the BRME's heads and the members (each on its own bootstrap resample) are linear "
+        "heads on them.")
+    member_normalization: Literal["standardize", "center", "none"] = Field(
+        "standardize", description="Each ensemble member's rewards mapped to mean 0 (center) and std 1 "
+        "(standardize) on the training responses before any aggregation; the BRME's heads are always centred.")
     num_heads: int = Field(5, ge=1, description="k, the Gaussian heads of the BRME (the paper: 5).")
     ensemble_size: int = Field(
         5, ge=0, description="Independent Bradley-Terry reward models that differ only by seed (Coste et al.: "
@@ -311,6 +348,7 @@ class Params(_Section):
     train_reward: TrainRewardParams
     ppo: PPOParams
     evaluate: EvaluateParams
+    statistics: StatisticsParams = StatisticsParams()
     launcher: LauncherParams = LauncherParams()
     orchestration: OrchestrationParams = OrchestrationParams()
 

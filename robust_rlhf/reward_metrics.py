@@ -60,17 +60,33 @@ def margin_report(margin: torch.Tensor, gold_margin: torch.Tensor | None = None)
     return report
 
 
-def heads_report(mu_chosen: torch.Tensor, mu_rejected: torch.Tensor, sigma: torch.Tensor | None = None,
-                 gold_margin: torch.Tensor | None = None) -> dict:
-    """Per-head and head-mean reports for a k-head reward model; mu_* (N, k), sigma (2N, k) or None.
+def head_disagreement(mu: torch.Tensor) -> torch.Tensor:
+    """Per response, the population std of mu across the k heads (0 when k = 1). (N, k) -> (N,)."""
+    return mu.std(dim=1, unbiased=False)
 
-    `head_disagreement` is the mean over responses of the std of mu across heads (0 when k = 1).
-    """
-    margins = mu_chosen - mu_rejected
-    report = {f"head_{i}": margin_report(margins[:, i], gold_margin) for i in range(margins.shape[1])}
-    report["ensemble_mean"] = margin_report(margins.mean(dim=1), gold_margin)
-    mu_all = torch.cat([mu_chosen, mu_rejected])
-    report["head_disagreement"] = float(mu_all.std(dim=1, unbiased=False).mean())
-    if sigma is not None:
-        report["mean_sigma"] = float(sigma.mean())
-    return report
+
+def relative_disagreement(mu: torch.Tensor) -> float:
+    """Head disagreement relative to the spread of rewards across responses:
+    mean_n std_i mu_ni / std_n (mean_i mu_ni). Near 0: the heads are one model; near 1: the heads
+    disagree about a response as much as responses differ. (N, k) -> float."""
+    spread = float(mu.mean(dim=1).std(unbiased=False))
+    return float(head_disagreement(mu).mean()) / spread if spread > 0 else float("nan")
+
+
+def head_shares(values: torch.Tensor, *, largest: bool = False) -> list[float]:
+    """For each head, the share of rows on which it attains the min (or max) of `values` (N, k),
+    ties to the lowest index (torch's argmin/argmax rule). -> k floats summing to 1."""
+    winner = values.argmax(dim=1) if largest else values.argmin(dim=1)
+    return (torch.bincount(winner, minlength=values.shape[1]).double() / max(values.shape[0], 1)).tolist()
+
+
+def pair_sigma(sigma_chosen: torch.Tensor, sigma_rejected: torch.Tensor) -> torch.Tensor:
+    """A pair's predicted label noise: mean over heads of sqrt(sigma_c^2 + sigma_r^2), the scale of
+    its Thurstone margin. (N, k), (N, k) -> (N,)."""
+    return torch.sqrt(sigma_chosen**2 + sigma_rejected**2).mean(dim=1)
+
+
+def misranked_under_gold(margin: torch.Tensor, gold_margin: torch.Tensor) -> torch.Tensor:
+    """Whether the model orders a pair against gold: sign(margin) != sign(gold margin) (a model tie
+    counts as mis-ranked). Meaningful where gold decides (gold margin != 0). (N,), (N,) -> (N,) bool."""
+    return torch.sign(margin) != torch.sign(gold_margin)

@@ -1,8 +1,11 @@
-"""BRME two-stage training (PAPER.md §2) on DeepSpeed engines, and its evaluation on held-out pairs.
+"""Reward-model training loops on DeepSpeed engines (docs/method.md): the BRME's two stages and the
+ensemble baseline's members.
 
-Stage 1: backbone + scalar head with the Bradley-Terry loss.
-Stage 2: the k Gaussian heads, each on its own bootstrap resample, with `gaussian_nll` (regress
-the stage-1 reward with a learned sigma) or `bt_sampled` (BT on reparameterised samples).
+Stage 1: a scalar head with the Bradley-Terry loss, on a fine-tuned backbone (`train_stage1`) or on
+frozen features computed once (`train_heads_on_features` with `bt_objective`).
+Stage 2: the k Gaussian heads, each on its own bootstrap resample and anchored around the stage-1
+head, with `thurstone` (the labels' probit likelihood, sigma explaining label noise), `bt_sampled`
+(the BT marginal likelihood over Gaussian rewards) or the degenerate `gaussian_nll`.
 
 Every training loop can start part-way (a `PhaseProgress` from a checkpoint) and reports its
 progress after each micro-batch to `on_step`, which decides when to checkpoint (`checkpoint_due`).
@@ -18,10 +21,9 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from robust_rlhf.reward_losses import bradley_terry_loss, bt_sampled_loss, gaussian_nll_loss
-from robust_rlhf.reward_metrics import heads_report, margin_report, reliability_bins
+from robust_rlhf.reward_losses import (bradley_terry_heads_loss, bradley_terry_loss, bt_sampled_loss, gaussian_nll_loss,
+                                       thurstone_nll_loss)
 from robust_rlhf.reward_model import BRMERewardModel, tokenize_pairs
-from robust_rlhf.reward_scoring import RewardModels
 
 logger = logging.getLogger(__name__)
 
@@ -150,37 +152,61 @@ def train_stage1(engine, pairs: list[dict], tokenizer, *, epochs: int, micro_bat
 
 
 @torch.inference_mode()
-def pooled_and_targets(model: BRMERewardModel, pairs: list[dict], tokenizer, *, batch_size: int,
-                       max_length: int) -> dict[str, torch.Tensor]:
-    """Pooled features and stage-1 rewards of every pair's chosen and rejected response, in row order."""
-    out: dict[str, list[torch.Tensor]] = {k: [] for k in ("pooled_chosen", "pooled_rejected", "target_chosen", "target_rejected")}
+def pooled_features(model: BRMERewardModel, pairs: list[dict], tokenizer, *, batch_size: int,
+                    max_length: int) -> dict[str, torch.Tensor]:
+    """Pooled features of every pair's chosen and rejected response, in row order, each (N, H)."""
+    out: dict[str, list[torch.Tensor]] = {"pooled_chosen": [], "pooled_rejected": []}
     device = next(model.parameters()).device
     for batch in pair_batches(pairs, tokenizer, batch_size=batch_size, max_length=max_length, seed=None):
         for side in ("chosen", "rejected"):
-            pooled = model.pooled(**_to(getattr(batch, side), device))
-            out[f"pooled_{side}"].append(pooled.float().cpu())
-            out[f"target_{side}"].append(model.bt_reward(pooled).float().cpu())
+            out[f"pooled_{side}"].append(model.pooled(**_to(getattr(batch, side), device)).float().cpu())
     return {key: torch.cat(value) for key, value in out.items()}
 
 
-def stage2_loss(loss_name: str, mu_c, sigma_c, mu_r, sigma_r, target_c, target_r, weights, *,
-                num_noise_samples: int, generator: torch.Generator) -> torch.Tensor:
-    """The selected stage-2 loss on a micro-batch of B pairs; mu/sigma (B, k), targets (B,), weights (B, k)."""
-    if loss_name == "gaussian_nll":
-        return gaussian_nll_loss(torch.cat([mu_c, mu_r]), torch.cat([sigma_c, sigma_r]),
-                                 torch.cat([target_c, target_r]), torch.cat([weights, weights]))
-    noise_shape = (num_noise_samples, *mu_c.shape)
-    eps_c = torch.randn(noise_shape, generator=generator).to(mu_c)
-    eps_r = torch.randn(noise_shape, generator=generator).to(mu_c)
-    return bt_sampled_loss(mu_c, sigma_c, mu_r, sigma_r, eps_c, eps_r, weights)
+# A head objective maps (head module, its outputs on a micro-batch's chosen and rejected features, the
+# micro-batch's row indices, the phase's generator) to the loss.
+HeadObjective = Callable[..., torch.Tensor]
 
 
-def train_stage2_frozen(engine, features: dict[str, torch.Tensor], weights: torch.Tensor, *, loss_name: str,
-                        epochs: int, micro_batch_size: int, num_noise_samples: int, seed: int,
-                        phase: str = "train_reward stage2", progress: PhaseProgress | None = None,
-                        on_step: OnStep | None = None) -> list[float]:
-    """Train the Gaussian heads (`engine` wraps a GaussianHeads) on precomputed pooled features, from
-    `progress` on. Returns the loss of every micro-batch of the phase."""
+def bt_objective(weights: torch.Tensor) -> HeadObjective:
+    """Bradley-Terry on M linear reward heads at once, head m on its own bootstrap weights (N, M), plus
+    the L2 term that `L2LinearHeads` returns beside its rewards (once, from the chosen side's call)."""
+    def objective(module, chosen, rejected, rows, generator):
+        (reward_chosen, l2_term), (reward_rejected, _) = chosen, rejected
+        reward_chosen, reward_rejected = reward_chosen.float(), reward_rejected.float()
+        return bradley_terry_heads_loss(reward_chosen, reward_rejected, weights[rows].to(reward_chosen)) + l2_term
+    return objective
+
+
+def stage2_objective(loss_name: str, weights: torch.Tensor, *, targets: dict[str, torch.Tensor] | None,
+                     noise_floor: float, num_noise_samples: int) -> HeadObjective:
+    """The BRME stage-2 objective on the Gaussian heads' outputs: the selected loss on each head's
+    bootstrap weights (N, k), plus the anchored prior term when the heads return one
+    (`AnchoredGaussianHeads`, once, from the chosen side's call). See docs/method.md."""
+    def objective(heads, chosen, rejected, rows, generator):
+        (mu_c, sigma_c), (mu_r, sigma_r) = _as_float(chosen[:2]), _as_float(rejected[:2])
+        row_weights = weights[rows].to(mu_c)
+        if loss_name == "thurstone":
+            loss = thurstone_nll_loss(mu_c, sigma_c, mu_r, sigma_r, row_weights, noise_floor=noise_floor)
+        elif loss_name == "gaussian_nll":
+            loss = gaussian_nll_loss(torch.cat([mu_c, mu_r]), torch.cat([sigma_c, sigma_r]),
+                                     torch.cat([targets["chosen"][rows], targets["rejected"][rows]]).to(mu_c),
+                                     torch.cat([row_weights, row_weights]))
+        else:
+            noise_shape = (num_noise_samples, *mu_c.shape)
+            eps_c = torch.randn(noise_shape, generator=generator).to(mu_c)
+            eps_r = torch.randn(noise_shape, generator=generator).to(mu_c)
+            loss = bt_sampled_loss(mu_c, sigma_c, mu_r, sigma_r, eps_c, eps_r, row_weights)
+        return loss + chosen[2] if len(chosen) == 3 else loss
+    return objective
+
+
+def train_heads_on_features(engine, features: dict[str, torch.Tensor], objective: HeadObjective, *, loss_name: str,
+                            epochs: int, micro_batch_size: int, seed: int, phase: str, progress: PhaseProgress | None = None,
+                            on_step: OnStep | None = None) -> list[float]:
+    """Train a head module (`engine` wraps GaussianHeads or linear heads) on precomputed pooled
+    features, from `progress` on: the backbone is frozen, so its features are computed once and
+    reused by every epoch and head. Returns the loss of every micro-batch of the phase."""
     progress = progress or PhaseProgress()
     generator = _generator(seed, progress)
     num_pairs = features["pooled_chosen"].shape[0]
@@ -195,25 +221,22 @@ def train_stage2_frozen(engine, features: dict[str, torch.Tensor], weights: torc
         order = torch.tensor(progress.order) if resumed_epoch else torch.randperm(num_pairs, generator=generator)
         todo = remaining_batches(epoch, num_batches, progress)
         for index in tqdm(todo, desc=f"{phase} epoch {epoch + 1}/{epochs}", unit="batch", initial=todo.start,
-                          total=num_batches):
+                          total=num_batches, mininterval=5):
             rows = order[index * micro_batch_size:(index + 1) * micro_batch_size]
-            mu_c, sigma_c = _as_float(engine(features["pooled_chosen"][rows].to(engine.device, feature_dtype)))
-            mu_r, sigma_r = _as_float(engine(features["pooled_rejected"][rows].to(engine.device, feature_dtype)))
-            loss = stage2_loss(loss_name, mu_c, sigma_c, mu_r, sigma_r, features["target_chosen"][rows].to(mu_c),
-                               features["target_rejected"][rows].to(mu_c), weights[rows].to(mu_c),
-                               num_noise_samples=num_noise_samples, generator=generator)
+            chosen = engine(features["pooled_chosen"][rows].to(engine.device, feature_dtype))
+            rejected = engine(features["pooled_rejected"][rows].to(engine.device, feature_dtype))
+            loss = objective(engine.module, chosen, rejected, rows, generator)
             backward_and_step(engine, loss, f"loss/{loss_name}", phase=phase, losses=losses)
             if on_step is not None:
                 on_step(PhaseProgress(epoch, index + 1, losses, generator.get_state().tolist(), order.tolist()))
     return losses
 
 
-def train_stage2_unfrozen(engine, pairs: list[dict], tokenizer, features: dict[str, torch.Tensor],
-                          weights: torch.Tensor, *, loss_name: str, epochs: int, micro_batch_size: int,
-                          max_length: int, num_noise_samples: int, seed: int, phase: str = "train_reward stage2",
+def train_stage2_unfrozen(engine, pairs: list[dict], tokenizer, objective: HeadObjective, *, epochs: int,
+                          micro_batch_size: int, max_length: int, seed: int, phase: str = "train_reward stage2",
                           progress: PhaseProgress | None = None, on_step: OnStep | None = None) -> list[float]:
-    """Train backbone + Gaussian heads (`engine` wraps a BRMERewardModel), from `progress` on; targets
-    stay stage-1's. Returns the loss of every micro-batch of the phase."""
+    """Train backbone + Gaussian heads (`engine` wraps a BRMERewardModel) with the stage-2 objective,
+    from `progress` on. Returns the loss of every micro-batch of the phase."""
     model: BRMERewardModel = engine.module
     progress = progress or PhaseProgress()
     generator = _generator(seed, progress)
@@ -222,41 +245,13 @@ def train_stage2_unfrozen(engine, pairs: list[dict], tokenizer, features: dict[s
     for epoch, index, batch in remaining_pair_batches(pairs, tokenizer, epochs=epochs, micro_batch_size=micro_batch_size,
                                                       max_length=max_length, seed=seed, phase=phase,
                                                       progress=progress):
-        mu_c, sigma_c = _as_float(model.heads(model.pooled(**_to(batch.chosen, engine.device))))
-        mu_r, sigma_r = _as_float(model.heads(model.pooled(**_to(batch.rejected, engine.device))))
-        loss = stage2_loss(loss_name, mu_c, sigma_c, mu_r, sigma_r,
-                           features["target_chosen"][batch.rows].to(mu_c),
-                           features["target_rejected"][batch.rows].to(mu_c), weights[batch.rows].to(mu_c),
-                           num_noise_samples=num_noise_samples, generator=generator)
-        backward_and_step(engine, loss, f"loss/{loss_name}", phase=phase, losses=losses)
+        chosen = model.heads(model.pooled(**_to(batch.chosen, engine.device)))
+        rejected = model.heads(model.pooled(**_to(batch.rejected, engine.device)))
+        loss = objective(model.heads, chosen, rejected, batch.rows, generator)
+        backward_and_step(engine, loss, "loss/stage2", phase=phase, losses=losses)
         if on_step is not None:
             on_step(PhaseProgress(epoch, index + 1, losses, generator.get_state().tolist()))
     return losses
-
-
-def evaluate_reward_models(models: RewardModels, pairs: list[dict], *, batch_size: int) -> tuple[dict, list[dict]]:
-    """Quality of every reward model on held-out pairs, and the rows of its reliability diagram.
-
-    Per kind: each head's and the head mean's accuracy (vs the noisy labels and vs the gold order),
-    Bradley-Terry NLL and ECE; head disagreement; the BRME's mean sigma.
-    """
-    prompts = [p["prompt"] for p in pairs]
-    chosen = models.score(prompts, [p["chosen"] for p in pairs], batch_size=batch_size)
-    rejected = models.score(prompts, [p["rejected"] for p in pairs], batch_size=batch_size)
-    gold_margin = (torch.tensor([p["gold_chosen"] - p["gold_rejected"] for p in pairs])
-                   if pairs and "gold_chosen" in pairs[0] else None)
-    report: dict = {"pairs": len(pairs)}
-    reliability: list[dict] = []
-    for kind, (mu_chosen, sigma_chosen) in chosen.items():
-        mu_rejected, sigma_rejected = rejected[kind]
-        if kind == "single":
-            report[kind] = margin_report(mu_chosen[:, 0] - mu_rejected[:, 0], gold_margin)
-        else:
-            sigma = torch.cat([sigma_chosen, sigma_rejected]) if kind == "brme" else None
-            report[kind] = heads_report(mu_chosen, mu_rejected, sigma, gold_margin)
-        margin = mu_chosen.mean(dim=1) - mu_rejected.mean(dim=1)
-        reliability += [{"reward_model": kind, **row} for row in reliability_bins(margin)]
-    return report, reliability
 
 
 def _as_float(pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY_PROFILE = REPO / "profiles" / "tiny.yaml"
 
 
+class PlainEngine:
+    """The slice of a DeepSpeed engine the training loops use, on plain torch (no process group needed)."""
+
+    def __init__(self, module: "torch.nn.Module", *, lr: float = 1e-2) -> None:
+        import torch
+
+        self.module, self.device = module, torch.device("cpu")
+        self.optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
+
+    def __call__(self, *args):
+        return self.module(*args)
+
+    def train(self):
+        self.module.train()
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self):
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
+
 def tiny_params(**overrides) -> dict:
     """The `tiny` profile (profiles/tiny.yaml) with dotted-key overrides, e.g. {"ppo.steps": 2}."""
     params = yaml.safe_load(TINY_PROFILE.read_text())

@@ -1,5 +1,5 @@
 """Tests for robust_rlhf.reward_metrics: accuracy, Bradley-Terry NLL, reliability bins, ECE and the
-per-head report, on hand-computed 1-4 pair examples."""
+head disagreement and shares, on hand-computed 1-4 pair examples."""
 
 import math
 
@@ -9,9 +9,13 @@ import torch
 from robust_rlhf.reward_metrics import (
     bt_nll,
     expected_calibration_error,
-    heads_report,
+    head_disagreement,
+    head_shares,
     margin_report,
+    misranked_under_gold,
+    pair_sigma,
     pairwise_accuracy,
+    relative_disagreement,
     reliability_bins,
 )
 
@@ -151,55 +155,44 @@ def test_gold_accuracy_counts_a_model_tie_as_wrong():
     assert report["gold_accuracy"] == 0.0
 
 
-# ---------------------------------------------------------------- heads_report
+# ---------------------------------------------------------------- head disagreement and shares
 
 
 MU_CHOSEN = _t([[1.0, 3.0], [2.0, 2.0]])  # (N=2, k=2)
 MU_REJECTED = _t([[0.0, 4.0], [1.0, 0.0]])
 
 
-def test_heads_report_per_head_and_mean():
-    # margins: head 0 = [1 - 0, 2 - 1] = [1, 1]; head 1 = [3 - 4, 2 - 0] = [-1, 2]
-    # ensemble mean margin = [(1 + -1) / 2, (1 + 2) / 2] = [0, 1.5]
-    report = heads_report(MU_CHOSEN, MU_REJECTED)
-    assert report["head_0"]["accuracy"] == 1.0
-    assert report["head_1"]["accuracy"] == 0.5
-    assert report["ensemble_mean"]["accuracy"] == 0.5  # the 0 margin is a tie -> wrong
-    assert report["head_0"]["nll"] == pytest.approx(bt_nll(_t([1.0, 1.0])))
-    assert report["ensemble_mean"]["nll"] == pytest.approx((math.log(2) - math.log(torch.sigmoid(_t(1.5)).item())) / 2)
-    assert "head_2" not in report
+def test_head_disagreement_is_the_population_std_across_heads():
+    # responses [1, 3] [2, 2] [0, 4] [1, 0]: population std of two values a, b = |a - b| / 2
+    disagreement = head_disagreement(torch.cat([MU_CHOSEN, MU_REJECTED]))
+    assert disagreement.tolist() == pytest.approx([1.0, 0.0, 2.0, 0.5])
 
 
-def test_heads_report_disagreement_is_mean_population_std_across_heads():
-    # responses (rows of cat[chosen, rejected]): [1, 3] [2, 2] [0, 4] [1, 0]
-    # population std of two values a, b = |a - b| / 2 -> 1, 0, 2, 0.5 -> mean = 3.5 / 4 = 0.875
-    report = heads_report(MU_CHOSEN, MU_REJECTED)
-    assert report["head_disagreement"] == pytest.approx((1 + 0 + 2 + 0.5) / 4)
+def test_head_disagreement_three_heads_and_one_head():
+    assert head_disagreement(_t([[0.0, 1.0, 2.0]])).item() == pytest.approx(math.sqrt(2 / 3))
+    assert head_disagreement(_t([[1.0], [2.0]])).tolist() == [0.0, 0.0]
 
 
-def test_heads_report_disagreement_three_heads():
-    # one pair, k = 3: chosen [0, 1, 2] -> mean 1, pop var (1 + 0 + 1) / 3 = 2/3
-    # rejected [5, 5, 5] -> std 0; mean over the 2 responses = sqrt(2/3) / 2
-    report = heads_report(_t([[0.0, 1.0, 2.0]]), _t([[5.0, 5.0, 5.0]]))
-    assert report["head_disagreement"] == pytest.approx(math.sqrt(2 / 3) / 2)
+def test_relative_disagreement_hand_values():
+    # heads [0, 2] and [2, 4]: per-response std 1 and 1; head means 1 and 3 -> population std 1 -> ratio 1
+    assert relative_disagreement(_t([[0.0, 2.0], [2.0, 4.0]])) == pytest.approx(1.0)
+    # identical heads: no disagreement at any spread
+    assert relative_disagreement(_t([[1.0, 1.0], [5.0, 5.0]])) == 0.0
+    # no spread across responses: undefined
+    assert math.isnan(relative_disagreement(_t([[0.0, 2.0], [0.0, 2.0]])))
 
 
-def test_heads_report_single_head_has_no_disagreement():
-    report = heads_report(_t([[1.0], [2.0]]), _t([[0.0], [3.0]]))
-    assert report["head_disagreement"] == 0.0
-    assert report["head_0"]["accuracy"] == report["ensemble_mean"]["accuracy"] == 0.5
+def test_head_shares_count_the_argmin_per_row_ties_to_the_lowest_index():
+    values = _t([[0.0, 1.0, 2.0], [3.0, 1.0, 1.0], [5.0, 5.0, 4.0], [1.0, 1.0, 1.0]])
+    assert head_shares(values) == pytest.approx([0.5, 0.25, 0.25])
+    assert head_shares(values, largest=True) == pytest.approx([0.75, 0.0, 0.25])
 
 
-def test_heads_report_mean_sigma_only_when_sigma_given():
-    assert "mean_sigma" not in heads_report(MU_CHOSEN, MU_REJECTED)
-    sigma = _t([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6], [0.7, 0.8]])  # (2N, k)
-    report = heads_report(MU_CHOSEN, MU_REJECTED, sigma)
-    assert report["mean_sigma"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.4 + 0.5 + 0.6 + 0.7 + 0.8) / 8)
+def test_pair_sigma_is_the_mean_over_heads_of_the_margin_scale():
+    # head 0: sqrt(3^2 + 4^2) = 5; head 1: sqrt(0 + 1) = 1 -> mean 3
+    assert pair_sigma(_t([[3.0, 0.0]]), _t([[4.0, 1.0]])).tolist() == pytest.approx([3.0])
 
 
-def test_heads_report_passes_gold_to_every_head():
-    # gold [1, -1]: head 0 margins [1, 1] -> agree, disagree -> 1/2;
-    # head 1 margins [-1, 2] -> disagree, disagree -> 0; mean [0, 1.5] -> pair 0 is a tie, pair 1 disagrees
-    report = heads_report(MU_CHOSEN, MU_REJECTED, gold_margin=_t([1.0, -1.0]))
-    assert report["head_0"]["gold_accuracy"] == 0.5
-    assert report["head_1"]["gold_accuracy"] == 0.0
+def test_misranked_under_gold_counts_a_model_tie_as_misranked():
+    assert misranked_under_gold(_t([1.0, -1.0, 0.0, 2.0]), _t([1.0, 1.0, 1.0, -0.5])).tolist() == [
+        False, True, True, True]

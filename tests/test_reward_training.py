@@ -6,8 +6,9 @@ import copy
 import torch
 
 from robust_rlhf.reward_model import GaussianHeads
-from robust_rlhf.reward_training import (PhaseProgress, checkpoint_due, remaining_batches,
-                                         train_stage2_frozen)
+from robust_rlhf.reward_training import (PhaseProgress, checkpoint_due, remaining_batches, stage2_objective,
+                                         train_heads_on_features)
+from tests.conftest import PlainEngine
 
 
 def test_checkpoint_due_every_n_optimizer_steps_at_accumulation_boundaries():
@@ -23,34 +24,14 @@ def test_remaining_batches_skips_only_in_the_interrupted_epoch():
     assert list(remaining_batches(1, 5, PhaseProgress(epoch=1, batch=5))) == []
 
 
-class PlainEngine:
-    """The slice of a DeepSpeed engine the loops use, on plain torch (no process group needed)."""
-
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module, self.device = module, torch.device("cpu")
-        self.optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2)
-
-    def __call__(self, *args):
-        return self.module(*args)
-
-    def train(self):
-        self.module.train()
-
-    def backward(self, loss):
-        loss.backward()
-
-    def step(self):
-        self.optimizer.step()
-        self.optimizer.zero_grad()
-
-
 def frozen_stage2(engine, **kwargs):
     generator = torch.Generator().manual_seed(7)
     features = {"pooled_chosen": torch.randn(10, 4, generator=generator),
-                "pooled_rejected": torch.randn(10, 4, generator=generator),
-                "target_chosen": torch.randn(10, generator=generator), "target_rejected": torch.randn(10, generator=generator)}
-    return train_stage2_frozen(engine, features, torch.ones(10, 3), loss_name="bt_sampled", epochs=3, micro_batch_size=4,
-                               num_noise_samples=2, seed=0, **kwargs)
+                "pooled_rejected": torch.randn(10, 4, generator=generator)}
+    # bt_sampled draws noise from the phase's generator: a resume must restore its state too
+    objective = stage2_objective("bt_sampled", torch.ones(10, 3), targets=None, noise_floor=1.0, num_noise_samples=2)
+    return train_heads_on_features(engine, features, objective, loss_name="bt_sampled", epochs=3, micro_batch_size=4,
+                                   seed=0, phase="stage2", **kwargs)
 
 
 def test_frozen_stage2_restarted_from_a_checkpoint_goes_on_like_the_uninterrupted_loop():

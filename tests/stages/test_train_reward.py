@@ -6,22 +6,50 @@ import torch
 from safetensors.torch import load_file
 
 from robust_rlhf.atomic import read_jsonl
-from robust_rlhf.reward_model import BRMERewardModel, load_reward_model, score_texts
+from robust_rlhf.reward_model import load_reward_model, score_texts
+from robust_rlhf.reward_scoring import load_reward_models
 from tests.conftest import run_stage_ok, tiny_params, write_params
 
+INTERVAL_KEYS = {"value", "ci_low", "ci_high"}
 
-def test_train_reward_reports_every_reward_model(pipeline_run):
+
+def _train_reward(pipeline_run, tmp_path, **overrides) -> dict:
+    params = write_params(tmp_path / "params.yaml", tiny_params(**overrides))
+    run_stage_ok("train_reward", params, data=pipeline_run["data"], policy=pipeline_run["policy_init"],
+                 reward=tmp_path / "reward", ensemble=tmp_path / "ensemble", reliability=tmp_path / "reliability",
+                 metrics=tmp_path / "metrics.json")
+    return json.loads((tmp_path / "metrics.json").read_text())
+
+
+def _val_scores(reward, ensemble, pipeline_run, rows: int = 6) -> dict:
+    models = load_reward_models(reward, ensemble, trust_remote_code=False)
+    pairs = read_jsonl(pipeline_run["data"] / "prefs_val.jsonl")[:rows]
+    return models.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], batch_size=rows)
+
+
+def test_train_reward_reports_every_reward_model_with_intervals_on_val_and_test(pipeline_run):
     metrics = json.loads((pipeline_run["metrics"] / "train_reward.json").read_text())
     config = tiny_params()["train_reward"]
-    val = metrics["val"]
-    assert set(val["brme"]) == {*(f"head_{i}" for i in range(config["num_heads"])), "ensemble_mean",
-                                "head_disagreement", "mean_sigma"}
-    assert set(val["ensemble"]) == {*(f"head_{i}" for i in range(config["ensemble_size"])), "ensemble_mean",
-                                    "head_disagreement"}
-    for report in [val["single"], val["brme"]["ensemble_mean"], val["ensemble"]["head_0"]]:
-        assert 0.0 <= report["accuracy"] <= 1.0 and 0.0 <= report["ece"] <= 1.0 and report["nll"] > 0.0
-    assert val["brme"]["mean_sigma"] > config["sigma_min"]
-    assert val["ensemble"]["head_disagreement"] > 0.0  # members differ by seed
+    for split in ("val", "test"):
+        figures = metrics[split]
+        assert figures["pairs"] == len(read_jsonl(pipeline_run["data"] / f"prefs_{split}.jsonl"))
+        assert set(figures["brme"]["heads"]) == {f"head_{i}" for i in range(config["num_heads"])}
+        assert set(figures["brme"]["aggregates"]) == {"mean", "min", "nominal"}
+        assert set(figures["ensemble"]["heads"]) == {f"head_{i}" for i in range(config["ensemble_size"])}
+        assert set(figures["ensemble"]["aggregates"]) == {"mean", "min"}
+        for row in [figures["single"], figures["brme"]["heads"]["head_0"], figures["ensemble"]["aggregates"]["min"]]:
+            for key in ("accuracy", "nll"):
+                assert set(row[key]) == INTERVAL_KEYS
+                assert row[key]["ci_low"] <= row[key]["value"] <= row[key]["ci_high"]
+        brme = figures["brme"]
+        assert sum(brme["nominal_share"]) == pytest.approx(1.0) and len(brme["nominal_share"]) == config["num_heads"]
+        assert sum(brme["min_share"]) == pytest.approx(1.0)
+        assert brme["mean_sigma"] > config["sigma_min"]
+        assert set(brme["relative_disagreement"]) == INTERVAL_KEYS and brme["relative_disagreement"]["value"] > 0
+        assert "auroc_sigma_misranked" in brme and "auroc_sigma_misranked" not in figures["ensemble"]
+    assert set(metrics["shift"]) == {"responses", "brme", "ensemble"}
+    assert metrics["shift"]["responses"] == len(read_jsonl(pipeline_run["data"] / "shift_responses.jsonl"))
+    assert metrics["train"]["ensemble_layout"] == "heads" and metrics["train"]["stage2_loss"] == "thurstone"
     assert math.isfinite(metrics["train"]["stage1_final_loss"]) and math.isfinite(metrics["train"]["stage2_final_loss"])
 
 
@@ -36,14 +64,27 @@ def test_reliability_diagram_per_reward_model(pipeline_run):
             (pipeline_run["metrics"] / "train_reward.json").read_text())["val"]["pairs"]
 
 
-def test_ensemble_members_load_and_differ(pipeline_run):
-    from robust_rlhf.reward_scoring import load_reward_models
-
+def test_ensemble_members_are_heads_on_the_stage1_backbone_and_differ(pipeline_run):
     models = load_reward_models(pipeline_run["reward"], pipeline_run["ensemble"], trust_remote_code=False)
-    assert len(models.ensemble) == tiny_params()["train_reward"]["ensemble_size"]
+    members = tiny_params()["train_reward"]["ensemble_size"]
+    assert models.ensemble == [] and models.brme.member_head.weight.shape[0] == members
     scores = models.score(["Rate this."] * 2, ["great fun", "awful"], batch_size=2)
-    assert scores["ensemble"][0].shape == (2, len(models.ensemble))
-    assert not torch.equal(models.ensemble[0].bt_head.weight, models.ensemble[1].bt_head.weight)
+    assert scores["ensemble"][0].shape == (2, members)
+    weights = models.brme.member_head.weight
+    assert all(not torch.equal(weights[0], weights[i]) for i in range(1, members))
+
+
+def test_members_are_standardised_and_brme_heads_centred_on_the_training_responses(pipeline_run):
+    models = load_reward_models(pipeline_run["reward"], pipeline_run["ensemble"], trust_remote_code=False)
+    pairs = read_jsonl(pipeline_run["data"] / "prefs_train.jsonl")
+    responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    scores = models.score([p["prompt"] for p in pairs] * 2, responses, batch_size=32)
+    members = scores["ensemble"][0]
+    assert members.mean(dim=0).abs().max() < 1e-4
+    assert (members.std(dim=0, unbiased=False) - 1).abs().max() < 1e-4
+    assert scores["brme"][0].mean(dim=0).abs().max() < 1e-4
+    metrics = json.loads((pipeline_run["metrics"] / "train_reward.json").read_text())
+    assert len(metrics["centering"]["ensemble"]["offsets"]) == tiny_params()["train_reward"]["ensemble_size"]
 
 
 def test_saved_reward_model_loads_and_scores_k_heads(pipeline_run):
@@ -54,60 +95,83 @@ def test_saved_reward_model_loads_and_scores_k_heads(pipeline_run):
     assert (scores["sigma"] > model.config.sigma_min).all()
 
 
-def test_training_changed_every_head_and_the_backbone(pipeline_run):
-    """Stage 1 trains the backbone; stage 2 trains every head (TRL's 'every parameter changed' habit)."""
+def test_frozen_backbone_stays_the_initial_policys(pipeline_run):
+    """With `finetune_backbone: false` the backbone is the initial policy's, bit for bit (that every
+    head trained is tests/test_brme_uncertainty.py's)."""
     trained, _ = load_reward_model(pipeline_run["reward"])
-    initial = BRMERewardModel(trained.backbone.__class__(trained.backbone.config), trained.config,
-                              head_init_std=tiny_params()["train_reward"]["head_init_std"], seed=tiny_params()["seed"])
-    for name, value in initial.heads.state_dict().items():
-        assert not torch.equal(value, trained.heads.state_dict()[name]), f"heads.{name} did not change"
+    policy_weights = load_file(str(pipeline_run["policy_init"] / "model.safetensors"))
+    backbone_weights = trained.backbone.state_dict()
+    compared = [name for name in backbone_weights if f"model.{name}" in policy_weights]
+    assert len(compared) >= len(backbone_weights) // 2
+    assert all(torch.equal(backbone_weights[name], policy_weights[f"model.{name}"]) for name in compared)
+
+
+def test_finetuned_backbone_changes_and_members_are_models(pipeline_run, tmp_path):
+    metrics = _train_reward(pipeline_run, tmp_path, **{
+        "train_reward.finetune_backbone": True, "train_reward.stage1.learning_rate": 1e-3,
+        "train_reward.stage1.epochs": 1, "train_reward.stage2.epochs": 1, "train_reward.ensemble_size": 2})
+    assert metrics["train"]["ensemble_layout"] == "models"
+    trained, _ = load_reward_model(tmp_path / "reward")
     policy_weights = load_file(str(pipeline_run["policy_init"] / "model.safetensors"))
     backbone_weights = trained.backbone.state_dict()
     changed = [name for name, value in backbone_weights.items()
                if f"model.{name}" in policy_weights and not torch.equal(value, policy_weights[f"model.{name}"])]
     assert len(changed) >= len(backbone_weights) // 2
+    models = load_reward_models(tmp_path / "reward", tmp_path / "ensemble", trust_remote_code=False)
+    assert len(models.ensemble) == 2 and models.brme.member_head is None
+    pairs = read_jsonl(pipeline_run["data"] / "prefs_train.jsonl")
+    responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    members = models.score([p["prompt"] for p in pairs] * 2, responses, batch_size=32)["ensemble"][0]
+    assert members.mean(dim=0).abs().max() < 1e-4  # centred member by member, on each one's own features
 
 
-@pytest.mark.parametrize("loss, freeze", [("bt_sampled", True), ("gaussian_nll", False)])
-def test_train_reward_stage2_variants(pipeline_run, tmp_path, loss, freeze):
-    params = write_params(tmp_path / "params.yaml", tiny_params(**{
-        "train_reward.stage2.loss": loss, "train_reward.stage2.freeze_backbone": freeze,
-        "train_reward.stage2.epochs": 1, "train_reward.stage1.epochs": 1, "train_reward.ensemble_size": 0,
-        "methods": {"brme": {"reward_model": "brme", "aggregation": "brme"}}}))
-    run_stage_ok("train_reward", params, data=pipeline_run["data"], policy=pipeline_run["policy_init"],
-                 reward=tmp_path / "reward", ensemble=tmp_path / "ensemble", reliability=tmp_path / "reliability",
-                 metrics=tmp_path / "metrics.json")
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+@pytest.mark.parametrize("loss", ["bt_sampled", "gaussian_nll"])
+def test_train_reward_stage2_losses(pipeline_run, tmp_path, loss):
+    metrics = _train_reward(pipeline_run, tmp_path, **{
+        "train_reward.stage2.loss": loss, "train_reward.stage2.epochs": 1, "train_reward.ensemble_size": 0,
+        "methods": {"brme": {"reward_model": "brme", "aggregation": "brme"}}})
     assert metrics["train"]["stage2_loss"] == loss
     assert math.isfinite(metrics["train"]["stage2_final_loss"])
-    model, tokenizer = load_reward_model(tmp_path / "reward")
-    rows = read_jsonl(pipeline_run["data"] / "prefs_val.jsonl")[:3]
-    scores = score_texts(model, tokenizer, [r["prompt"] for r in rows], [r["chosen"] for r in rows], batch_size=3)
-    assert torch.isfinite(scores["mu"]).all()
+    scores = _val_scores(tmp_path / "reward", tmp_path / "ensemble", pipeline_run)
+    assert torch.isfinite(scores["brme"][0]).all() and "ensemble" not in scores
+
+
+def test_single_is_the_stage1_model_whatever_freeze_backbone_says(pipeline_run, tmp_path):
+    """Unfreezing stage 2 retrains the BRME's backbone; `single` must still be stage 1's model, so its
+    scores are bit-identical to the frozen run's (and so are the ensemble's, heads on that backbone)."""
+    _train_reward(pipeline_run, tmp_path, **{"train_reward.stage2.freeze_backbone": False})
+    unfrozen = _val_scores(tmp_path / "reward", tmp_path / "ensemble", pipeline_run)
+    frozen = _val_scores(pipeline_run["reward"], pipeline_run["ensemble"], pipeline_run)
+    assert torch.equal(unfrozen["single"][0], frozen["single"][0])
+    assert torch.equal(unfrozen["ensemble"][0], frozen["ensemble"][0])
+    assert not torch.equal(unfrozen["brme"][0], frozen["brme"][0])  # the BRME itself did change
+    assert (tmp_path / "reward" / "stage1" / "heads.safetensors").exists()
+
+
+def test_reward_seed_changes_the_heads_not_the_data(pipeline_run, tmp_path):
+    _train_reward(pipeline_run, tmp_path, **{"train_reward.seed": 1})
+    other = _val_scores(tmp_path / "reward", tmp_path / "ensemble", pipeline_run)
+    base = _val_scores(pipeline_run["reward"], pipeline_run["ensemble"], pipeline_run)
+    assert not torch.equal(other["brme"][0], base["brme"][0])
+    assert not torch.equal(other["ensemble"][0], base["ensemble"][0])
 
 
 def test_zero_stage_2_trains_the_same_reward_model_as_zero_0(pipeline_run, tmp_path):
     """ZeRO partitions optimizer state and gradients; in one process it must not change the result."""
-    params = write_params(tmp_path / "params.yaml", tiny_params(**{"deepspeed.zero_stage": 2}))
-    run_stage_ok("train_reward", params, data=pipeline_run["data"], policy=pipeline_run["policy_init"],
-                 reward=tmp_path / "reward", ensemble=tmp_path / "ensemble", reliability=tmp_path / "reliability",
-                 metrics=tmp_path / "metrics.json")
-    zero2 = json.loads((tmp_path / "metrics.json").read_text())
+    zero2 = _train_reward(pipeline_run, tmp_path, **{"deepspeed.zero_stage": 2})
     zero0 = json.loads((pipeline_run["metrics"] / "train_reward.json").read_text())
     assert zero2["train"]["stage1_final_loss"] == pytest.approx(zero0["train"]["stage1_final_loss"], abs=1e-4)
     assert zero2["train"]["stage2_final_loss"] == pytest.approx(zero0["train"]["stage2_final_loss"], abs=1e-4)
-    assert zero2["val"]["brme"]["ensemble_mean"]["accuracy"] == zero0["val"]["brme"]["ensemble_mean"]["accuracy"]
+    assert (zero2["val"]["brme"]["aggregates"]["mean"]["accuracy"]
+            == zero0["val"]["brme"]["aggregates"]["mean"]["accuracy"])
 
 
 def test_zero_3_bf16_with_trainable_backbone_runs(pipeline_run, tmp_path):
     """The GPU profile's code path (ZeRO-3 partitioned weights, bf16) on DeepSpeed's CPU accelerator."""
-    params = write_params(tmp_path / "params.yaml", tiny_params(**{
-        "deepspeed.zero_stage": 3, "deepspeed.precision": "bf16", "train_reward.stage2.freeze_backbone": False,
-        "train_reward.stage1.epochs": 1, "train_reward.stage2.epochs": 1, "train_reward.ensemble_size": 2}))
-    run_stage_ok("train_reward", params, data=pipeline_run["data"], policy=pipeline_run["policy_init"],
-                 reward=tmp_path / "reward", ensemble=tmp_path / "ensemble", reliability=tmp_path / "reliability",
-                 metrics=tmp_path / "metrics.json")
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = _train_reward(pipeline_run, tmp_path, **{
+        "deepspeed.zero_stage": 3, "deepspeed.precision": "bf16", "train_reward.finetune_backbone": True,
+        "train_reward.stage1.learning_rate": 1e-3, "train_reward.stage2.freeze_backbone": False,
+        "train_reward.stage1.epochs": 1, "train_reward.stage2.epochs": 1, "train_reward.ensemble_size": 2})
     assert math.isfinite(metrics["train"]["stage2_final_loss"])
     model, _ = load_reward_model(tmp_path / "reward")
     assert all(torch.isfinite(p).all() for p in model.parameters())

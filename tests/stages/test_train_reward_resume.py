@@ -14,7 +14,8 @@ from robust_rlhf.task import NEGATIVE_WORDS, POSITIVE_WORDS, TEMPLATES, TOPICS, 
 from tests.conftest import REPO, kill_after_checkpoint, run_stage, stage_command, tiny_params, write_params
 
 # 24 train pairs in micro-batches of 8: 3 batches an epoch, so 6 micro-batches in each of stage1,
-# stage2 and member_0, a checkpoint after every one.
+# stage2 and the ensemble's one phase (frozen features: `ensemble`; fine-tuned: `member_0`), a
+# checkpoint after every one.
 PHASE_STEPS = 6
 TOTAL_STEPS = 3 * PHASE_STEPS
 SMALL = {"train_reward.stage1.epochs": 2, "train_reward.stage2.epochs": 2, "train_reward.ensemble_size": 1,
@@ -39,8 +40,9 @@ def inputs(tmp_path_factory):
     materialise_policy(TINY_POLICY, root / "policy_init", seed=0, corpus=tokenizer_corpus(), trust_remote_code=False)
     atomic_write_jsonl(root / "data/prefs_train.jsonl", preference_pairs(24, 0))
     atomic_write_jsonl(root / "data/prefs_val.jsonl", preference_pairs(8, 100))
+    atomic_write_jsonl(root / "data/prefs_test.jsonl", preference_pairs(8, 200))
     return {"params": write_params(root / "params.yaml", tiny_params(**SMALL)), "data": root / "data",
-            "policy": root / "policy_init"}
+            "policy": root / "policy_init", "root": root}
 
 
 def stage_paths(inputs, out):
@@ -66,40 +68,50 @@ def published(out) -> dict:
     return {"tensors": tensors, "csvs": csvs, "metrics": metrics}
 
 
-def assert_same_outputs(expected: dict, got: dict) -> None:
-    assert got["tensors"].keys() == expected["tensors"].keys() and len(expected["tensors"]) == 4
+def assert_same_outputs(expected: dict, got: dict, *, files: int) -> None:
+    assert got["tensors"].keys() == expected["tensors"].keys() and len(expected["tensors"]) == files
     for file, tensors in expected["tensors"].items():
         assert tensors.keys() == got["tensors"][file].keys()
         assert all((tensors[name] == got["tensors"][file][name]).all() for name in tensors), file
     assert got["csvs"] == expected["csvs"] and got["metrics"] == expected["metrics"]
 
 
-def test_killed_run_resumes_and_publishes_what_an_uninterrupted_run_does(inputs, tmp_path):
+# (layout, last phase, published safetensors): frozen features publish the backbone, the BRME's heads
+# and the members' heads; a fine-tuned ensemble publishes each member's backbone and heads too.
+LAYOUTS = [({}, "ensemble", 3),
+           ({"train_reward.finetune_backbone": True, "train_reward.stage1.learning_rate": 1e-3}, "member_0", 4)]
+
+
+@pytest.mark.parametrize("overrides, last_phase, files", LAYOUTS, ids=["frozen", "finetuned"])
+def test_killed_run_resumes_and_publishes_what_an_uninterrupted_run_does(inputs, tmp_path, overrides, last_phase,
+                                                                          files):
+    params = write_params(tmp_path / "params.yaml", tiny_params(**SMALL, **overrides))
     reference = tmp_path / "uninterrupted"
     reference.mkdir()
     with open(reference / "stderr.log", "w") as log:  # runs beside the killed one, to save time
-        uninterrupted = subprocess.Popen(stage_command("train_reward", inputs["params"], **stage_paths(inputs, reference)), cwd=REPO,
-                                         stdout=subprocess.DEVNULL, stderr=log)
+        uninterrupted = subprocess.Popen(stage_command("train_reward", params, **stage_paths(inputs, reference)),
+                                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
         out = tmp_path / "killed"
         paths = stage_paths(inputs, out)
-        # in member_0, after its 2nd micro-batch: stage1 and stage2 finished, member_0's engine mid-way
-        killed_at = kill_train_reward(inputs["params"], paths, at_least_step=2 * PHASE_STEPS + 2)
+        # in the last phase, after its 2nd micro-batch: stage1 and stage2 finished, its engine mid-way
+        killed_at = kill_train_reward(params, paths, at_least_step=2 * PHASE_STEPS + 2)
         assert uninterrupted.wait(timeout=600) == 0, (reference / "stderr.log").read_text()[-3000:]
     assert killed_at < TOTAL_STEPS and not paths["reward"].exists()  # nothing published for DVC to cache
-    assert saved_state(out)["stage"]["phase"] == "member_0" and not (reference / ".reward.resume").exists()
+    assert saved_state(out)["stage"]["phase"] == last_phase and not (reference / ".reward.resume").exists()
 
     # changed params make the saved state invalid: refused, naming the key, state kept
-    changed = write_params(tmp_path / "changed.yaml", tiny_params(**SMALL, **{"train_reward.stage2.learning_rate": 0.5}))
+    changed = write_params(tmp_path / "changed.yaml",
+                           tiny_params(**SMALL, **overrides, **{"train_reward.stage2.learning_rate": 0.5}))
     refused = run_stage("train_reward", changed, **paths)
     assert refused.returncode == 2 and "changed: train_reward.stage2.learning_rate" in refused.stderr
     assert saved_state(out)["step"] == killed_at
 
-    resumed = run_stage("train_reward", inputs["params"], **paths)
+    resumed = run_stage("train_reward", params, **paths)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming train_reward from step {killed_at}: phase member_0" in resumed.stderr
+    assert f"resuming train_reward from step {killed_at}: phase {last_phase}" in resumed.stderr
     assert not (out / ".reward.resume").exists()
     # engines, optimizer states, RNGs, data positions and finished phases all came back
-    assert_same_outputs(published(reference), published(out))
+    assert_same_outputs(published(reference), published(out), files=files)
 
 
 def test_nan_loss_stops_naming_phase_step_and_tensor_and_keeps_the_last_checkpoint(inputs, tmp_path):
