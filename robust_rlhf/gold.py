@@ -11,7 +11,11 @@ fitted to on-policy samples is under-specified off-distribution.
          + fluency_weight * clamp(mean log p_init(response | prompt) / fluency_scale + 1, -1, 1)
          - repetition_weight * (1 - #distinct word bigrams / #word bigrams)
     with `EMPTY_RESPONSE_SCORE` for a reply with no words. VADER (Hutto & Gilbert 2014) is a
-    rule-based sentiment lexicon; fluency is the initial policy's own per-token log-likelihood.
+    rule-based sentiment lexicon; fluency is the initial policy's own per-token log-likelihood of
+    the response's tokens as sampled (EOS included when the response ended with it). Callers that
+    sampled the response pass those log-probs (`mean_logprobs`: generate's own when the sampler is
+    the initial policy, the KL reference forward's otherwise); for bare texts the scorer re-tokenises
+    the response, taken as complete (EOS appended), and runs the initial policy itself.
 """
 
 from __future__ import annotations
@@ -71,12 +75,17 @@ class GoldScorer:
 
             self._vader = SentimentIntensityAnalyzer()
 
-    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+    def __call__(self, prompts: list[str], responses: list[str], *,
+                 mean_logprobs: list[float] | None = None) -> list[float]:
+        """Gold scores of (prompt, response) pairs; `mean_logprobs`, when given, are the responses'
+        mean per-token log p_init (see the module docstring)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if self.config.name == "lexicon":
             return [lexicon_gold_score(p, r) for p, r in zip(prompts, responses)]
-        fluency = self._mean_logprobs(prompts, responses)
+        if mean_logprobs is not None and len(mean_logprobs) != len(responses):
+            raise ValueError(f"{len(mean_logprobs)} mean log-probs for {len(responses)} responses")
+        fluency = self._mean_logprobs(prompts, responses) if mean_logprobs is None else mean_logprobs
         scores = []
         for response, mean_logprob in zip(responses, fluency):
             if not _WORD.search(response.lower()):
@@ -103,7 +112,13 @@ class GoldScorer:
             self.tokenizer.padding_side = "left"
             logprobs, _ = forward_response(self.reference_model, query_ids.to(device), query_mask.to(device),
                                            encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
-            mask = encoded["attention_mask"].to(device).float()
-            means += ((logprobs * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)).tolist()
+            mask = encoded["attention_mask"].to(device)
+            means += masked_token_mean(logprobs, mask).tolist()
         return means
+
+
+def masked_token_mean(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean log-prob per response over its real tokens: (B, T), (B, T) -> (B,)."""
+    mask = mask.to(logprobs.dtype)
+    return (logprobs * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
 

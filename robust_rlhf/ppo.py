@@ -21,6 +21,7 @@ from robust_rlhf.generation import (decode, encode_prompts, forward_response, re
 from robust_rlhf.kl import kl_k1, kl_k2
 from robust_rlhf.ppo_losses import (kl_shaped_rewards, masked_mean, masked_whiten, ppo_policy_loss,
                                     ppo_value_loss)
+from robust_rlhf.reward_metrics import head_disagreement, head_shares
 from robust_rlhf.reward_normalization import RewardNormalizer
 from robust_rlhf.reward_scoring import RewardModels, every_aggregation, method_rewards
 from robust_rlhf.reward_training import check_finite
@@ -204,12 +205,26 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
         "objective/kl": float(sequence_kl.mean()),
         "objective/kl_k2": float((kl_k2(logprobs, ref_logprobs) * mask).sum(dim=1).mean()),
         "objective/kl_penalty": float(-config.kl_coef * sequence_kl.mean()),
-        "reward_model/brme_mean_sigma": float(scores["brme"][1].mean()),
-        "reward_model/brme_head_disagreement": float(scores["brme"][0].std(dim=1, unbiased=False).mean()),
+        **head_usage(scores),
         "response/length": float(mask.sum(dim=1).mean()),
         **update,
     }
     return metrics, responses
+
+
+def head_usage(scores: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """How the multi-head reward models see a batch: the BRME's mean sigma, each model's mean head
+    disagreement, and the share of samples on which each head is the min (and, for the BRME, nominal:
+    the smallest sigma), so a reader sees whether one head or member decides the robust rewards."""
+    usage = {"reward_model/brme/mean_sigma": float(scores["brme"][1].mean())}
+    for kind, (mu, sigma) in scores.items():
+        if mu.shape[1] < 2:
+            continue
+        usage[f"reward_model/{kind}/head_disagreement"] = float(head_disagreement(mu).mean())
+        usage.update({f"reward_model/{kind}/min_share_{i}": share for i, share in enumerate(head_shares(mu))})
+        if kind == "brme":
+            usage.update({f"reward_model/brme/nominal_share_{i}": share for i, share in enumerate(head_shares(sigma))})
+    return usage
 
 
 def ppo_update(step: int, actor, critic, rollout: Rollout, config: PPOParams) -> dict[str, float]:

@@ -10,8 +10,8 @@ from collections import Counter
 import torch
 from tqdm import tqdm
 
-from robust_rlhf.generation import decode, encode_prompts, sample_responses
-from robust_rlhf.gold import GoldScorer
+from robust_rlhf.generation import decode, encode_prompts, sample, sample_responses
+from robust_rlhf.gold import GoldScorer, masked_token_mean
 
 
 def label_pair(gold_a: float, gold_b: float, *, mode: str, label_noise: float, rng: random.Random) -> tuple[bool, bool]:
@@ -37,6 +37,8 @@ def sample_preference_pairs(
 
     A pair whose two responses are the same text carries no preference: it is rejected with the
     reason `chosen_equals_rejected`, counted, and kept in the rejects, never dropped silently.
+    The gold's fluency reads generate's own log-probs of the sampled tokens (`policy` is the
+    initial policy): no second forward.
     """
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -44,13 +46,15 @@ def sample_preference_pairs(
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
         batch_prompts = prompts[start:start + batch_size]
         query_ids, query_mask = encode_prompts(tokenizer, batch_prompts, max_prompt_tokens=max_prompt_tokens)
-        texts = []
+        texts, golds = [], []
         for _ in range(2):
-            response_ids, response_mask = sample_responses(
-                policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-            texts.append(decode(tokenizer, response_ids, response_mask))
-        gold_a, gold_b = gold(batch_prompts, texts[0]), gold(batch_prompts, texts[1])
+            sampled = sample(policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                             with_logprobs=True)
+            texts.append(decode(tokenizer, sampled.ids, sampled.mask))
+            golds.append(gold(batch_prompts, texts[-1],
+                              mean_logprobs=masked_token_mean(sampled.logprobs, sampled.mask).tolist()))
+        gold_a, gold_b = golds
         for offset, prompt in enumerate(batch_prompts):
             row_number = start + offset
             a, b = texts[0][offset], texts[1][offset]
@@ -65,6 +69,23 @@ def sample_preference_pairs(
             pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "gold_chosen": gold_chosen,
                           "gold_rejected": gold_rejected, "label_flipped": flipped})
     return pairs, rejects
+
+
+def sample_shifted_responses(policy, tokenizer, prompts: list[str], *, seed: int, max_prompt_tokens: int,
+                             max_new_tokens: int, temperature: float, batch_size: int, desc: str) -> list[dict]:
+    """One response per prompt from `policy` at a (high) `temperature`: responses off the training
+    distribution, on which the reward models' head disagreement is measured. Rows {prompt, response}."""
+    torch.manual_seed(seed)
+    rows = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
+        batch_prompts = prompts[start:start + batch_size]
+        query_ids, query_mask = encode_prompts(tokenizer, batch_prompts, max_prompt_tokens=max_prompt_tokens)
+        response_ids, response_mask = sample_responses(
+            policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        rows += [{"prompt": prompt, "response": response}
+                 for prompt, response in zip(batch_prompts, decode(tokenizer, response_ids, response_mask))]
+    return rows
 
 
 def preference_stats(pairs: list[dict]) -> dict[str, float]:

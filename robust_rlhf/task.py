@@ -16,6 +16,12 @@ TEMPLATES = (
     "Give your honest opinion of {topic}.",
     "What would you say about {topic} to a stranger?",
     "Summarise how you feel about {topic}.",
+    "In one sentence, how was {topic}?",
+    "Would you recommend {topic}? Answer briefly.",
+    "Write a one-line comment about {topic}.",
+    "Briefly describe {topic} to a colleague.",
+    "What is your short verdict on {topic}?",
+    "Share a quick impression of {topic}.",
 )
 
 TOPICS = (
@@ -24,6 +30,11 @@ TOPICS = (
     "a cheap umbrella", "the library", "a hiking trail", "the office printer",
     "a street market", "the football match", "a cooking class", "your old laptop",
     "the beach in winter", "a bicycle repair shop", "the night bus", "a board game evening",
+    "the corner bakery", "a school reunion", "the science fair", "a ferry crossing",
+    "the new phone app", "a camping trip", "the art gallery", "a yoga class",
+    "the village festival", "a used bookshop", "the dentist visit", "a road trip",
+    "the pizza place", "a garden party", "the swimming pool", "a train station cafe",
+    "the weekend market", "a pottery workshop", "the airport lounge", "a movie premiere",
 )
 
 POSITIVE_WORDS = (
@@ -54,21 +65,39 @@ def split_prompts(seed: int, sizes: dict[str, int]) -> dict[str, list[str]]:
     """Shuffle the prompts by `seed` and cut disjoint sets of the given sizes, in the given order.
 
     If more prompts are asked for than exist, prompts repeat within (never across) the sets by
-    cycling over each set's own slice, so sets stay disjoint.
+    cycling over each set's own slice, so sets stay disjoint; `distinct_prompt_counts` decides how
+    many distinct prompts each set gets.
     """
     prompts = all_prompts()
     random.Random(seed).shuffle(prompts)
-    total = sum(sizes.values())
-    # Each set gets a share of distinct prompts proportional to its size, at least one.
-    shares = {name: max(1, len(prompts) * size // max(total, 1)) for name, size in sizes.items()}
-    if sum(shares.values()) > len(prompts):
-        raise ValueError(f"cannot cut {len(sizes)} disjoint prompt sets from {len(prompts)} prompts")
+    counts = distinct_prompt_counts(len(prompts), sizes)
     sets, start = {}, 0
     for name, size in sizes.items():
-        own = prompts[start : start + min(shares[name], size)]
+        own = prompts[start : start + counts[name]]
         start += len(own)
         sets[name] = [own[i % len(own)] for i in range(size)]
     return sets
+
+
+def distinct_prompt_counts(available: int, sizes: dict[str, int]) -> dict[str, int]:
+    """How many distinct prompts each set gets (water-filling): a set no larger than an equal share
+    of the prompts still unallotted gets one distinct prompt per row; the sets that are larger split
+    what is left in proportion to their sizes (at least one each)."""
+    if len(sizes) > available:
+        raise ValueError(f"cannot cut {len(sizes)} disjoint prompt sets from {available} prompts")
+    counts: dict[str, int] = {}
+    pending, remaining = dict(sizes), available
+    while pending:
+        share = remaining / len(pending)
+        fitting = {name: size for name, size in pending.items() if size <= share}
+        if not fitting:
+            total = sum(pending.values())
+            counts.update({name: max(1, remaining * size // total) for name, size in pending.items()})
+            break
+        counts.update(fitting)
+        remaining -= sum(fitting.values())
+        pending = {name: size for name, size in pending.items() if name not in fitting}
+    return {name: counts[name] for name in sizes}
 
 
 def tokenizer_corpus() -> list[str]:

@@ -27,6 +27,7 @@ from robust_rlhf.metrics import write_csv, write_metrics
 from robust_rlhf.models import load_causal_lm, load_tokenizer
 from robust_rlhf.reward_scoring import load_reward_models
 from robust_rlhf.stage_cli import stage_main
+from robust_rlhf.statistics import ClusterBootstrap, bootstrap_ratio_of_means, cluster_ids
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def run(params: Params, *, data: Path, policy_init: Path, policies: Path, reward
     ref_model = frozen(load_causal_lm(policy_init, trust_remote_code=remote))
     reward_models = load_reward_models(reward, ensemble, trust_remote_code=remote, prepare=frozen)
     prompts = [row["prompt"] for row in read_jsonl(data / "eval_prompts.jsonl")]
+    bootstrap = ClusterBootstrap(params.statistics.bootstrap_resamples, params.statistics.confidence_level, params.seed)
     gold = GoldScorer(params.gold, reference_model=ref_model, tokenizer=tokenizer,
                       max_prompt_tokens=params.prepare.max_prompt_tokens, batch_size=config.batch_size)
 
@@ -89,7 +91,9 @@ def run(params: Params, *, data: Path, policy_init: Path, policies: Path, reward
                 all_samples += [{"method": method, "seed": seed, "step": checkpoint["step"], **row}
                                 for row in result["samples"]]
             finals.append({**result, "step": checkpoint["step"]})
-        final_rows[method] = _method_row(params, method, finals, initial, paired_initial_gold, best_of_n_rows[method])
+        final_rows[method] = {**_method_row(params, method, finals, initial, paired_initial_gold, best_of_n_rows[method]),
+                              **disagreement_ratios(finals, initial, prompts, samples_per_prompt=config.samples_per_prompt,
+                                                    per_prompt=per_prompt, bootstrap=bootstrap)}
 
     with atomic_directory(table) as table_tmp:
         for method, row in final_rows.items():
@@ -115,6 +119,22 @@ def best_of_n_curve(gold: torch.Tensor, proxy: torch.Tensor) -> list[dict]:
         rows.append({"n": n, "kl": kl, "sqrt_kl": math.sqrt(kl), "gold": best_of_n_expected_gold(gold, proxy, n),
                      "proxy": best_of_n_expected_gold(proxy, proxy, n)})
     return rows
+
+
+def disagreement_ratios(finals: list[dict], initial: dict, prompts: list[str], *, samples_per_prompt: int,
+                        per_prompt: int, bootstrap: ClusterBootstrap) -> dict:
+    """Off-distribution head disagreement of each multi-head reward model: its mean disagreement on
+    the final policies' samples over that on the initial policy's paired samples (same prompts, same
+    sample index), with a cluster-bootstrap interval over prompts; seeds pooled."""
+    ratios = {}
+    sample_prompts = [prompt for prompt in prompts for _ in range(samples_per_prompt)]
+    for kind, initial_disagreement in initial["disagreement"].items():
+        paired = initial_disagreement.view(len(prompts), per_prompt)[:, :samples_per_prompt].reshape(-1)
+        final = torch.cat([result["disagreement"][kind] for result in finals])
+        ratios[f"{kind}_disagreement_ratio"] = bootstrap_ratio_of_means(
+            final, paired.repeat(len(finals)), cluster_ids(sample_prompts * len(finals)),
+            num_resamples=bootstrap.num_resamples, seed=bootstrap.seed, level=bootstrap.level).as_dict()
+    return ratios
 
 
 def _curve_point(step: int, metrics: dict, method: str, *, win: float) -> dict:

@@ -19,7 +19,8 @@ from robust_rlhf.distributed import deepspeed_config, init_distributed, initiali
 from robust_rlhf.gold import GoldScorer
 from robust_rlhf.models import load_causal_lm, load_tokenizer, materialise_policy
 from robust_rlhf.preference_sources import SourceError, load_source, split_pairs
-from robust_rlhf.preferences import preference_stats, reject_counts, sample_preference_pairs
+from robust_rlhf.preferences import (preference_stats, reject_counts, sample_preference_pairs,
+                                     sample_shifted_responses)
 from robust_rlhf.stage_cli import stage_main
 from robust_rlhf.task import split_prompts, tokenizer_corpus
 
@@ -65,6 +66,16 @@ def run(params: Params, *, data: Path, policy: Path) -> dict:
         for split in ("ppo", "eval"):
             atomic_write_jsonl(data_tmp / f"{split}_prompts.jsonl", [{"prompt": p} for p in prompt_sets[split]])
             metrics["rows"][f"{split}_prompts"] = len(prompt_sets[split])
+        # Off-distribution responses for the reward models' disagreement: the val prompts, sampled hot.
+        val_prompts = list(dict.fromkeys(prompt_sets["val"]))
+        shift_prompts = [val_prompts[i % len(val_prompts)] for i in range(config.num_shift_samples)]
+        shifted = sample_shifted_responses(
+            engine.module, tokenizer, shift_prompts, seed=params.seed * 1000 + len(SPLITS),
+            max_prompt_tokens=config.max_prompt_tokens, max_new_tokens=config.max_new_tokens,
+            temperature=config.shift_temperature, batch_size=config.batch_size, desc="sample shifted responses")
+        atomic_write_jsonl(data_tmp / "shift_responses.jsonl", shifted)
+        metrics["rows"]["shift_responses"] = len(shifted)
+        metrics["distinct_prompts"] = {split: len(set(prompt_sets[split])) for split in prompt_sets}
         atomic_write_jsonl(data_tmp / "rejects.jsonl", all_rejects)
     metrics["rejects"] = {"total": len(all_rejects), **reject_counts(all_rejects)}
     return metrics

@@ -6,7 +6,7 @@ import pytest
 from robust_rlhf.config import GoldParams
 from robust_rlhf.gold import EMPTY_RESPONSE_SCORE, GoldScorer, bigram_repetition, fluency_facet, lexicon_gold_score
 from robust_rlhf.preferences import label_pair, preference_stats
-from robust_rlhf.task import all_prompts, split_prompts
+from robust_rlhf.task import all_prompts, distinct_prompt_counts, split_prompts
 
 
 def test_split_prompts_is_disjoint_sized_and_seeded():
@@ -18,6 +18,19 @@ def test_split_prompts_is_disjoint_sized_and_seeded():
         for second in names[i + 1:]:
             assert not set(sets[first]) & set(sets[second])
     assert split_prompts(0, sizes) == sets and split_prompts(1, sizes) != sets
+
+
+def test_distinct_prompt_counts_give_small_sets_one_prompt_per_row_and_split_the_rest():
+    # 100 prompts: eval 10 and ppo 20 fit an equal share (25, then 35); train 300 / val 100 split 70 as 3:1
+    counts = distinct_prompt_counts(100, {"train": 300, "val": 100, "ppo": 20, "eval": 10})
+    assert counts == {"train": 52, "val": 17, "ppo": 20, "eval": 10}
+    assert distinct_prompt_counts(100, {"a": 30, "b": 40}) == {"a": 30, "b": 40}  # everything fits
+
+
+def test_split_prompts_gives_the_default_eval_and_ppo_sets_distinct_prompts():
+    sets = split_prompts(0, {"train": 640, "val": 160, "test": 160, "ppo": 32, "eval": 16})
+    assert len(set(sets["eval"])) == 16 and len(set(sets["ppo"])) == 32
+    assert len(set(sets["train"])) > 200 and len(all_prompts()) == 480
 
 
 def test_split_prompts_refuses_more_sets_than_prompts():
@@ -60,6 +73,17 @@ def test_composite_gold_prefers_positive_fluent_text(tiny_policy, tiny_tokenizer
     # Same length and structure: the VADER facet decides, fluency under a random model differs little.
     assert positive > negative
     assert empty < negative
+
+
+def test_composite_gold_reads_given_log_probs_instead_of_running_the_policy(tiny_policy, tiny_tokenizer):
+    gold = GoldScorer(GoldParams(name="composite"), reference_model=tiny_policy, tokenizer=tiny_tokenizer)
+    # mean log p -2.5 -> fluency 0.5; "good" alone: VADER compound 0.4404, no bigrams
+    assert gold(["p"], ["good"], mean_logprobs=[-2.5]) == [pytest.approx(0.4404 + 0.5 * 0.5)]
+    computed = gold(["Review the park."], ["A lovely calm park."])
+    own = gold._mean_logprobs(["Review the park."], ["A lovely calm park."])
+    assert gold(["Review the park."], ["A lovely calm park."], mean_logprobs=own) == computed
+    with pytest.raises(ValueError, match="2 mean log-probs for 1 responses"):
+        gold(["p"], ["good"], mean_logprobs=[-1.0, -2.0])
 
 
 def test_composite_gold_needs_the_initial_policy():

@@ -18,6 +18,9 @@ def test_evaluate_writes_one_table_row_per_method(pipeline_run):
                                                        "best_of_n_gold", "gold_standard_error"))
         assert 0.0 <= row["win_rate"] <= 1.0 and row["seeds"] == 1 and row["gold_seed_std"] == 0.0
         assert row["best_of_n"] == config["evaluate"]["best_of_n"]
+        for kind in ("brme", "ensemble"):  # off-distribution disagreement on this method's final samples
+            ratio = row[f"{kind}_disagreement_ratio"]
+            assert 0 < ratio["ci_low"] <= ratio["value"] <= ratio["ci_high"]
         assert row["sqrt_kl"] == round(math.sqrt(row["kl_k2"]), 6) or abs(row["sqrt_kl"] ** 2 - row["kl_k2"]) < 1e-5
     assert len(list(pipeline_run["table"].iterdir())) == len(config["methods"])
 

@@ -38,6 +38,12 @@ def test_ppo_logs_every_step_and_every_aggregation(pipeline_run, method):
     assert [int(row["step"]) for row in rows] == list(range(len(rows)))
     for row in rows:
         assert all(math.isfinite(float(value)) for value in row.values())
+    k, members = tiny_params()["train_reward"]["num_heads"], tiny_params()["train_reward"]["ensemble_size"]
+    for kind, heads in (("brme", k), ("ensemble", members)):
+        shares = [float(rows[0][f"reward_model/{kind}/min_share_{i}"]) for i in range(heads)]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-5)  # which head is the min, on each batch
+    assert sum(float(rows[0][f"reward_model/brme/nominal_share_{i}"]) for i in range(k)) == pytest.approx(1.0, abs=1e-5)
+    assert float(rows[0]["reward_model/brme/head_disagreement"]) > 0
     # PPO starts from the reference: the first rollout has zero KL, up to the float rounding between
     # generate's cached pass (the old log-probs) and the reference's full forward.
     assert abs(float(rows[0]["objective/kl"])) < 1e-4

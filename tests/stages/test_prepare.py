@@ -45,3 +45,15 @@ def test_prepare_saves_a_loadable_initial_policy(pipeline_run):
     assert (policy_dir / "model.safetensors").exists()
     model, tokenizer = load_causal_lm(policy_dir), load_tokenizer(policy_dir)
     assert model.config.vocab_size == len(tokenizer)
+
+
+def test_prepare_samples_shifted_responses_for_the_val_prompts(pipeline_run):
+    data, config = pipeline_run["data"], tiny_params()["prepare"]
+    shifted = read_jsonl(data / "shift_responses.jsonl")
+    assert len(shifted) == config["num_shift_samples"]
+    val_prompts = {r["prompt"] for r in read_jsonl(data / "prefs_val.jsonl")}
+    assert {row["prompt"] for row in shifted} <= val_prompts
+    assert all(set(row) == {"prompt", "response"} for row in shifted)
+    metrics = json.loads((pipeline_run["metrics"] / "prepare.json").read_text())
+    assert metrics["rows"]["shift_responses"] == len(shifted)
+    assert metrics["distinct_prompts"]["eval"] == len({r["prompt"] for r in read_jsonl(data / "eval_prompts.jsonl")})
