@@ -140,17 +140,6 @@ def render_report(inputs: ReportInputs) -> str:
                    row["gold_gain"], row["win_rate"], row["proxy"], row["proxy_gain"], row["sqrt_kl"],
                    row["best_of_n_gold"]]
                   for method, row in inputs.comparison.items()]
-    reward_rows = []
-    val = inputs.reward_metrics.get("val", {})
-    if "single" in val:
-        reward_rows.append(["single (BT)", *_rm_cells(val["single"]), "", ""])
-    for kind in ("brme", "ensemble"):
-        if kind in val:
-            reward_rows.append([f"{kind} (ensemble mean)", *_rm_cells(val[kind]["ensemble_mean"]),
-                                val[kind].get("mean_sigma", ""), val[kind].get("head_disagreement", "")])
-            for head, metrics in val[kind].items():
-                if re.fullmatch(r"head_\d+", head):
-                    reward_rows.append([f"{kind} {head}", *_rm_cells(metrics), "", ""])
     samples_html = []
     for method in ["initial", *inputs.comparison]:
         rows = [row for row in inputs.samples if row["method"] == method]
@@ -183,10 +172,7 @@ gold(initial)) on paired samples, ties counted half.</p>
          "proxy", "proxy gain", "sqrt KL", "best-of-N gold"], comparison)}
 <h2>Overoptimization: reward against sqrt(KL) over PPO checkpoints</h2>{overoptimization_figure(inputs.curves)}
 <h2>Best-of-n from the initial policy</h2>{best_of_n_figure(inputs.best_of_n)}
-<h2>Reward models on the validation split</h2>
-<p>Accuracy against the noisy labels the models were trained on, and against the noiseless gold
-labels; NLL and ECE of P(chosen &gt; rejected).</p>
-{_table(["model", "accuracy", "gold accuracy", "NLL", "ECE", "mean sigma", "head disagreement"], reward_rows)}
+{reward_model_section(inputs.reward_metrics, inputs.comparison, inputs.methods)}
 <h2>Sample responses</h2>{''.join(samples_html)}
 <h2>Stage wall times</h2>
 {_table(["stage", "seconds"], [[name, seconds] for name, seconds in inputs.stage_seconds.items()] + [["total", total]])}
@@ -194,6 +180,143 @@ labels; NLL and ECE of P(chosen &gt; rejected).</p>
 """
 
 
-def _rm_cells(metrics: dict) -> list:
-    return [metrics.get("accuracy", ""), metrics.get("gold_accuracy", ""), metrics.get("nll", ""),
-            metrics.get("ece", "")]
+def interval_text(value) -> str:
+    """`0.612 [0.55, 0.67]` for an interval dict, the number itself otherwise, `n/a` when missing."""
+    if isinstance(value, dict) and "value" in value:
+        return f"{_number(value['value'])} [{_number(value['ci_low'])}, {_number(value['ci_high'])}]"
+    return "n/a" if value in (None, "") else _number(value)
+
+
+def _number(value) -> str:
+    try:
+        return f"{float(value):.3g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _above(interval, bound: float) -> bool | None:
+    """Whether an interval lies above `bound` (None when it is missing or undefined)."""
+    if not isinstance(interval, dict) or "ci_low" not in interval:
+        return None
+    try:
+        low = float(interval["ci_low"])
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(low) else low > bound
+
+
+ENSEMBLE_MEMBERS = {"heads": "linear Bradley-Terry heads on the backbone's frozen features, each fitted to its own "
+                             "bootstrap resample of the training pairs (bagging)",
+                    "models": "backbones fine-tuned apart, differing only by seed (Coste et al.)"}
+
+
+def reward_model_section(reward_metrics: dict, comparison: dict[str, dict], methods: dict[str, dict],
+                         split: str = "test") -> str:
+    """Reward-model quality on held-out pairs and whether the BRME's and the ensemble's uncertainty
+    is informative, every figure with its interval."""
+    figures = reward_metrics.get(split, {})
+    if not figures:
+        return "<h2>Reward models</h2><p>No reward-model metrics.</p>"
+    layout = reward_metrics.get("train", {}).get("ensemble_layout", "")
+    quality = []
+    if "single" in figures:
+        quality.append(["single (stage-1 BT)", *_quality_cells(figures["single"])])
+    for kind in ("brme", "ensemble"):
+        if kind not in figures:
+            continue
+        for name, row in figures[kind]["aggregates"].items():
+            quality.append([f"{kind}: {name} of heads", *_quality_cells(row)])
+        for name, row in figures[kind]["heads"].items():
+            quality.append([f"{kind} {name}", *_quality_cells(row)])
+    uncertainty = []
+    for kind in ("brme", "ensemble"):
+        for held_out in ("val", "test"):
+            row = reward_metrics.get(held_out, {}).get(kind)
+            if row is None:
+                continue
+            shift = reward_metrics.get("shift", {}).get(kind, {}).get("disagreement_ratio")
+            policies = [f"{method}: {interval_text(result.get(f'{kind}_disagreement_ratio'))}"
+                        for method, result in comparison.items() if f"{kind}_disagreement_ratio" in result]
+            uncertainty.append([f"{kind} ({held_out})", interval_text(row.get("relative_disagreement")),
+                                interval_text(row.get("auroc_disagreement_misranked")),
+                                interval_text(row.get("auroc_sigma_misranked")), interval_text(shift),
+                                "; ".join(policies) or "n/a", _shares(row.get("nominal_share")),
+                                _shares(row.get("min_share"))])
+    pairs = figures.get("pairs", "?")
+    return f"""<h2>Reward models on the {split} split</h2>
+<p>{pairs} held-out pairs from {figures.get('prompts', '?')} distinct prompts; every interval is a 95% cluster
+bootstrap over prompts. Accuracy is against the noisy labels, gold accuracy against the gold order;
+NLL is each model's own likelihood of the labels (the BRME's with its sigmas: Thurstone). The
+ensemble's members are {html.escape(ENSEMBLE_MEMBERS.get(layout, layout or 'unknown'))}; the BRME's heads
+share one backbone and are anchored around the stage-1 head (docs/method.md).</p>
+{_table(["model", "accuracy", "gold accuracy", "NLL", "ECE"], quality)}
+<h2>Is the uncertainty informative?</h2>
+<p>Relative disagreement: mean std of mu across heads over the spread of rewards across responses (0: the
+heads are one model). AUROC: how well a pair's head disagreement (or the BRME's sigma) picks out the pairs
+the model's mean ranks against gold (0.5: no better than chance). Off-distribution ratio: disagreement on
+responses that are not the initial policy's (high-temperature samples; each method's final PPO samples)
+over disagreement on the initial policy's own. Shares: how often each head is nominal (smallest sigma) /
+the min.</p>
+{_table(["reward model", "relative disagreement", "AUROC disagreement", "AUROC sigma",
+         "off-distribution ratio (hot samples)", "off-distribution ratio (final policies)", "nominal share",
+         "min share"], uncertainty)}
+<p>An AUROC counts as informative only when its interval lies above 0.5 on both held-out splits (val and
+test): one split alone, among this many figures, is too easily chance.</p>
+<ul>{''.join(f'<li>{html.escape(line)}</li>' for line in uncertainty_findings(reward_metrics, comparison))}</ul>"""
+
+
+def _quality_cells(row: dict) -> list[str]:
+    return [interval_text(row.get("accuracy")), interval_text(row.get("gold_accuracy")),
+            interval_text(row.get("nll")), interval_text(row.get("ece"))]
+
+
+def _shares(shares) -> str:
+    return " / ".join(f"{float(share):.2f}" for share in shares) if shares else "n/a"
+
+
+def uncertainty_findings(reward_metrics: dict, comparison: dict[str, dict]) -> list[str]:
+    """One sentence per multi-head reward model: is its uncertainty informative on this run? The
+    intervals decide: an AUROC above 0.5 on both held-out splits (on one split only is named as not
+    replicated), an off-distribution ratio above 1."""
+    splits = [split for split in ("val", "test") if split in reward_metrics]
+    lines = []
+    single = [_above(reward_metrics[split].get("single", {}).get("gold_accuracy"), 0.5) for split in splits]
+    if single and None not in single:
+        verdict = ("yes on " + " and ".join(s for s, v in zip(splits, single) if v) + " (the interval lies above 0.5)"
+                   if any(single) else "no (every interval reaches 0.5)")
+        lines.append(f"The single reward model ranks held-out pairs better than chance under gold: {verdict}.")
+    for kind in ("brme", "ensemble"):
+        if not any(kind in reward_metrics[split] for split in splits):
+            continue
+        shown, one_split, refuted = [], [], []
+        for key, name in (("auroc_disagreement_misranked", "head disagreement predicts gold mis-rankings"),
+                          ("auroc_sigma_misranked", "sigma predicts gold mis-rankings")):
+            verdicts = {split: _above(reward_metrics[split].get(kind, {}).get(key), 0.5) for split in splits}
+            if all(v is None for v in verdicts.values()):
+                continue
+            above = [split for split, verdict in verdicts.items() if verdict]
+            if len(above) == len(splits):
+                shown.append(name)
+            elif above:
+                one_split.append(f"{name} (on {above[0]} only)")
+            else:
+                refuted.append(name)
+        checks = {"heads disagree more on high-temperature samples": _above(
+            reward_metrics.get("shift", {}).get(kind, {}).get("disagreement_ratio"), 1.0)}
+        policies = {method: _above(result[f"{kind}_disagreement_ratio"], 1.0) for method, result in comparison.items()
+                    if f"{kind}_disagreement_ratio" in result}
+        if policies:
+            more = [method for method, verdict in policies.items() if verdict]
+            checks["heads disagree more on the final PPO samples of " + (", ".join(more) if more else "any method")] = (
+                bool(more))
+        shown += [name for name, verdict in checks.items() if verdict]
+        refuted += [name for name, verdict in checks.items() if verdict is False]
+        caveat = f" Not replicated: {'; '.join(one_split)}." if one_split else ""
+        if shown:
+            lines.append(f"{kind}: its uncertainty is informative on this run where the interval excludes chance: "
+                         f"{'; '.join(shown)}. Not shown (the interval reaches chance): {'; '.join(refuted) or 'none'}."
+                         + caveat)
+        else:
+            lines.append(f"{kind}: no sign that its uncertainty is informative on this run (the intervals reach "
+                         f"chance: {'; '.join(refuted) or 'nothing measured'})." + caveat)
+    return lines

@@ -8,7 +8,8 @@ from tests.conftest import tiny_params
 def test_report_is_one_offline_html_file_with_every_section(pipeline_run):
     html = pipeline_run["report"].read_text()
     for heading in ("What was measured", "Methods at the last PPO checkpoint", "Overoptimization",
-                    "Best-of-n from the initial policy", "Reward models on the validation split", "Sample responses",
+                    "Best-of-n from the initial policy", "Reward models on the test split", "Is the uncertainty informative?",
+                    "Sample responses",
                     "Stage wall times"):
         assert heading in html
     # plots are inlined PNGs; nothing is fetched from the network
@@ -32,3 +33,10 @@ def test_report_lists_every_stage_wall_time(pipeline_run):
     for stage in ("prepare", "train_reward", *(f"ppo@{m}-0" for m in tiny_params()["methods"]), "evaluate"):
         assert f"<td>{stage}</td>" in html
     assert json.loads((pipeline_run["metrics"] / "report.json").read_text())["methods"] == len(tiny_params()["methods"])
+
+
+def test_report_states_for_brme_and_the_ensemble_whether_their_uncertainty_is_informative(pipeline_run):
+    html = pipeline_run["report"].read_text()
+    assert re.search(r"<li>brme: (its uncertainty is informative|no sign that its uncertainty)", html)
+    assert re.search(r"<li>ensemble: (its uncertainty is informative|no sign that its uncertainty)", html)
+    assert "bootstrap resample of the training pairs" in html  # what differs between the members is named
