@@ -252,7 +252,10 @@ class PPOParams(_Section):
         "reference", description="How every method's reward is scaled before PPO (reward_normalization.py): "
         "`reference` by the initial policy's reward mean/std on the PPO prompts, `running` by running moments."
     )
-    checkpoint_every: int = Field(ge=1, description="Save the policy every N PPO steps (and after the last).")
+    checkpoint_every: int = Field(ge=1, description="Save the policy every N PPO steps (and after the last): the "
+                                  "points of the study's curves.")
+    resume_every: int = Field(ge=1, description="Save a resume state (actor, critic, optimizer states, RNGs) every N "
+                              "PPO steps; a killed run goes on from the last one. Not a param of what is trained.")
 
     @property
     def minibatch_size(self) -> int:
@@ -269,13 +272,18 @@ class PPOParams(_Section):
 
 
 class EvaluateParams(_Section):
-    samples_per_prompt: int = Field(2, ge=1, description="Responses sampled per held-out prompt.")
+    samples_per_prompt: int = Field(2, ge=1, description="Responses sampled per held-out prompt, for the initial "
+                                    "policy and every final checkpoint (the headline, paired comparisons).")
+    curve_prompts: int = Field(ge=1, description="The first N held-out prompts evaluate every earlier checkpoint "
+                               "(the PPO curves); the final checkpoint and the initial policy's points of the curves "
+                               "are their rows on the same prompts.")
     max_new_tokens: int = Field(ge=1)
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, le=10.0)
     batch_size: int = Field(8, ge=1)
     best_of_n: int = Field(
-        8, ge=1, description="N of the best-of-n curves: samples per held-out prompt from the initial policy, "
-        "picked by each method's reward for n = 1..N.")
+        8, ge=1, description="N of the best-of-n study: samples per prompt from the initial policy, picked by each "
+        "method's reward for n on a grid up to N.")
+    best_of_n_prompts: int = Field(ge=1, description="The first N held-out prompts of the best-of-n study.")
 
 
 class LauncherParams(_Section):

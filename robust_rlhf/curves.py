@@ -9,7 +9,8 @@ import torch
 
 
 def best_of_n_kl(n: int) -> float:
-    """KL(best-of-n || initial policy) = log n - (n - 1) / n (Gao et al. 2023, eq. 2)."""
+    """log n - (n - 1) / n (Gao et al. 2023, eq. 2): an upper bound on KL(best-of-n || initial policy)
+    (Beirami et al. 2024), exact only when the picker's reward has no ties."""
     if n < 1:
         raise ValueError(f"best-of-n needs n >= 1, got {n}")
     return math.log(n) - (n - 1) / n
@@ -17,30 +18,48 @@ def best_of_n_kl(n: int) -> float:
 
 def best_of_n_expected_gold(gold: torch.Tensor, proxy: torch.Tensor, n: int) -> float:
     """Expected gold reward of the response that `proxy` ranks highest among n of the N samples per
-    prompt, averaged over prompts: the unbiased estimator over all n-subsets of the N samples.
+    prompt, averaged over prompts (`best_of_n_per_prompt`'s mean)."""
+    return float(best_of_n_per_prompt(gold, proxy, n).mean())
 
-    gold, proxy: [prompts, N]. Sorted by proxy ascending, the sample at rank r (0-based) is the best
-    of a uniform random n-subset with probability C(r, n - 1) / C(N, n). Samples tied on proxy share
-    the mean of their gold (the pick among ties is uniform), so the estimate does not depend on order.
+
+def best_of_n_per_prompt(value: torch.Tensor, proxy: torch.Tensor, n: int) -> torch.Tensor:
+    """Per prompt, the expected `value` (gold, or any quantity of a sample) of the response that
+    `proxy` ranks highest among a uniform random n-subset of its N samples: the unbiased estimator
+    over all n-subsets. value, proxy: [prompts, N] -> [prompts].
+
+    Sorted by proxy ascending, the sample at rank r (0-based) is the best of a uniform random
+    n-subset with probability C(r, n - 1) / C(N, n). Samples tied on proxy share the mean of their
+    value (the pick among ties is uniform), so the estimate does not depend on order.
     """
-    if gold.shape != proxy.shape or gold.dim() != 2:
-        raise ValueError(f"gold and proxy must both be [prompts, N]; got {tuple(gold.shape)} and {tuple(proxy.shape)}")
-    samples = gold.shape[1]
+    if value.shape != proxy.shape or value.dim() != 2:
+        raise ValueError(f"value and proxy must both be [prompts, N]; got {tuple(value.shape)} and {tuple(proxy.shape)}")
+    samples = value.shape[1]
     if not 1 <= n <= samples:
         raise ValueError(f"best-of-n needs 1 <= n <= N = {samples}, got n = {n}")
-    if not (torch.isfinite(gold).all() and torch.isfinite(proxy).all()):
+    if not (torch.isfinite(value).all() and torch.isfinite(proxy).all()):
         raise ValueError("best-of-n got a NaN or inf reward")
     weights = torch.tensor([math.comb(rank, n - 1) for rank in range(samples)], dtype=torch.float64)
     weights /= math.comb(samples, n)
-    total = 0.0
-    for prompt_gold, prompt_proxy in zip(gold.double(), proxy.double()):
+    per_prompt = []
+    for prompt_value, prompt_proxy in zip(value.double(), proxy.double()):
         order = torch.argsort(prompt_proxy, stable=True)
-        sorted_proxy, sorted_gold = prompt_proxy[order], prompt_gold[order].clone()
-        for value in torch.unique(sorted_proxy):
-            tied = sorted_proxy == value
-            sorted_gold[tied] = sorted_gold[tied].mean()
-        total += float((weights * sorted_gold).sum())
-    return total / gold.shape[0]
+        sorted_proxy, sorted_value = prompt_proxy[order], prompt_value[order].clone()
+        for tied_value in torch.unique(sorted_proxy):
+            tied = sorted_proxy == tied_value
+            sorted_value[tied] = sorted_value[tied].mean()
+        per_prompt.append((weights * sorted_value).sum())
+    return torch.stack(per_prompt)
+
+
+def best_of_n_grid(samples: int) -> list[int]:
+    """The n of a best-of-n curve up to N = `samples`: 1, 2, 3, 4, 6, 8, 12, ... (powers of 2 and 1.5
+    times them), then N: about two points per doubling of n."""
+    grid = {samples}
+    power = 1
+    while power <= samples:
+        grid.update(value for value in (power, power * 3 // 2) if 1 <= value <= samples)
+        power *= 2
+    return sorted(grid)
 
 
 def win_rate(new: torch.Tensor, old: torch.Tensor) -> float:

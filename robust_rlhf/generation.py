@@ -38,6 +38,11 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int) -> tor
     return (eos_seen_before == 0).long()
 
 
+def truncated(response_ids: torch.Tensor, response_mask: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Whether each response was cut by the length limit: no EOS among its real tokens. (B, T) -> (B,) bool."""
+    return ~((response_ids == eos_token_id) & response_mask.bool()).any(dim=1)
+
+
 @dataclass
 class SampledResponses:
     """What one batched sampling pass yields. Token tensors are (B, T)."""
@@ -52,31 +57,41 @@ class SampledResponses:
 def sample(
     model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int, temperature: float,
     eos_token_id: int, pad_token_id: int, with_logprobs: bool = False, with_hidden: bool = False,
+    samples_per_query: int = 1,
 ) -> SampledResponses:
-    """Sample one response per query with the KV cache.
+    """Sample `samples_per_query` responses per query with the KV cache; rows are query-major
+    (sample j of query i is row i * samples_per_query + j).
 
-    Pure ancestral sampling (top_k = 0, top_p = 1) so log-probs under the model are the sampling
-    distribution that PPO's ratio and the KL estimators assume. Tokens after EOS become pad.
+    Pure ancestral sampling from softmax(logits / temperature) (top_k = 0, top_p = 1, no minimum
+    length), so the stored log-probs are those of the distribution sampled, as PPO's ratio and the
+    KL estimators assume. Tokens after EOS become pad.
 
-    `with_logprobs` keeps generate's raw logits (before any logits processor) and returns the
-    sampled tokens' log-probs: the same numbers as `forward_response` on the result (up to float
-    rounding of the cached vs. full-sequence attention), without a second forward. `with_hidden`
-    returns the last layer's hidden state at each step's input position (the query's last column,
-    then each fed-back token): the state a value head reads before each response token.
+    With several samples per query the query is run once and its KV cache repeated (prefix
+    sharing): the same distribution at a fraction of the cost (1.7x faster at 64 per query here).
+    `with_logprobs` keeps generate's raw logits and returns the sampled tokens' log-probs at
+    `temperature`: the same numbers as `forward_response(..., temperature)` on the result (up to
+    float rounding of the cached vs full-sequence attention), without a second forward.
+    `with_hidden` returns the last layer's hidden state at each step's input position (the query's
+    last column, then each fed-back token): the state a value head reads before each response token.
     """
+    extra = {}
+    if samples_per_query > 1:
+        extra["cache"] = _prefilled_cache(model, query_ids, query_mask, samples_per_query)
+        query_ids = query_ids.repeat_interleave(samples_per_query, dim=0)
+        query_mask = query_mask.repeat_interleave(samples_per_query, dim=0)
     output = model.generate(
         input_ids=query_ids, attention_mask=query_mask, do_sample=True, temperature=temperature,
-        top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, min_new_tokens=1,
-        eos_token_id=eos_token_id, pad_token_id=pad_token_id, return_dict_in_generate=True,
-        output_logits=with_logprobs, output_hidden_states=with_hidden,
+        top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+        return_dict_in_generate=True, output_logits=with_logprobs, output_hidden_states=with_hidden, **extra,
     )
     response_ids = output.sequences[:, query_ids.shape[1]:]
     response_mask = response_mask_from_ids(response_ids, eos_token_id)
     response_ids = response_ids.masked_fill(response_mask == 0, pad_token_id)
     sampled = SampledResponses(response_ids, response_mask)
     if with_logprobs:
-        # one (B, V) tensor per generated token: the logits that predicted it
-        sampled.logprobs = logprobs_of_labels(torch.stack(output.logits, dim=1).float(), response_ids)
+        # one (B, V) tensor per generated token: the raw logits that predicted it
+        logits = torch.stack(output.logits, dim=1).float()
+        sampled.logprobs = logprobs_of_labels(logits / temperature, response_ids)
     if with_hidden:
         # per step, a tuple over layers whose last entry is the final (normed) hidden state; the prefill
         # step holds every query column, of which the last predicts the first response token
@@ -84,21 +99,35 @@ def sample(
     return sampled
 
 
+def _prefilled_cache(model, query_ids: torch.Tensor, query_mask: torch.Tensor, repeats: int):
+    """The KV cache of every query column but the last (generate feeds that one), repeated `repeats`
+    times per query, with position ids that follow the mask as generate's do."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    positions = (query_mask.cumsum(dim=1) - 1).clamp_min(0)
+    model(input_ids=query_ids[:, :-1], attention_mask=query_mask[:, :-1], position_ids=positions[:, :-1],
+          cache=cache, use_cache=True)
+    cache.batch_repeat_interleave(repeats)
+    return cache
+
+
 def sample_responses(
     model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int, temperature: float,
-    eos_token_id: int, pad_token_id: int,
+    eos_token_id: int, pad_token_id: int, samples_per_query: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`sample` for callers that need only the tokens. Returns response ids and mask, (B, T)."""
     sampled = sample(model, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                     eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+                     eos_token_id=eos_token_id, pad_token_id=pad_token_id, samples_per_query=samples_per_query)
     return sampled.ids, sampled.mask
 
 
 def forward_response(
     model, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
-    response_mask: torch.Tensor, *, with_entropy: bool = False,
+    response_mask: torch.Tensor, *, with_entropy: bool = False, temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probabilities (and optionally entropies) of the response tokens under `model`.
+    """Log-probabilities (and optionally entropies) of the response tokens under `model` at
+    `temperature` (softmax(logits / T), the distribution a sampler at T draws from, as TRL does).
 
     One forward over [query; response]; the logits at column Tq - 1 + t predict response token t.
     Position ids follow the attention mask so left padding does not shift positions (as in
@@ -106,7 +135,7 @@ def forward_response(
     """
     logits = model(**response_inputs(query_ids, query_mask, response_ids, response_mask),
                    logits_to_keep=response_logits_to_keep(response_ids)).logits
-    return response_logprobs(logits, response_ids, with_entropy=with_entropy)
+    return response_logprobs(logits, response_ids, with_entropy=with_entropy, temperature=temperature)
 
 
 def response_logits_to_keep(response_ids: torch.Tensor) -> int:
@@ -116,11 +145,11 @@ def response_logits_to_keep(response_ids: torch.Tensor) -> int:
     return response_ids.shape[1] + 1
 
 
-def response_logprobs(kept_logits: torch.Tensor, response_ids: torch.Tensor, *,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (B, T) of the response tokens, and entropies or None, from the logits of the last
-    `response_logits_to_keep` positions."""
-    logits = kept_logits[:, :-1, :].float()  # (B, T, V): column t predicts response token t
+def response_logprobs(kept_logits: torch.Tensor, response_ids: torch.Tensor, *, with_entropy: bool = False,
+                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (B, T) of the response tokens at `temperature`, and entropies or None, from the logits
+    of the last `response_logits_to_keep` positions."""
+    logits = kept_logits[:, :-1, :].float() / temperature  # (B, T, V): column t predicts response token t
     return logprobs_of_labels(logits, response_ids), entropy_from_logits(logits) if with_entropy else None
 
 

@@ -45,6 +45,12 @@ def lexicon_gold_score(prompt: str, response: str) -> float:
     return sentiment - repetition
 
 
+def lexicon_repetition(response: str) -> float:
+    """The lexicon gold's repetition facet: 1 - #distinct words / #words (0 for no words)."""
+    words = _WORD.findall(response.lower())
+    return 1.0 - len(set(words)) / len(words) if words else 0.0
+
+
 def bigram_repetition(text: str) -> float:
     """1 - distinct word bigrams / word bigrams; 0 for fewer than two words."""
     words = _WORD.findall(text.lower())
@@ -79,22 +85,36 @@ class GoldScorer:
                  mean_logprobs: list[float] | None = None) -> list[float]:
         """Gold scores of (prompt, response) pairs; `mean_logprobs`, when given, are the responses'
         mean per-token log p_init (see the module docstring)."""
+        return self.facets(prompts, responses, mean_logprobs=mean_logprobs)["gold"]
+
+    def facets(self, prompts: list[str], responses: list[str], *,
+               mean_logprobs: list[float] | None = None) -> dict[str, list[float]]:
+        """The gold and its facets per response: `sentiment`, `repetition` and (composite) `fluency`,
+        with gold = sentiment [+ fluency_weight * fluency] - repetition_weight * repetition. A reply
+        with no words has sentiment -1 (and fluency -1), repetition 0."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if self.config.name == "lexicon":
-            return [lexicon_gold_score(p, r) for p, r in zip(prompts, responses)]
+            gold = [lexicon_gold_score(p, r) for p, r in zip(prompts, responses)]
+            repetition = [lexicon_repetition(r) for r in responses]
+            return {"gold": gold, "sentiment": [g + rep for g, rep in zip(gold, repetition)], "repetition": repetition}
         if mean_logprobs is not None and len(mean_logprobs) != len(responses):
             raise ValueError(f"{len(mean_logprobs)} mean log-probs for {len(responses)} responses")
-        fluency = self._mean_logprobs(prompts, responses) if mean_logprobs is None else mean_logprobs
-        scores = []
-        for response, mean_logprob in zip(responses, fluency):
-            if not _WORD.search(response.lower()):
-                scores.append(EMPTY_RESPONSE_SCORE - self.config.fluency_weight)
-                continue
-            scores.append(self._vader.polarity_scores(response)["compound"]
-                          + self.config.fluency_weight * fluency_facet(mean_logprob, scale=self.config.fluency_scale)
-                          - self.config.repetition_weight * bigram_repetition(response))
-        return scores
+        mean_logprobs = self._mean_logprobs(prompts, responses) if mean_logprobs is None else mean_logprobs
+        facets: dict[str, list[float]] = {"gold": [], "sentiment": [], "fluency": [], "repetition": []}
+        for response, mean_logprob in zip(responses, mean_logprobs):
+            if _WORD.search(response.lower()):
+                sentiment = self._vader.polarity_scores(response)["compound"]
+                fluency = fluency_facet(mean_logprob, scale=self.config.fluency_scale)
+                repetition = bigram_repetition(response)
+            else:
+                sentiment, fluency, repetition = EMPTY_RESPONSE_SCORE, -1.0, 0.0
+            facets["sentiment"].append(sentiment)
+            facets["fluency"].append(fluency)
+            facets["repetition"].append(repetition)
+            facets["gold"].append(sentiment + self.config.fluency_weight * fluency
+                                  - self.config.repetition_weight * repetition)
+        return facets
 
     @torch.inference_mode()
     def _mean_logprobs(self, prompts: list[str], responses: list[str]) -> list[float]:

@@ -135,6 +135,19 @@ def load_backbone(name_or_dir: str | Path, *, trust_remote_code: bool = False):
     return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32, **weights)
 
 
+def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """Turn every dropout off (nn.Dropout layers and attention dropout rates), in train mode too: PPO's
+    ratio and KL compare log-probs of the same network at rollout and update time, and dropout noise
+    would make a policy differ from itself (TRL's `disable_dropout_in_model` does the same)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout_p"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    return model
+
+
 def _weights(name_or_dir) -> tuple[str, dict]:
     # GGUF is parsed by the `gguf` library (no pickle); everything else must be safetensors.
     source, gguf_file = resolve_model_source(name_or_dir)

@@ -17,8 +17,8 @@ from robust_rlhf.config import MethodParams, PPOParams
 from robust_rlhf.distributed import gather_from_ranks
 from robust_rlhf.gae import gae
 from robust_rlhf.generation import (decode, encode_prompts, forward_response, response_inputs,
-                                    response_logits_to_keep, response_logprobs, sample, sample_responses)
-from robust_rlhf.kl import kl_k1, kl_k2
+                                    response_logits_to_keep, response_logprobs, sample, sample_responses, truncated)
+from robust_rlhf.kl import kl_k1, sequence_kl
 from robust_rlhf.ppo_losses import (kl_shaped_rewards, masked_mean, masked_whiten, ppo_policy_loss,
                                     ppo_value_loss)
 from robust_rlhf.reward_metrics import head_disagreement, head_shares
@@ -105,13 +105,14 @@ def policy_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def response_logprobs_and_values(actor, query_ids, query_mask, response_ids, response_mask, *,
-                                 with_entropy: bool = False):
+                                 with_entropy: bool = False, temperature: float = 1.0):
     """One forward of a `PolicyWithValueHead` engine over [query; response]: log-probs (B, T), entropy
     (B, T) or None, and V of the state before each response token (B, T), as `forward_response` and
     `response_values` give them from two models."""
     logits, values = actor(**response_inputs(query_ids, query_mask, response_ids, response_mask),
                            logits_to_keep=response_logits_to_keep(response_ids))
-    return *response_logprobs(logits, response_ids, with_entropy=with_entropy), values[:, :-1]
+    return (*response_logprobs(logits, response_ids, with_entropy=with_entropy, temperature=temperature),
+            values[:, :-1])
 
 
 def response_values(critic, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
@@ -171,7 +172,10 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
     response_ids, response_mask, logprobs = sampled.ids, sampled.mask, sampled.logprobs
     responses = decode(tokenizer, response_ids, response_mask)
     with torch.inference_mode():
-        ref_logprobs, _ = forward_response(ref_model, query_ids, query_mask, response_ids, response_mask)
+        # The reference at the sampling temperature too (as TRL): the KL penalty compares the same
+        # tempered distributions the ratio does.
+        ref_logprobs, _ = forward_response(ref_model, query_ids, query_mask, response_ids, response_mask,
+                                           temperature=config.temperature)
         if shared_value_head:
             values = actor.module.values(sampled.last_hidden)
         else:
@@ -197,14 +201,16 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
     # 7. Minibatch epochs of clipped policy and value losses.
     update = ppo_update(step, actor, critic, rollout, config)
     # 8. Log: the reward under every aggregation, not only the one optimised.
-    sequence_kl = (kl_per_token * mask).sum(dim=1)
+    kl_k1_sum = (kl_per_token * mask).sum(dim=1)
     metrics = {
         **{f"reward/{name}": float(value.mean()) for name, value in every_aggregation(scores, config).items()},
         "reward/optimised": float(raw_reward.mean()),
         "reward/normalised": float(reward.mean()),
-        "objective/kl": float(sequence_kl.mean()),
-        "objective/kl_k2": float((kl_k2(logprobs, ref_logprobs) * mask).sum(dim=1).mean()),
-        "objective/kl_penalty": float(-config.kl_coef * sequence_kl.mean()),
+        # `objective/kl` is the study's one KL (evaluate's too): the per-token k3 summed over the response.
+        "objective/kl": float(sequence_kl(logprobs, ref_logprobs, mask, estimator="k3").mean()),
+        "objective/kl_k1": float(kl_k1_sum.mean()),
+        "objective/kl_penalty": float(-config.kl_coef * kl_k1_sum.mean()),
+        "response/truncated": float(truncated(response_ids, response_mask, tokenizer.eos_token_id).float().mean()),
         **head_usage(scores),
         "response/length": float(mask.sum(dim=1).mean()),
         **update,
@@ -255,13 +261,14 @@ def ppo_update(step: int, actor, critic, rollout: Rollout, config: PPOParams) ->
                 return loss, clip_fraction
 
             if critic is None:  # shared backbone: one forward gives both, one backward trains both
-                logprobs, entropy, values = response_logprobs_and_values(actor, *batch, with_entropy=True)
+                logprobs, entropy, values = response_logprobs_and_values(actor, *batch, with_entropy=True,
+                                                                         temperature=config.temperature)
                 policy_loss, clip_fraction = policy_loss_of(logprobs)
                 value_loss, value_clip_fraction = value_loss_of(values)
                 actor.backward(policy_loss + config.value_loss_coef * value_loss)
                 actor.step()
             else:
-                logprobs, entropy = forward_response(actor, *batch, with_entropy=True)
+                logprobs, entropy = forward_response(actor, *batch, with_entropy=True, temperature=config.temperature)
                 policy_loss, clip_fraction = policy_loss_of(logprobs)
                 actor.backward(policy_loss)
                 actor.step()

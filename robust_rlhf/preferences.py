@@ -46,15 +46,14 @@ def sample_preference_pairs(
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
         batch_prompts = prompts[start:start + batch_size]
         query_ids, query_mask = encode_prompts(tokenizer, batch_prompts, max_prompt_tokens=max_prompt_tokens)
-        texts, golds = [], []
-        for _ in range(2):
-            sampled = sample(policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                             with_logprobs=True)
-            texts.append(decode(tokenizer, sampled.ids, sampled.mask))
-            golds.append(gold(batch_prompts, texts[-1],
-                              mean_logprobs=masked_token_mean(sampled.logprobs, sampled.mask).tolist()))
-        gold_a, gold_b = golds
+        # Both responses of a prompt in one pass that shares the prompt's prefill; rows alternate a, b.
+        sampled = sample(policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         with_logprobs=True, samples_per_query=2)
+        both = decode(tokenizer, sampled.ids, sampled.mask)
+        scores = gold([prompt for prompt in batch_prompts for _ in range(2)], both,
+                      mean_logprobs=masked_token_mean(sampled.logprobs, sampled.mask).tolist())
+        texts, (gold_a, gold_b) = [both[0::2], both[1::2]], (scores[0::2], scores[1::2])
         for offset, prompt in enumerate(batch_prompts):
             row_number = start + offset
             a, b = texts[0][offset], texts[1][offset]

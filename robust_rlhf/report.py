@@ -25,13 +25,17 @@ class ReportInputs:
     profile: str
     methods: dict[str, dict]                     # name -> {"reward_model", "aggregation"}
     comparison: dict[str, dict]                  # metrics/eval/<method>.json
-    initial: dict                                # metrics/eval.json["initial"]
+    evaluation: dict                             # metrics/eval.json: initial, comparisons, prompts, notes
     curves: dict[str, dict[int, list[dict]]]     # method -> seed -> rows of plots/eval_curves
     best_of_n: dict[str, list[dict]]             # method -> rows of plots/best_of_n
     reward_metrics: dict                         # metrics/train_reward.json
     stage_seconds: dict[str, float]              # stage name -> wall seconds
     samples: list[dict]                          # reports/eval_samples.jsonl rows
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def initial(self) -> dict:
+        return self.evaluation["initial"]
 
 
 def _png(figure) -> str:
@@ -53,36 +57,48 @@ def _mean_curve(runs: dict[int, list[dict]], key: str) -> tuple[list[float], lis
     return xs, means, stds
 
 
+CURVE_PANELS = (("gold", "gold reward", "Gold over PPO"), ("proxy", "proxy reward (the method's own)", "Proxy over PPO"),
+                ("disagreement_brme", "BRME head disagreement on the policy's samples", "BRME disagreement over PPO"))
+
+
 def overoptimization_figure(curves: dict[str, dict[int, list[dict]]]) -> str:
-    """Gold and proxy reward against sqrt(KL to the initial policy) over the PPO checkpoints; a band
-    of +-1 std over seeds where there is more than one seed."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    """Gold, proxy and the BRME's head disagreement against sqrt(KL to the initial policy) over the
+    PPO checkpoints: does disagreement rise before gold turns down? A +-1 std band over seeds where
+    there is more than one seed."""
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for method, runs in curves.items():
-        for axis, key in zip(axes, ("gold", "proxy")):
+        for axis, (key, _, _) in zip(axes, CURVE_PANELS):
+            if key not in next(iter(runs.values()))[0]:
+                continue
             xs, means, stds = _mean_curve(runs, key)
             (line,) = axis.plot(xs, means, marker="o", label=f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})")
             if len(runs) > 1:
                 axis.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                   color=line.get_color(), alpha=0.15)
-    return _finish(figure, axes, "sqrt(KL(policy || initial))", ("gold reward", "Gold reward over PPO"),
-                   ("proxy reward (the method's own)", "Proxy reward over PPO"))
+    return _finish(figure, axes, "sqrt(KL(policy || initial)), per-token k3 summed", CURVE_PANELS)
 
 
 def best_of_n_figure(best_of_n: dict[str, list[dict]]) -> str:
-    """Best-of-n from the initial policy, picked by each method's reward: gold (and the picker's own
-    proxy) against sqrt(log n - (n - 1) / n)."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    """Best-of-n from the initial policy, picked by each method's reward: gold (95% band over
+    prompts), the picker's proxy and the BRME's disagreement of the pick, against sqrt(log n - (n - 1) / n)."""
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for method, rows in best_of_n.items():
         xs = [float(row["sqrt_kl"]) for row in rows]
-        axes[0].plot(xs, [float(row["gold"]) for row in rows], marker="o", label=method)
+        (line,) = axes[0].plot(xs, [float(row["gold"]) for row in rows], marker="o", label=method)
+        if "gold_ci_low" in rows[0]:
+            axes[0].fill_between(xs, [float(row["gold_ci_low"]) for row in rows],
+                                 [float(row["gold_ci_high"]) for row in rows], color=line.get_color(), alpha=0.12)
         axes[1].plot(xs, [float(row["proxy"]) for row in rows], marker="o", label=method)
-    return _finish(figure, axes, "sqrt(KL) = sqrt(log n - (n-1)/n)", ("gold reward of the pick", "Best-of-n: gold"),
-                   ("proxy reward of the pick", "Best-of-n: the picker's proxy"))
+        if "disagreement_brme" in rows[0]:
+            axes[2].plot(xs, [float(row["disagreement_brme"]) for row in rows], marker="o", label=method)
+    return _finish(figure, axes, "sqrt(log n - (n-1)/n), an upper bound on sqrt(KL)",
+                   (("", "gold reward of the pick", "Best-of-n: gold"), ("", "proxy of the pick", "Best-of-n: proxy"),
+                    ("", "BRME disagreement on the pick", "Best-of-n: BRME disagreement")))
 
 
-def _finish(figure, axes, xlabel: str, gold_labels: tuple[str, str], proxy_labels: tuple[str, str]) -> str:
-    """Label the gold (left) and proxy (right) panels, grid, legend; return the figure as an <img>."""
-    for axis, (ylabel, title) in zip(axes, (gold_labels, proxy_labels)):
+def _finish(figure, axes, xlabel: str, panels) -> str:
+    """Label each panel, grid, legend on the first; return the figure as an <img>."""
+    for axis, (_, ylabel, title) in zip(axes, panels):
         axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -100,46 +116,89 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def findings(inputs: ReportInputs) -> list[str]:
-    """Plain statements of what was measured: the best method on gold, each method's gain over the
-    initial policy against the sampling noise, and how `brme` compares with the baselines."""
+def _verdict(comparison: dict, alpha: float) -> str:
+    """'above'/'below' when the interval excludes 0 and Holm's p is under alpha, else 'within noise'."""
+    low, high, p_holm = (float(comparison[key]) for key in ("ci_low", "ci_high", "p_holm"))
+    if p_holm < alpha and low > 0:
+        return "above"
+    if p_holm < alpha and high < 0:
+        return "below"
+    return "within noise"
+
+
+def power_statement(evaluation: dict, comparison: dict[str, dict], level: float) -> str:
+    """How large a gold difference this run can resolve, from its intervals' half-widths."""
+    halves = [(float(row["ci_high"]) - float(row["ci_low"])) / 2
+              for family in evaluation.get("comparisons", {}).values() for row in family.values()]
+    if not halves:
+        return "No comparisons were made."
+    prompts = evaluation.get("prompts", {}).get("final", "?")
+    seeds = {row["seeds"] for row in comparison.values()}
+    spp = {row.get("samples_per_prompt") for row in comparison.values()}
+    decided = any(_verdict(row, 1 - level) != "within noise"
+                  for family in evaluation["comparisons"].values() for row in family.values())
+    return (f"Power: the final comparisons pair {prompts} held-out prompts x {', '.join(map(str, sorted(spp)))} samples "
+            f"({', '.join(map(str, sorted(seeds)))} PPO seed(s)); their {level:.0%} interval half-widths are "
+            f"{min(halves):.3f} to {max(halves):.3f} in gold, so differences smaller than about {min(halves):.2f} "
+            f"cannot be told from noise here. "
+            + ("At least one comparison is decided." if decided else
+               "No comparison is decided: on these sizes this run is a smoke run of the study, not a ranking."))
+
+
+def findings(inputs: ReportInputs, level: float = 0.95) -> list[str]:
+    """Plain statements of what was measured, each from a paired interval: each method's gold change
+    vs the initial policy and brme vs every baseline (Holm-adjusted within each family), the
+    best-of-n peaks, near-identical objectives, and what the run can resolve."""
     rows = inputs.comparison
     if not rows:
         return ["No method was evaluated."]
-    initial_gold, initial_se = inputs.initial["gold"], inputs.initial["gold_std"] / math.sqrt(inputs.initial["samples"])
-    lines = []
-    best = max(rows, key=lambda m: rows[m]["gold"])
-    lines.append(f"Highest final gold reward: {best} ({rows[best]['gold']:.4f}; initial policy {initial_gold:.4f}).")
+    comparisons = inputs.evaluation.get("comparisons", {})
+    alpha = 1 - level
+    lines = [power_statement(inputs.evaluation, rows, level)]
     for method, row in rows.items():
-        noise = 2 * math.hypot(row["gold_standard_error"], initial_se)
-        verdict = ("above it beyond" if row["gold_gain"] > noise else "below it beyond" if row["gold_gain"] < -noise
-                   else "within")
-        lines.append(f"{method}: gold {row['gold_gain']:+.4f} vs the initial policy, {verdict} sampling noise "
-                     f"(2 standard errors = {noise:.4f}); proxy {row['proxy_gain']:+.4f}; sqrt(KL) {row['sqrt_kl']:.3f}; "
-                     f"gold win rate vs initial {row['win_rate']:.3f}.")
-        if row["proxy_gain"] > 0 and row["gold_gain"] < -noise:
-            lines.append(f"{method}: proxy reward rose while gold fell: reward hacking.")
-    if "brme" in rows:
-        brme = rows["brme"]
-        for method, row in rows.items():
-            if method == "brme":
-                continue
-            noise = 2 * math.hypot(brme["gold_standard_error"], row["gold_standard_error"])
-            difference = brme["gold"] - row["gold"]
-            relation = "above" if difference > noise else "below" if difference < -noise else "not distinguishable from"
-            lines.append(f"brme vs {method}: gold {difference:+.4f}, {relation} it at 2 standard errors.")
-    seeds = {len(runs) for runs in inputs.curves.values()}
-    if seeds == {1}:
-        lines.append("One PPO seed per method: the spread over seeds is not measured (set ppo_seeds to >= 2 seeds).")
+        gain = comparisons.get("vs_initial", {}).get(method)
+        if gain is None:
+            continue
+        verdict = _verdict(gain, alpha)
+        lines.append(f"{method} vs the initial policy: gold {interval_text(gain)} (paired, Holm p {float(gain['p_holm']):.2g}): "
+                     f"{verdict}; proxy {row['proxy_gain']:+.3f}; sqrt(KL) {row['sqrt_kl']:.2f}; "
+                     f"win rate {row['win_rate']:.2f}; truncated responses {row['truncated']:.0%}.")
+        if row["proxy_gain"] > 0 and verdict == "below":
+            lines.append(f"{method}: proxy reward rose while gold fell beyond noise: reward hacking.")
+    for method, difference in comparisons.get("brme_vs", {}).items():
+        verdict = {"above": "above it", "below": "below it", "within noise": "not distinguishable from it"}[
+            _verdict(difference, alpha)]
+        lines.append(f"brme vs {method}: gold {interval_text(difference)} (paired, Holm p "
+                     f"{float(difference['p_holm']):.2g}): {verdict}.")
+    for method, row in rows.items():
+        if "best_of_n_peak_n" in row:
+            where = (f"peaks at n = {row['best_of_n_peak_n']} ({row['best_of_n_peak_gold']:.3f}) and falls to "
+                     f"{row['best_of_n_gold']:.3f} at n = {row['best_of_n']}" if row.get("best_of_n_peaks_before_n")
+                     else f"does not peak up to n = {row['best_of_n']} ({row['best_of_n_gold']:.3f})")
+            lines.append(f"Best-of-n picked by {method}'s reward {where}.")
+    lines += [f"Near-identical objectives: {note}." for note in inputs.evaluation.get("near_identical_objectives", [])]
+    if {len(runs) for runs in inputs.curves.values()} == {1}:
+        lines.append("One PPO seed per method: the spread over PPO seeds is not in these intervals (set ppo_seeds to "
+                     ">= 2 seeds).")
     return lines
+
+
+GOLD_NOTE = ("The gold's fluency facet is log p_init, the initial policy's own likelihood, which is also the KL "
+             "reference: PPO's KL penalty rewards that facet directly, whatever the proxy says. The facets are shown "
+             "apart so that a gain in sentiment can be told from one in fluency.")
 
 
 def render_report(inputs: ReportInputs) -> str:
     """The whole report as one HTML string."""
-    comparison = [[method, row["reward_model"], row["aggregation"], row["seeds"], row["gold"], row["gold_seed_std"],
-                   row["gold_gain"], row["win_rate"], row["proxy"], row["proxy_gain"], row["sqrt_kl"],
-                   row["best_of_n_gold"]]
+    comparisons = inputs.evaluation.get("comparisons", {}).get("vs_initial", {})
+    comparison = [[method, row["reward_model"], row["aggregation"], row["seeds"], row["gold"],
+                   interval_text(comparisons.get(method, row["gold_gain"])),
+                   _number(comparisons.get(method, {}).get("p_holm", "")), row["win_rate"], row["proxy_gain"],
+                   row["sqrt_kl"], row.get("truncated", ""),
+                   " / ".join(f"{value:+.3f}" for value in row.get("facet_gains", {}).values()),
+                   f"{row.get('best_of_n_peak_gold', float('nan')):.3f} (n = {row.get('best_of_n_peak_n', '?')})"]
                   for method, row in inputs.comparison.items()]
+    facet_names = " / ".join(next(iter(inputs.comparison.values()), {}).get("facet_gains", {}))
     samples_html = []
     for method in ["initial", *inputs.comparison]:
         rows = [row for row in inputs.samples if row["method"] == method]
@@ -148,11 +207,12 @@ def render_report(inputs: ReportInputs) -> str:
         last_step = max(row["step"] for row in rows)
         picked = [row for row in rows if row["step"] == last_step and row.get("seed", 0) == min(
             r.get("seed", 0) for r in rows)][:3]
-        own = "initial" if method == "initial" else method
+        own = next(iter(inputs.comparison)) if method == "initial" else method
         samples_html.append(f"<h3>{html.escape(method)} (step {last_step})</h3>" + _table(
-            ["prompt", "response", "gold", "proxy"],
+            ["prompt", "response", "gold", f"proxy ({own})"],
             [[row["prompt"], row["response"], row["gold"], row.get(f"proxy/{own}", "")] for row in picked]))
     total = sum(inputs.stage_seconds.values())
+    prompts = inputs.evaluation.get("prompts", {})
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>robust-rlhf report ({html.escape(inputs.profile)})</title>
 <style>body{{font-family:sans-serif;max-width:1150px;margin:2em auto;color:#222}}
@@ -164,14 +224,18 @@ PPO optimised each method's proxy reward. The gold reward says what really impro
 <h2>What was measured</h2><ul>{''.join(f'<li>{html.escape(line)}</li>' for line in findings(inputs))}</ul>
 {''.join(f'<p><em>{html.escape(note)}</em></p>' for note in inputs.notes)}
 <h2>Methods at the last PPO checkpoint</h2>
-<p>Initial policy: gold {inputs.initial['gold']:.4f} (std {inputs.initial['gold_std']:.4f} over
-{inputs.initial['samples']} samples). Gold and proxy are means over the held-out prompts' samples and
-over seeds; "gold seed std" is the spread over PPO seeds; win rate is P(gold(policy) &gt;
-gold(initial)) on paired samples, ties counted half.</p>
-{_table(["method", "reward model", "aggregation", "seeds", "gold", "gold seed std", "gold gain", "win rate",
-         "proxy", "proxy gain", "sqrt KL", "best-of-N gold"], comparison)}
-<h2>Overoptimization: reward against sqrt(KL) over PPO checkpoints</h2>{overoptimization_figure(inputs.curves)}
-<h2>Best-of-n from the initial policy</h2>{best_of_n_figure(inputs.best_of_n)}
+<p>Initial policy: gold {inputs.initial['gold']:.4f} over {inputs.initial['samples']} samples of
+{prompts.get('final', '?')} held-out prompts. Gold gain is paired with the initial policy's samples of the same
+prompts and sampling seed; its interval is a 95% cluster bootstrap over prompts (PPO seeds resampled too when
+there are several), p Holm-adjusted over the methods. KL is the per-token k3 summed over the response. Facet
+gains: {html.escape(facet_names)}. {html.escape(GOLD_NOTE)}</p>
+{_table(["method", "reward model", "aggregation", "seeds", "gold", "gold gain [95% CI]", "p (Holm)", "win rate",
+         "proxy gain", "sqrt KL", "truncated", "facet gains", "best-of-n peak gold"], comparison)}
+<h2>Overoptimization: reward against sqrt(KL) over PPO checkpoints</h2>
+<p>Each checkpoint on the first {prompts.get('curves', '?')} held-out prompts.</p>{overoptimization_figure(inputs.curves)}
+<h2>Best-of-n from the initial policy</h2>
+<p>{prompts.get('best_of_n', '?')} held-out prompts; every method picks from the same samples by its own reward.</p>
+{best_of_n_figure(inputs.best_of_n)}
 {reward_model_section(inputs.reward_metrics, inputs.comparison, inputs.methods)}
 <h2>Sample responses</h2>{''.join(samples_html)}
 <h2>Stage wall times</h2>

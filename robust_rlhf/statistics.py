@@ -152,3 +152,74 @@ class ClusterBootstrap:
         return bootstrap_ratio_two_samples(numerator, cluster_ids(numerator_labels), denominator,
                                            cluster_ids(denominator_labels), num_resamples=self.num_resamples,
                                            seed=self.seed, level=self.level)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A paired difference with its bootstrap interval and two-sided bootstrap p-value; `adjusted_p`
+    is filled in by a multiplicity correction over a family of comparisons."""
+
+    estimate: float
+    low: float
+    high: float
+    p_value: float
+    adjusted_p: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        row = {"value": self.estimate, "ci_low": self.low, "ci_high": self.high, "p_value": self.p_value}
+        if self.adjusted_p is not None:
+            row["p_holm"] = self.adjusted_p
+        return row
+
+
+def bootstrap_p_value(replicates: torch.Tensor, *, null: float = 0.0) -> float:
+    """Two-sided bootstrap p-value of `null`: 2 min(P*(d <= null), P*(d >= null)) over the replicates,
+    each count + 1 over R + 1 so that it is never 0 (Davison & Hinkley 1997, eq. 4.11)."""
+    finite = replicates[torch.isfinite(replicates)].double()
+    count = finite.numel()
+    below = (int((finite <= null).sum()) + 1) / (count + 1)
+    above = (int((finite >= null).sum()) + 1) / (count + 1)
+    return min(1.0, 2.0 * min(below, above))
+
+
+def paired_difference(treatment: torch.Tensor, control: torch.Tensor, *, num_resamples: int, seed: int,
+                      level: float = 0.95) -> Comparison:
+    """Mean of treatment - control paired by (seed, prompt, sample), with a two-level bootstrap:
+    prompts resampled as clusters (every sample of a drawn prompt stays), and PPO seeds resampled as
+    replicates when there are two or more.
+
+    Args:
+        treatment: (K, P, S) scores of K seeds x P prompts x S samples (same prompts and sampling
+            seeds as the control: common random numbers).
+        control: (K, P, S), or (1, P, S) for a control without seeds (the initial policy).
+    """
+    treatment, control = treatment.double(), control.double()
+    difference = (treatment - control).mean(dim=2)  # (K, P): per seed and prompt
+    num_seeds, num_prompts = difference.shape
+    generator = torch.Generator().manual_seed(seed)
+    prompt_draws = torch.randint(0, num_prompts, (num_resamples, num_prompts), generator=generator)
+    prompt_weights = torch.zeros(num_resamples, num_prompts, dtype=torch.float64).scatter_add_(
+        1, prompt_draws, torch.ones_like(prompt_draws, dtype=torch.float64))
+    if num_seeds > 1:
+        seed_draws = torch.randint(0, num_seeds, (num_resamples, num_seeds), generator=generator)
+        seed_weights = torch.zeros(num_resamples, num_seeds, dtype=torch.float64).scatter_add_(
+            1, seed_draws, torch.ones_like(seed_draws, dtype=torch.float64))
+    else:
+        seed_weights = torch.ones(num_resamples, 1, dtype=torch.float64)
+    # replicate r: sum_k sum_p w_rk v_rp d_kp / (sum_k w_rk * sum_p v_rp)
+    replicates = torch.einsum("rk,kp,rp->r", seed_weights, difference, prompt_weights) / (
+        seed_weights.sum(dim=1) * prompt_weights.sum(dim=1))
+    interval = percentile_interval(float(difference.mean()), replicates, level=level)
+    return Comparison(interval.estimate, interval.low, interval.high, bootstrap_p_value(replicates))
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (Holm 1979): sorted ascending, p_(i) -> max_{j <= i} min(1, (m - j + 1) p_(j)),
+    returned in the input order. Controls the family-wise error rate at any dependence."""
+    order = sorted(range(len(p_values)), key=lambda index: p_values[index])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted

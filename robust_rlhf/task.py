@@ -100,6 +100,11 @@ def distinct_prompt_counts(available: int, sizes: dict[str, int]) -> dict[str, i
     return {name: counts[name] for name in sizes}
 
 
+def topic_of(prompt: str) -> str | None:
+    """The task topic a prompt is about (None for a prompt not from the task's templates)."""
+    return next((topic for topic in TOPICS if topic in prompt), None)
+
+
 def tokenizer_corpus() -> list[str]:
     """Text that the tiny test tokenizer is trained on: the prompts and every lexicon word."""
     words = " ".join(POSITIVE_WORDS + NEGATIVE_WORDS + NEUTRAL_WORDS)

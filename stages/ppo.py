@@ -21,7 +21,7 @@ from robust_rlhf.config import Params, ParamsError
 from robust_rlhf.distributed import (deepspeed_config, full_state_dict, init_distributed, initialize_engine,
                                      is_main_process, mean_over_ranks, rank)
 from robust_rlhf.metrics import StepLog
-from robust_rlhf.models import load_backbone, load_causal_lm, load_tokenizer
+from robust_rlhf.models import disable_dropout, load_backbone, load_causal_lm, load_tokenizer
 from robust_rlhf.ppo import (build_actor_critic, policy_module, policy_state_dict, ppo_step, rank_sampling_seed,
                              reference_reward_moments, rollout_prompts)
 from robust_rlhf.reward_normalization import RewardNormalizer
@@ -52,12 +52,12 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
 
     tokenizer = load_tokenizer(policy_init, trust_remote_code=remote)
     actor_module, critic_module = build_actor_critic(
-        lambda: load_causal_lm(policy_init, trust_remote_code=remote),
-        lambda: load_backbone(policy_init, trust_remote_code=remote), config.value_model)
+        lambda: disable_dropout(load_causal_lm(policy_init, trust_remote_code=remote)),
+        lambda: disable_dropout(load_backbone(policy_init, trust_remote_code=remote)), config.value_model)
     actor = initialize_engine(actor_module, train_config(config.learning_rate))
     critic = (None if critic_module is None
               else initialize_engine(critic_module, train_config(config.critic_learning_rate)))
-    ref_model = frozen(load_causal_lm(policy_init, trust_remote_code=remote))
+    ref_model = frozen(disable_dropout(load_causal_lm(policy_init, trust_remote_code=remote)))
     reward_models = load_reward_models(reward, ensemble, trust_remote_code=remote, prepare=frozen)
 
     prompts = [row["prompt"] for row in read_jsonl(data / "ppo_prompts.jsonl")]
@@ -65,7 +65,7 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
     normalizer = RewardNormalizer(config.reward_normalization)
     # A run killed after a checkpoint goes on from it: engines, RNGs, normaliser and step log.
     resume = resume_folder(policy)
-    run_params = {"seed": seed, "method": method_params.model_dump(), "ppo": config.model_dump(),
+    run_params = {"seed": seed, "method": method_params.model_dump(), "ppo": config.model_dump(exclude={"resume_every"}),
                   "deepspeed": params.deepspeed.model_dump(), "max_prompt_tokens": max_prompt_tokens,
                   "world_size": world_size}
     saved = load_state(resume, run_params)
@@ -107,8 +107,10 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
             state = policy_state_dict(full_state_dict(actor))
             if is_main_process():
                 save_policy_checkpoint(policy_module(actor), tokenizer, state, run_dir, done)
-            save_state(resume, engines, step=done, run_params=run_params,
-                       stage_state={"normalizer": normalizer.state(), "step_log": step_log.rows})
+            # Engines with optimizer states are GBs: saved every `resume_every` steps, not every checkpoint.
+            if done % config.resume_every == 0 and done < config.steps:
+                save_state(resume, engines, step=done, run_params=run_params,
+                           stage_state={"normalizer": normalizer.state(), "step_log": step_log.rows})
     if is_main_process():
         publish_directory(run_dir, policy)
         shutil.rmtree(resume, ignore_errors=True)

@@ -22,7 +22,7 @@ from robust_rlhf.preference_sources import SourceError, load_source, split_pairs
 from robust_rlhf.preferences import (preference_stats, reject_counts, sample_preference_pairs,
                                      sample_shifted_responses)
 from robust_rlhf.stage_cli import stage_main
-from robust_rlhf.task import split_prompts, tokenizer_corpus
+from robust_rlhf.task import split_prompts, tokenizer_corpus, topic_of
 
 SPLITS = ("train", "val", "test")
 DVC_SOURCES_DIR = "data_sources"  # a dep of prepare in dvc.yaml: local preference files belong here
@@ -76,6 +76,11 @@ def run(params: Params, *, data: Path, policy: Path) -> dict:
         atomic_write_jsonl(data_tmp / "shift_responses.jsonl", shifted)
         metrics["rows"]["shift_responses"] = len(shifted)
         metrics["distinct_prompts"] = {split: len(set(prompt_sets[split])) for split in prompt_sets}
+        # Prompts are disjoint across sets; topics are not (a topic recurs under other templates).
+        seen_topics = {topic_of(p) for split in ("train", "val", "test", "ppo") for p in prompt_sets[split]}
+        eval_prompts = set(prompt_sets["eval"])
+        metrics["eval_prompts_with_a_topic_seen_in_training"] = sum(
+            topic_of(p) in seen_topics for p in eval_prompts) / len(eval_prompts)
         atomic_write_jsonl(data_tmp / "rejects.jsonl", all_rejects)
     metrics["rejects"] = {"total": len(all_rejects), **reject_counts(all_rejects)}
     return metrics

@@ -48,7 +48,7 @@ def run(params: Params, *, table: Path, eval_metrics: Path, curves: Path, best_o
         profile=params.profile,
         methods={name: method.model_dump() for name, method in params.methods.items()},
         comparison=comparison,
-        initial=json.loads(eval_metrics.read_text())["initial"],
+        evaluation=json.loads(eval_metrics.read_text()),
         curves=curve_runs,
         best_of_n={method: _csv_rows(best_of_n / f"{method}.csv") for method in comparison
                    if (best_of_n / f"{method}.csv").exists()},

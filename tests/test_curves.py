@@ -69,3 +69,21 @@ def test_mean_and_spread_uses_the_sample_std():
     assert mean_and_spread([5.0]) == (5.0, 0.0)
     with pytest.raises(ValueError):
         mean_and_spread([])
+
+
+def test_best_of_n_per_prompt_hand_values_and_its_mean():
+    from robust_rlhf.curves import best_of_n_per_prompt
+
+    # prompt 0: proxy ranks samples 0 < 1 < 2, values 1, 2, 3; n = 2: pick rank 1 w.p. 1/3, rank 2 w.p. 2/3
+    value = torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    proxy = torch.tensor([[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]])
+    per_prompt = best_of_n_per_prompt(value, proxy, 2)
+    assert per_prompt.tolist() == pytest.approx([2 / 3 * 3 + 1 / 3 * 2, 5.0])
+    assert best_of_n_expected_gold(value, proxy, 2) == pytest.approx(per_prompt.mean().item())
+
+
+def test_best_of_n_grid_is_about_two_points_per_doubling_and_ends_at_n():
+    from robust_rlhf.curves import best_of_n_grid
+
+    assert best_of_n_grid(64) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+    assert best_of_n_grid(5) == [1, 2, 3, 4, 5] and best_of_n_grid(1) == [1]

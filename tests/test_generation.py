@@ -76,3 +76,23 @@ def test_generates_own_logprobs_and_hidden_states_equal_a_separate_forward(tiny_
     torch.testing.assert_close(sampled.logprobs[keep], expected[keep], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(sampled.last_hidden[keep], hidden[keep], atol=1e-4, rtol=1e-4)
     assert (sampled.logprobs[keep] < 0).all()
+
+
+def test_prefix_shared_samples_are_query_major_and_their_logprobs_equal_a_full_forward(tiny_policy, tiny_tokenizer):
+    """Several samples per query run the query once and repeat its KV cache; the log-probs stored at
+    T = 0.7 must still be those of a full forward at T = 0.7 on the repeated, left-padded queries."""
+    prompts = ["Write a short review of the library.", "Say hello."]
+    query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)
+    assert (query_mask == 0).any()  # the short prompt is left-padded
+    torch.manual_seed(3)
+    sampled = sample(tiny_policy, query_ids, query_mask, max_new_tokens=6, temperature=0.7,
+                     eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id,
+                     with_logprobs=True, samples_per_query=3)
+    assert sampled.ids.shape[0] == 6
+    repeated_ids, repeated_mask = query_ids.repeat_interleave(3, dim=0), query_mask.repeat_interleave(3, dim=0)
+    with torch.no_grad():
+        expected, _ = forward_response(tiny_policy, repeated_ids, repeated_mask, sampled.ids, sampled.mask,
+                                       temperature=0.7)
+    keep = sampled.mask.bool()
+    torch.testing.assert_close(sampled.logprobs[keep], expected[keep], atol=1e-4, rtol=1e-4)
+    assert len({tuple(row.tolist()) for row in sampled.ids[:3]}) > 1  # three draws, not one copied

@@ -1,4 +1,4 @@
-"""Tests for robust_rlhf.kl: sample KL estimators and the analytic best-of-n KL."""
+"""Tests for robust_rlhf.kl: sample KL estimators, their per-response sums, and the analytic best-of-n KL."""
 
 import math
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from robust_rlhf.kl import best_of_n_kl, kl_k1, kl_k2, kl_k3
+from robust_rlhf.curves import best_of_n_kl
+from robust_rlhf.kl import kl_k1, kl_k2, kl_k3, sequence_kl
 
 
 def _t(x):
@@ -64,3 +65,10 @@ def test_best_of_n_kl_values():
 def test_best_of_n_kl_rejects_n_below_one(n):
     with pytest.raises(ValueError):
         best_of_n_kl(n)
+
+
+def test_sequence_kl_sums_the_per_token_estimator_over_real_tokens():
+    lp, ref = _t([[0.0, math.log(2.0), -1.0]]), _t([[math.log(2.0), 0.0, -3.0]])
+    mask = _t([[1.0, 1.0, 0.0]])  # the third token is padding
+    assert sequence_kl(lp, ref, mask, estimator="k1").item() == pytest.approx(0.0)
+    assert sequence_kl(lp, ref, mask, estimator="k3").item() == pytest.approx((1 - math.log(2)) + (math.log(2) - 0.5))

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from robust_rlhf.statistics import (ClusterBootstrap, auroc, bootstrap_mean, bootstrap_ratio_of_means,
-                                    bootstrap_ratio_two_samples, bootstrap_statistic, cluster_bootstrap_weights,
-                                    cluster_ids, percentile_interval)
+from robust_rlhf.statistics import (ClusterBootstrap, auroc, bootstrap_mean, bootstrap_p_value,
+                                    bootstrap_ratio_of_means, bootstrap_ratio_two_samples, bootstrap_statistic,
+                                    cluster_bootstrap_weights, cluster_ids, holm_adjust, paired_difference,
+                                    percentile_interval)
 
 
 def test_cluster_ids_number_labels_in_order_of_first_appearance():
@@ -108,3 +109,45 @@ def test_cluster_bootstrap_renumbers_labels_of_a_subset():
     interval = bootstrap.mean(torch.tensor([1.0, 1.0, 0.0]), ["x", "x", "y"])
     assert interval.estimate == pytest.approx(2 / 3) and interval.low == pytest.approx(0.0)
     assert interval.high == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- paired comparisons
+
+
+def test_paired_difference_of_identical_inputs_is_exactly_zero_with_p_one():
+    scores = torch.randn(2, 10, 3, generator=torch.Generator().manual_seed(0))
+    result = paired_difference(scores, scores.clone(), num_resamples=500, seed=0)
+    assert (result.estimate, result.low, result.high) == (0.0, 0.0, 0.0) and result.p_value == 1.0
+
+
+def test_paired_difference_finds_a_planted_gain_and_pairing_shrinks_the_interval():
+    g = torch.Generator().manual_seed(1)
+    prompt_effect = 3.0 * torch.randn(1, 40, 1, generator=g, dtype=torch.float64)  # shared by both arms
+    control = prompt_effect + 0.3 * torch.randn(1, 40, 4, generator=g, dtype=torch.float64)
+    treatment = prompt_effect + 0.5 + 0.3 * torch.randn(1, 40, 4, generator=g, dtype=torch.float64)
+    paired = paired_difference(treatment, control, num_resamples=2000, seed=0)
+    assert paired.low < 0.5 < paired.high and paired.low > 0 and paired.p_value < 0.01
+    assert (paired.high - paired.low) < 0.3  # an unpaired interval would carry the prompts' spread of 3
+    null = paired_difference(control + 0.3 * torch.randn(1, 40, 4, generator=g, dtype=torch.float64), control,
+                             num_resamples=2000, seed=0)
+    assert null.low < 0 < null.high and null.p_value > 0.05
+
+
+def test_paired_difference_with_seeds_counts_the_seed_spread():
+    # seeds that disagree (+1 and -1 on every prompt): the mean is 0 and the interval must be wide
+    treatment = torch.cat([torch.ones(1, 30, 2), -torch.ones(1, 30, 2)]).double()
+    result = paired_difference(treatment, torch.zeros(1, 30, 2, dtype=torch.float64), num_resamples=1000, seed=0)
+    assert result.estimate == 0.0 and result.low <= -0.9 and result.high >= 0.9
+
+
+def test_bootstrap_p_value_hand_values():
+    replicates = torch.tensor([-1.0, 1.0, 2.0, 3.0])  # 1 of 4 at or below 0: 2 * (1 + 1) / 5 = 0.8
+    assert bootstrap_p_value(replicates) == pytest.approx(0.8)
+    assert bootstrap_p_value(torch.ones(99)) == pytest.approx(2 / 100)
+
+
+def test_holm_adjust_hand_values():
+    # sorted 0.01, 0.02, 0.04 with m = 3: 0.03, max(0.03, 0.04) = 0.04, max(0.04, 0.04) = 0.04
+    assert holm_adjust([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm_adjust([]) == []

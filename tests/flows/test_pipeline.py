@@ -1,6 +1,8 @@
 """The Prefect flow: task logic through `.fn()`, and real flow runs under a test Prefect server."""
 
+import os
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -87,10 +89,15 @@ def test_retry_delays_double():
     assert retry_delays(5, 0) == []
 
 
-def test_a_stage_running_past_the_deadline_is_stopped(tmp_path):
+def test_a_stage_running_past_the_deadline_is_stopped(tmp_path, monkeypatch):
     repo = copy_repo(tmp_path)
+    # The stage blocks on a FIFO nobody writes (tests/flows/blocking_site): it cannot finish first, on any machine.
+    fifo = tmp_path / "block"
+    os.mkfifo(fifo)
+    monkeypatch.setenv("ROBUST_RLHF_TEST_BLOCK", str(fifo))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent / "blocking_site"),
+                                                      os.environ.get("PYTHONPATH", "")]))
     started = time.time()
-    # prepare needs well over 4 s (DeepSpeed alone takes longer to import)
     with pytest.raises(FlowTimedOut, match="while stage prepare ran; it was stopped"):
         run_stage.fn("prepare", str(repo), deadline=started + 4)
     assert time.time() - started < 40  # stopped, not waited for

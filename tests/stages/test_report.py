@@ -19,13 +19,15 @@ def test_report_is_one_offline_html_file_with_every_section(pipeline_run):
     assert "http://" not in html and "https://" not in html
 
 
-def test_report_has_a_row_and_a_finding_per_method(pipeline_run):
+def test_report_has_a_row_and_a_paired_finding_per_method(pipeline_run):
     html = pipeline_run["report"].read_text()
     for method in tiny_params()["methods"]:
         assert f"<td>{method}</td>" in html
-        assert f"<li>{method}: gold " in html
-        assert f"brme vs {method}" in html or method == "brme"
-    assert "One PPO seed per method" in html
+        assert f"<li>{method} vs the initial policy: gold " in html
+        assert f"brme vs {method}: gold" in html or method == "brme"
+        assert f"Best-of-n picked by {method}&#x27;s reward" in html
+    assert "One PPO seed per method" in html and "<li>Power: " in html
+    assert "Near-identical objectives: kl_dro" in html and "also the KL reference" in html
 
 
 def test_report_lists_every_stage_wall_time(pipeline_run):
