@@ -12,11 +12,13 @@ has an upper bound (below).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class _Section(BaseModel):
@@ -41,6 +43,16 @@ MAX_SEED = 2**31 - 1           # numpy seeds must be < 2**32; derived seeds (see
 MAX_PROCESSES = 65_536         # GPUs per node, nodes, parallel workers
 SECONDS_PER_DAY = 86_400.0     # the longest retry delay
 MINUTES_PER_YEAR = 525_600.0   # the longest schedule interval or flow timeout
+
+CROSS_FIELD = "cross_field"  # pydantic error type of a check across fields (see cross_field_error)
+
+
+def cross_field_error(message: str, key: str, values: Mapping[str, object]) -> PydanticCustomError:
+    """The error of a check across fields: `key` is the field to change and `values` the fields involved
+    with their values, both dotted relative to the validated model; load_params prefixes them with the
+    model's own path, so the message names `ppo.micro_batch_size`, never the whole section's input."""
+    return PydanticCustomError(CROSS_FIELD, message, {"key": key, "values": dict(values)})
+
 
 class ModelsParams(_Section):
     policy: str = Field(
@@ -93,9 +105,11 @@ class SourceParams(_Section):
     @model_validator(mode="after")
     def _source_named(self) -> "SourceParams":
         if self.kind == "hub" and not self.name:
-            raise ValueError("prepare.source.name: a hub source needs the dataset name (or a save_to_disk folder)")
+            raise cross_field_error("a hub source needs the dataset name (or a save_to_disk folder)", "name",
+                                    {"kind": self.kind, "name": self.name})
         if self.kind == "files" and not self.files:
-            raise ValueError("prepare.source.files: a files source needs at least one file")
+            raise cross_field_error("a files source needs at least one file", "files",
+                                    {"kind": self.kind, "files": self.files})
         return self
 
 
@@ -137,7 +151,8 @@ class PrepareParams(_Section):
     @model_validator(mode="after")
     def _source_for_preference_data(self) -> "PrepareParams":
         if self.task == "preference_data" and self.source is None:
-            raise ValueError("prepare.source: task preference_data needs a source (hub or files)")
+            raise cross_field_error("task preference_data needs a source (hub or files)", "source",
+                                    {"task": self.task, "source": None})
         return self
 
 
@@ -253,10 +268,13 @@ class MethodParams(_Section):
 
     @model_validator(mode="after")
     def _aggregation_fits_reward_model(self) -> "MethodParams":
+        # The pair is wrong, not one field: the error names the method and shows both values.
+        pair = {"reward_model": self.reward_model, "aggregation": self.aggregation}
         if (self.aggregation == "single") != (self.reward_model == "single"):
-            raise ValueError("aggregation `single` goes with reward_model `single`, and only with it")
+            raise cross_field_error("aggregation `single` goes with reward_model `single`, and only with it", "", pair)
         if self.aggregation in ("nominal", "brme") and self.reward_model != "brme":
-            raise ValueError(f"aggregation `{self.aggregation}` needs the BRME's sigmas: reward_model `brme`")
+            raise cross_field_error(f"aggregation `{self.aggregation}` needs the BRME's sigmas: reward_model `brme`",
+                                    "", pair)
         return self
 
 
@@ -306,8 +324,11 @@ class PPOParams(_Section):
     def _rollout_splits_into_optimizer_steps(self) -> "PPOParams":
         # Otherwise the last micro-batches of an epoch would leave a partial gradient accumulation.
         if self.rollout_batch_size % self.minibatch_size:
-            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
-                             f"micro_batch_size * gradient_accumulation_steps ({self.minibatch_size})")
+            raise cross_field_error(
+                f"rollout_batch_size must be a multiple of micro_batch_size * gradient_accumulation_steps "
+                f"({self.minibatch_size})", "rollout_batch_size",
+                {"rollout_batch_size": self.rollout_batch_size, "micro_batch_size": self.micro_batch_size,
+                 "gradient_accumulation_steps": self.gradient_accumulation_steps})
         return self
 
 
@@ -350,7 +371,8 @@ class LauncherParams(_Section):
     @model_validator(mode="after")
     def _nodes_need_a_hostfile(self) -> "LauncherParams":
         if self.num_nodes > 1 and self.hostfile is None:
-            raise ValueError("launcher.num_nodes > 1 needs launcher.hostfile (the hosts to launch on)")
+            raise cross_field_error("num_nodes > 1 needs a hostfile (the hosts to launch on)", "hostfile",
+                                    {"num_nodes": self.num_nodes, "hostfile": None})
         return self
 
 
@@ -364,7 +386,8 @@ class ScheduleParams(_Section):
     @model_validator(mode="after")
     def _one_kind(self) -> "ScheduleParams":
         if self.cron is not None and self.interval_minutes is not None:
-            raise ValueError("orchestration.schedule: set cron or interval_minutes, not both")
+            raise cross_field_error("set cron or interval_minutes, not both", "interval_minutes",
+                                    {"cron": self.cron, "interval_minutes": self.interval_minutes})
         return self
 
 
@@ -410,13 +433,19 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _methods_are_runnable(self) -> "Params":
+        # Checks across sections: the keys are dotted from the top level.
         if len(set(self.ppo_seeds)) != len(self.ppo_seeds) or min(self.ppo_seeds) < 0:
-            raise ValueError(f"ppo_seeds: seeds must be distinct and >= 0 (got {self.ppo_seeds})")
+            raise cross_field_error("seeds must be distinct and >= 0", "ppo_seeds", {"ppo_seeds": self.ppo_seeds})
         for name, method in self.methods.items():
             if not name.replace("_", "").isalnum():
-                raise ValueError(f"methods.{name}: a method name is letters, digits and _ (it names files)")
+                raise cross_field_error("a method name is letters, digits and _ (it names files)", f"methods.{name}",
+                                        {})
             if method.reward_model == "ensemble" and self.train_reward.ensemble_size < 2:
-                raise ValueError(f"methods.{name} uses the ensemble; set train_reward.ensemble_size >= 2")
+                raise cross_field_error(
+                    f"methods.{name} uses the ensemble; set train_reward.ensemble_size >= 2",
+                    "train_reward.ensemble_size",
+                    {f"methods.{name}.reward_model": method.reward_model,
+                     "train_reward.ensemble_size": self.train_reward.ensemble_size})
         return self
 
 
@@ -439,8 +468,38 @@ _ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float",
                                     re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
                                     list("-+0123456789"))
 
+ERROR_VALUE_CHARS = 60  # a value quoted in an error is cut to this many characters
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= ERROR_VALUE_CHARS else text[:ERROR_VALUE_CHARS - 3] + "..."
+
+
+def _dotted(*parts: object) -> str:
+    return ".".join(str(part) for part in parts if part != "")
+
+
+def _problem(item: Mapping) -> str:
+    """One line per pydantic error: the dotted key, the message and the offending value, shortened.
+
+    A section's own input (a mapping) is never echoed: pydantic gives it as the input of a model
+    validator's error and of a missing field, and on one line it is the whole section."""
+    where = [str(part) for part in item["loc"]]
+    if item["type"] == CROSS_FIELD:
+        context = item["ctx"]
+        involved = ", ".join(f"{_dotted(*where, key)} = {_shown(value)}" for key, value in context["values"].items())
+        return f"{_dotted(*where, context['key'])}: {item['msg']}" + (f" (got {involved})" if involved else "")
+    key = _dotted(*where) or "(top level)"
+    message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
+    value = item.get("input")
+    if item["type"] == "missing" or isinstance(value, Mapping):
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {_shown(value)})"
+
+
 def load_params(path: str | Path) -> Params:
-    """Read and validate a params file; raise ParamsError naming each bad dotted key."""
+    """Read and validate a params file; raise ParamsError naming each bad dotted key and its value."""
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader)
@@ -451,12 +510,5 @@ def load_params(path: str | Path) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"])
-            message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-            if key:
-                problems.append(f"  {key}: {message} (got {item.get('input')!r})")
-            else:  # a check across sections: its message names the keys itself
-                problems.append(f"  {message.removeprefix('Value error, ')}")
+        problems = [f"  {_problem(item)}" for item in error.errors()]
         raise ParamsError(f"{path}: invalid params\n" + "\n".join(problems)) from None

@@ -150,3 +150,65 @@ def test_exponents_without_a_dot_are_floats_and_quoted_ones_are_not(tmp_path):
         load_params(written("big.yaml", "1.0e4"))
     with pytest.raises(ParamsError, match=r"ppo\.critic_learning_rate: .*\(got '1e-4'\)"):
         load_params(written("quoted.yaml", '"1e-4"'))
+
+
+# Checks across fields: (overrides, the key to change, the keys and values shown beside it).
+CROSS_FIELD = [
+    pytest.param({"ppo.rollout_batch_size": 6, "ppo.micro_batch_size": 4}, "ppo.rollout_batch_size",
+                 ["ppo.rollout_batch_size = 6", "ppo.micro_batch_size = 4", "ppo.gradient_accumulation_steps = 1"],
+                 id="ppo-batches"),
+    pytest.param({"methods.wco": {"reward_model": "ensemble", "aggregation": "nominal"}}, "methods.wco",
+                 ["methods.wco.reward_model = 'ensemble'", "methods.wco.aggregation = 'nominal'"], id="method-pair"),
+    pytest.param({"train_reward.ensemble_size": 1}, "train_reward.ensemble_size",
+                 ["methods.mean.reward_model = 'ensemble'", "train_reward.ensemble_size = 1"], id="ensemble-size"),
+    pytest.param({"ppo_seeds": [0, 0]}, "ppo_seeds", ["ppo_seeds = [0, 0]"], id="ppo-seeds"),
+    pytest.param({"methods.brme-05": {"reward_model": "brme", "aggregation": "brme"}}, "methods.brme-05", [],
+                 id="method-name"),
+    pytest.param({"launcher.num_nodes": 2}, "launcher.hostfile", ["launcher.num_nodes = 2", "launcher.hostfile = None"],
+                 id="hostfile"),
+    pytest.param({"orchestration.schedule.interval_minutes": 5.0}, "orchestration.schedule.interval_minutes",
+                 ["orchestration.schedule.cron = '0 3 * * *'", "orchestration.schedule.interval_minutes = 5.0"],
+                 id="schedule"),
+    pytest.param({"prepare.task": "preference_data"}, "prepare.source", ["prepare.task = 'preference_data'"],
+                 id="prepare-source"),
+    pytest.param({"prepare.task": "preference_data", "prepare.source": {"kind": "hub"}}, "prepare.source.name",
+                 ["prepare.source.kind = 'hub'", "prepare.source.name = None"], id="hub-name"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key", "shown"), CROSS_FIELD)
+def test_a_cross_field_error_names_its_keys_not_the_section(tmp_path, overrides, key, shown):
+    (line,) = refused(tmp_path, tiny_params(**overrides))
+    assert line.startswith(f"{key}: "), line
+    assert all(fragment in line for fragment in shown), line
+    assert "{" not in line and len(line) < MAX_PROBLEM_CHARS, line  # no section's input echoed
+
+
+def test_a_missing_key_does_not_echo_its_section(tmp_path):
+    raw = tiny_params()
+    del raw["ppo"]["steps"]
+    assert refused(tmp_path, raw) == ["ppo.steps: Field required"]
+
+
+def test_a_long_bad_value_is_shortened(tmp_path):
+    (line,) = refused(tmp_path, tiny_params(**{"ppo.steps": list(range(1000))}))
+    assert line.startswith("ppo.steps: Input should be a valid integer (got [0, 1, 2,") and line.endswith("...)")
+    assert len(line) < MAX_PROBLEM_CHARS
+
+
+def test_every_bad_value_of_a_file_gets_its_own_short_line_and_the_stage_exits_2(tmp_path):
+    raw = tiny_params(**{"ppo.learning_rate": math.inf, "prepare.batch_size": True, "evaluate.temperature": 1000.0,
+                         "train_reward.stage2.freeze_backbone": "yes",
+                         "methods.wco": {"reward_model": "ensemble", "aggregation": "nominal"}})
+    params = write_params(tmp_path / "p.yaml", raw)
+    result = run_stage("prepare", params, data=tmp_path / "data", policy=tmp_path / "policy",
+                       metrics=tmp_path / "m.json")
+    assert result.returncode == 2
+    stderr = result.stderr.splitlines()
+    header = next(index for index, line in enumerate(stderr) if line.endswith("p.yaml: invalid params"))
+    lines = [line.strip() for line in stderr[header + 1:] if line.startswith("  ")]
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "evaluate.temperature", "methods.wco", "ppo.learning_rate", "prepare.batch_size",
+        "train_reward.stage2.freeze_backbone"]
+    assert all(len(line) < MAX_PROBLEM_CHARS for line in lines), lines
+    assert not (tmp_path / "data").exists()
