@@ -1,20 +1,57 @@
 """Typed, validated parameters: one pydantic model per `params.yaml` section, unknown keys rejected.
 
 Each field is documented once, here. `load_params` validates the whole file before a stage does any
-work, so a typo anywhere fails fast with the dotted key that is wrong.
+work, so a typo anywhere fails fast with the dotted key that is wrong and the value it holds.
+
+Validation is strict: an int field takes only ints (not `true`, not `6.5`, not `"6"`), a bool field
+only `true`/`false` (not `"yes"`, not `1`), a str field only strings; a float field takes floats and
+ints (`kl_coef: 1`) but never inf or NaN. Every numeric field that sizes the compute or scales a loss
+has an upper bound (below).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: no coercion (YAML `true` is not 1, "yes" is not true); allow_inf_nan=False covers every
+    # float field of every section, so `.inf`/`.nan` never reach a learning rate or a KL coefficient.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True, allow_inf_nan=False)
+
+
+# Upper bounds: generous limits that no real run (a multi-GPU one included) comes near, so a value past
+# one is a typo (an extra zero, 1e4 for 1e-4), refused before any work rather than run for days or OOM.
+MAX_TOKENS = 65_536            # token lengths: prompts, responses, RM inputs (64k, past any model here)
+MAX_BATCH = 65_536             # any batch size (per micro-batch, rollout or generation batch)
+MAX_ACCUMULATION = 4_096       # gradient accumulation steps
+MAX_PPO_STEPS = 1_000_000      # PPO iterations (InstructGPT-scale runs use ~10^3-10^4)
+MAX_EPOCHS = 10_000            # epochs over a dataset (reward models) or over a rollout (PPO)
+MAX_LEARNING_RATE = 1.0        # Adam(W) steps; real runs use 1e-6 .. 1e-2
+MAX_TEMPERATURE = 10.0         # sampling temperature; past ~2 samples are noise
+MAX_COUNT = 10_000_000         # pairs, prompts, samples, resamples
+MAX_COEF = 1_000.0             # weights and scales of loss terms, penalties and priors
+MAX_HEADS = 1_024              # reward heads or ensemble members
+MAX_SEED = 2**31 - 1           # numpy seeds must be < 2**32; derived seeds (seed * 1000 + i) stay in torch's range
+MAX_PROCESSES = 65_536         # GPUs per node, nodes, parallel workers
+SECONDS_PER_DAY = 86_400.0     # the longest retry delay
+MINUTES_PER_YEAR = 525_600.0   # the longest schedule interval or flow timeout
+
+CROSS_FIELD = "cross_field"  # pydantic error type of a check across fields (see cross_field_error)
+
+
+def cross_field_error(message: str, key: str, values: Mapping[str, object]) -> PydanticCustomError:
+    """The error of a check across fields: `key` is the field to change and `values` the fields involved
+    with their values, both dotted relative to the validated model; load_params prefixes them with the
+    model's own path, so the message names `ppo.micro_batch_size`, never the whole section's input."""
+    return PydanticCustomError(CROSS_FIELD, message, {"key": key, "values": dict(values)})
 
 
 class ModelsParams(_Section):
@@ -30,11 +67,12 @@ class ModelsParams(_Section):
 
 
 class DeepSpeedParams(_Section):
-    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage of every DeepSpeed engine.")
+    # An int range, not Literal[0, 1, 2, 3]: a Literal matches by equality, so even strict mode lets `true` be 1.
+    zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage of every DeepSpeed engine.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Training precision; fp32 on CPUs without AMX (bf16 is ~10x slower there)."
     )
-    gradient_clipping: float = Field(1.0, gt=0, description="Global gradient-norm clip.")
+    gradient_clipping: float = Field(1.0, gt=0, le=MAX_COEF, description="Global gradient-norm clip.")
 
 
 class ColumnMapping(_Section):
@@ -59,7 +97,7 @@ class SourceParams(_Section):
         "columns", description="columns: prompt/chosen/rejected text columns; conversation_pair: HH-RLHF "
         "style conversations sharing the prompt; messages: role/content message lists.")
     columns: ColumnMapping = ColumnMapping()
-    max_text_tokens: int = Field(512, ge=1, description="Token limit of a prompt or response.")
+    max_text_tokens: int = Field(512, ge=1, le=MAX_TOKENS, description="Token limit of a prompt or response.")
     too_long: Literal["reject", "truncate"] = Field("reject", description="What happens to a text over the limit.")
     max_reject_fraction: float = Field(0.1, ge=0.0, le=1.0,
                                        description="Above this fraction of rejected rows the stage fails.")
@@ -67,9 +105,11 @@ class SourceParams(_Section):
     @model_validator(mode="after")
     def _source_named(self) -> "SourceParams":
         if self.kind == "hub" and not self.name:
-            raise ValueError("prepare.source.name: a hub source needs the dataset name (or a save_to_disk folder)")
+            raise cross_field_error("a hub source needs the dataset name (or a save_to_disk folder)", "name",
+                                    {"kind": self.kind, "name": self.name})
         if self.kind == "files" and not self.files:
-            raise ValueError("prepare.source.files: a files source needs at least one file")
+            raise cross_field_error("a files source needs at least one file", "files",
+                                    {"kind": self.kind, "files": self.files})
         return self
 
 
@@ -85,30 +125,34 @@ class PrepareParams(_Section):
         "synthetic_gold", description="synthetic_gold: the built-in offline task of DESIGN.md §4 (pairs sampled "
         "from the policy, labelled by the gold scorer); preference_data: pairs read from `source`.")
     source: SourceParams | None = Field(None, description="Where preference_data reads its pairs.")
-    num_train_pairs: int = Field(ge=2, description="Preference pairs in the train split (preference_data: at most).")
-    num_val_pairs: int = Field(ge=2, description="Preference pairs in the val split.")
-    num_test_pairs: int = Field(ge=2, description="Preference pairs in the test split.")
-    num_ppo_prompts: int = Field(ge=1, description="Prompts for PPO rollouts.")
-    num_eval_prompts: int = Field(ge=1, description="Held-out prompts for evaluate.")
+    num_train_pairs: int = Field(
+        ge=2, le=MAX_COUNT, description="Preference pairs in the train split (preference_data: at most).")
+    num_val_pairs: int = Field(ge=2, le=MAX_COUNT, description="Preference pairs in the val split.")
+    num_test_pairs: int = Field(ge=2, le=MAX_COUNT, description="Preference pairs in the test split.")
+    num_ppo_prompts: int = Field(ge=1, le=MAX_COUNT, description="Prompts for PPO rollouts.")
+    num_eval_prompts: int = Field(ge=1, le=MAX_COUNT, description="Held-out prompts for evaluate.")
     label_mode: Literal["argmax_flip", "bt_sample"] = Field(
         "argmax_flip",
         description="argmax_flip: the higher gold score wins, then `label_noise` of labels flipped "
         "(Coste et al.); bt_sample: the winner drawn with P = sigmoid(gold_a - gold_b).",
     )
     label_noise: float = Field(0.25, ge=0.0, le=0.5, description="Fraction of labels flipped (argmax_flip).")
-    max_prompt_tokens: int = Field(64, ge=4, description="Prompts longer than this are left-truncated.")
-    max_new_tokens: int = Field(ge=1, description="Length of the sampled responses.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the initial policy.")
-    batch_size: int = Field(8, ge=1, description="Generation batch size.")
+    max_prompt_tokens: int = Field(64, ge=4, le=MAX_TOKENS, description="Prompts longer than this are left-truncated.")
+    max_new_tokens: int = Field(ge=1, le=MAX_TOKENS, description="Length of the sampled responses.")
+    temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE, description="Sampling temperature of the initial policy.")
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH, description="Generation batch size.")
     num_shift_samples: int = Field(
-        0, ge=0, description="synthetic_gold: responses sampled at `shift_temperature` for the val prompts, an "
+        0, ge=0, le=MAX_COUNT,
+        description="synthetic_gold: responses sampled at `shift_temperature` for the val prompts, an "
         "off-distribution set on which train_reward measures head disagreement (0: none).")
-    shift_temperature: float = Field(1.6, gt=0, le=10.0, description="Sampling temperature of the shifted responses.")
+    shift_temperature: float = Field(
+        1.6, gt=0, le=MAX_TEMPERATURE, description="Sampling temperature of the shifted responses.")
 
     @model_validator(mode="after")
     def _source_for_preference_data(self) -> "PrepareParams":
         if self.task == "preference_data" and self.source is None:
-            raise ValueError("prepare.source: task preference_data needs a source (hub or files)")
+            raise cross_field_error("task preference_data needs a source (hub or files)", "source",
+                                    {"task": self.task, "source": None})
         return self
 
 
@@ -118,19 +162,22 @@ class GoldParams(_Section):
     name: Literal["lexicon", "composite"] = Field(
         description="lexicon: word-list sentiment - repetition (no model); composite: VADER sentiment + "
         "fluency under the initial policy - bigram repetition.")
-    fluency_weight: float = Field(0.5, ge=0, description="composite: weight of the fluency facet.")
-    fluency_scale: float = Field(5.0, gt=0, description="composite: fluency = clamp(mean logprob / scale + 1, -1, 1).")
-    repetition_weight: float = Field(1.0, ge=0, description="composite: weight of the bigram-repetition penalty.")
+    fluency_weight: float = Field(0.5, ge=0, le=MAX_COEF, description="composite: weight of the fluency facet.")
+    fluency_scale: float = Field(
+        5.0, gt=0, le=MAX_COEF, description="composite: fluency = clamp(mean logprob / scale + 1, -1, 1).")
+    repetition_weight: float = Field(
+        1.0, ge=0, le=MAX_COEF, description="composite: weight of the bigram-repetition penalty.")
 
 
 class Stage1Params(_Section):
-    epochs: int = Field(ge=1, description="Epochs of Bradley-Terry training of the single-head RM.")
-    learning_rate: float = Field(gt=0)
-    micro_batch_size: int = Field(ge=1, description="Pairs per micro-batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(ge=1, le=MAX_EPOCHS, description="Epochs of Bradley-Terry training of the single-head RM.")
+    learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
+    micro_batch_size: int = Field(ge=1, le=MAX_BATCH, description="Pairs per micro-batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_ACCUMULATION)
+    weight_decay: float = Field(0.0, ge=0, le=MAX_COEF)
     l2_coef: float = Field(
-        0.0, ge=0, description="lambda of the L2 penalty 0.5 lambda ||w||^2 (per pair) on the reward heads' weights "
+        0.0, ge=0, le=MAX_COEF,
+        description="lambda of the L2 penalty 0.5 lambda ||w||^2 (per pair) on the reward heads' weights "
         "with a frozen backbone (stage 1 and the ensemble's members): fewer noisy pairs than twice the feature "
         "dimension are linearly separable, so an unpenalised linear head fits the flipped labels.")
 
@@ -143,7 +190,8 @@ class Stage2Params(_Section):
         "frozen backbone: every head becomes the stage-1 head; kept to show it)."
     )
     prior_scale: float = Field(
-        1.0, ge=0, description="Anchored-ensemble prior (Pearce et al. 2018): each head starts at, and is pulled "
+        1.0, ge=0, le=MAX_COEF,
+        description="Anchored-ensemble prior (Pearce et al. 2018): each head starts at, and is pulled "
         "toward, its own random anchor around the stage-1 head, whose spread moves a head's reward on the training "
         "responses by prior_scale x the stage-1 reward's std. 0: no anchors (random init with head_init_std).")
     noise_floor: float = Field(
@@ -151,19 +199,20 @@ class Stage2Params(_Section):
         "sigma_r^2 + s0^2)). 1.702, where Phi(x / 1.702) ~ sigmoid(x): at sigma = 0 a head is a Bradley-Terry "
         "model, and sigma > 0 says a response's label is noisier than that (it cannot make a head sharper, so "
         "sigma cannot collapse to buy confidence the anchored prior refuses the means).")
-    epochs: int = Field(ge=1)
-    learning_rate: float = Field(gt=0)
-    micro_batch_size: int = Field(ge=1, description="Pairs per micro-batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(ge=1, le=MAX_EPOCHS)
+    learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
+    micro_batch_size: int = Field(ge=1, le=MAX_BATCH, description="Pairs per micro-batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_ACCUMULATION)
+    weight_decay: float = Field(0.0, ge=0, le=MAX_COEF)
     freeze_backbone: bool = Field(True, description="Train only the Gaussian heads in stage 2.")
     bootstrap: bool = Field(True, description="Each head trains on its own bootstrap resample.")
-    num_noise_samples: int = Field(4, ge=1, description="Reparameterised samples per pair (bt_sampled).")
+    num_noise_samples: int = Field(4, ge=1, le=MAX_BATCH, description="Reparameterised samples per pair (bt_sampled).")
 
 
 class TrainRewardParams(_Section):
-    seed: int = Field(0, ge=0, description="Seed of the reward models (head inits and anchors, bootstrap resamples, "
-                      "batch order), apart from the data seed, so a reward model's draw can be varied alone.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of the reward models (head inits and anchors, bootstrap resamples, "
+        "batch order), apart from the data seed, so a reward model's draw can be varied alone.")
     finetune_backbone: bool = Field(
         True, description="true: stage 1 and every ensemble member fine-tune the backbone (members seeds apart, as "
         "Coste et al.). false: the backbone stays as pretrained; its features of the training pairs are computed "
@@ -172,19 +221,21 @@ class TrainRewardParams(_Section):
     member_normalization: Literal["standardize", "center", "none"] = Field(
         "standardize", description="Each ensemble member's rewards mapped to mean 0 (center) and std 1 "
         "(standardize) on the training responses before any aggregation; the BRME's heads are always centred.")
-    num_heads: int = Field(5, ge=1, description="k, the Gaussian heads of the BRME (the paper: 5).")
+    num_heads: int = Field(5, ge=1, le=MAX_HEADS, description="k, the Gaussian heads of the BRME (the paper: 5).")
     ensemble_size: int = Field(
-        5, ge=0, description="Independent Bradley-Terry reward models that differ only by seed (Coste et al.: "
+        5, ge=0, le=MAX_HEADS,
+        description="Independent Bradley-Terry reward models that differ only by seed (Coste et al.: "
         "5), for the `ensemble` reward model; 0 trains none."
     )
-    sigma_min: float = Field(0.01, gt=0, description="sigma_i = softplus(s_i) + sigma_min.")
-    head_init_std: float = Field(0.02, gt=0, description="Std of each head's own random init.")
+    sigma_min: float = Field(0.01, gt=0, le=MAX_COEF, description="sigma_i = softplus(s_i) + sigma_min.")
+    head_init_std: float = Field(0.02, gt=0, le=MAX_COEF, description="Std of each head's own random init.")
     pooling: Literal["auto", "last", "mean"] = Field(
         "auto", description="Backbone pooling: last token (decoders), masked mean (encoders), or auto."
     )
-    max_length: int = Field(128, ge=8, description="Tokens of prompt + response seen by the RM.")
+    max_length: int = Field(128, ge=8, le=MAX_TOKENS, description="Tokens of prompt + response seen by the RM.")
     checkpoint_every: int = Field(
-        10, ge=1, description="Save a resume checkpoint every N optimizer steps of each training phase (stage 1, "
+        10, ge=1, le=MAX_COUNT,
+        description="Save a resume checkpoint every N optimizer steps of each training phase (stage 1, "
         "stage 2, each ensemble member) and at the end of each phase; a killed run goes on from the last one."
     )
     stage1: Stage1Params
@@ -199,8 +250,8 @@ class RobustParams(_Section):
 
 
 class AggregationCoefficients(_Section):
-    uwo_coef: float = Field(0.5, ge=0, description="c in uwo = mean - c * var (Coste et al.: 0.5, 0.1).")
-    kl_dro_beta: float = Field(1.0, gt=0, description="beta of kl_dro = -beta log mean exp(-mu / beta).")
+    uwo_coef: float = Field(0.5, ge=0, le=MAX_COEF, description="c in uwo = mean - c * var (Coste et al.: 0.5, 0.1).")
+    kl_dro_beta: float = Field(1.0, gt=0, le=MAX_COEF, description="beta of kl_dro = -beta log mean exp(-mu / beta).")
 
 
 AggregationName = Literal["single", "mean", "min", "uwo", "nominal", "brme", "kl_dro"]
@@ -217,45 +268,52 @@ class MethodParams(_Section):
 
     @model_validator(mode="after")
     def _aggregation_fits_reward_model(self) -> "MethodParams":
+        # The pair is wrong, not one field: the error names the method and shows both values.
+        pair = {"reward_model": self.reward_model, "aggregation": self.aggregation}
         if (self.aggregation == "single") != (self.reward_model == "single"):
-            raise ValueError("aggregation `single` goes with reward_model `single`, and only with it")
+            raise cross_field_error("aggregation `single` goes with reward_model `single`, and only with it", "", pair)
         if self.aggregation in ("nominal", "brme") and self.reward_model != "brme":
-            raise ValueError(f"aggregation `{self.aggregation}` needs the BRME's sigmas: reward_model `brme`")
+            raise cross_field_error(f"aggregation `{self.aggregation}` needs the BRME's sigmas: reward_model `brme`",
+                                    "", pair)
         return self
 
 
 class PPOParams(_Section):
     robust: RobustParams
     aggregation: AggregationCoefficients = AggregationCoefficients()
-    steps: int = Field(ge=1, description="PPO iterations (one rollout batch each).")
-    rollout_batch_size: int = Field(ge=1, description="Prompts per rollout.")
-    micro_batch_size: int = Field(ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    ppo_epochs: int = Field(ge=1, description="Optimisation epochs over each rollout.")
-    learning_rate: float = Field(gt=0, description="Actor learning rate.")
-    critic_learning_rate: float = Field(gt=0, description="Learning rate of the separate critic (value_model: separate).")
+    steps: int = Field(ge=1, le=MAX_PPO_STEPS, description="PPO iterations (one rollout batch each).")
+    rollout_batch_size: int = Field(ge=1, le=MAX_BATCH, description="Prompts per rollout.")
+    micro_batch_size: int = Field(ge=1, le=MAX_BATCH)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_ACCUMULATION)
+    ppo_epochs: int = Field(ge=1, le=MAX_EPOCHS, description="Optimisation epochs over each rollout.")
+    learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE, description="Actor learning rate.")
+    critic_learning_rate: float = Field(
+        gt=0, le=MAX_LEARNING_RATE, description="Learning rate of the separate critic (value_model: separate).")
     value_model: Literal["separate", "shared"] = Field(
         "separate", description="The critic. `separate`: a second copy of the policy's backbone with a value head and its "
         "own optimizer (critic_learning_rate), as InstructGPT and Coste et al. `shared`: a value head on the actor's own "
         "backbone, trained through the actor's loss (policy loss + value_loss_coef * value loss): one model, one "
         "forward and one backward instead of two, at the price of the value loss's gradient also moving the policy.")
-    value_loss_coef: float = Field(0.1, gt=0, description="Weight of the value loss in the actor's loss when "
-                                   "value_model is shared (unused when separate).")
-    kl_coef: float = Field(ge=0, description="beta of the per-token KL penalty to the reference.")
-    clip_range: float = Field(0.2, gt=0)
-    clip_range_value: float = Field(0.2, gt=0)
+    value_loss_coef: float = Field(
+        0.1, gt=0, le=MAX_COEF, description="Weight of the value loss in the actor's loss when "
+        "value_model is shared (unused when separate).")
+    kl_coef: float = Field(ge=0, le=MAX_COEF, description="beta of the per-token KL penalty to the reference.")
+    clip_range: float = Field(0.2, gt=0, le=MAX_COEF)
+    clip_range_value: float = Field(0.2, gt=0, le=MAX_COEF)
     gamma: float = Field(1.0, gt=0, le=1)
     gae_lambda: float = Field(0.95, ge=0, le=1)
-    max_new_tokens: int = Field(ge=1)
-    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(ge=1, le=MAX_TOKENS)
+    temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE)
     reward_normalization: Literal["reference", "running", "none"] = Field(
         "reference", description="How every method's reward is scaled before PPO (reward_normalization.py): "
         "`reference` by the initial policy's reward mean/std on the PPO prompts, `running` by running moments."
     )
-    checkpoint_every: int = Field(ge=1, description="Save the policy every N PPO steps (and after the last): the "
-                                  "points of the study's curves.")
-    resume_every: int = Field(ge=1, description="Save a resume state (actor, critic, optimizer states, RNGs) every N "
-                              "PPO steps; a killed run goes on from the last one. Not a param of what is trained.")
+    checkpoint_every: int = Field(
+        ge=1, le=MAX_PPO_STEPS, description="Save the policy every N PPO steps (and after the last): the "
+        "points of the study's curves.")
+    resume_every: int = Field(
+        ge=1, le=MAX_PPO_STEPS, description="Save a resume state (actor, critic, optimizer states, RNGs) every N "
+        "PPO steps; a killed run goes on from the last one. Not a param of what is trained.")
 
     @property
     def minibatch_size(self) -> int:
@@ -266,33 +324,41 @@ class PPOParams(_Section):
     def _rollout_splits_into_optimizer_steps(self) -> "PPOParams":
         # Otherwise the last micro-batches of an epoch would leave a partial gradient accumulation.
         if self.rollout_batch_size % self.minibatch_size:
-            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
-                             f"micro_batch_size * gradient_accumulation_steps ({self.minibatch_size})")
+            raise cross_field_error(
+                f"rollout_batch_size must be a multiple of micro_batch_size * gradient_accumulation_steps "
+                f"({self.minibatch_size})", "rollout_batch_size",
+                {"rollout_batch_size": self.rollout_batch_size, "micro_batch_size": self.micro_batch_size,
+                 "gradient_accumulation_steps": self.gradient_accumulation_steps})
         return self
 
 
 class EvaluateParams(_Section):
-    samples_per_prompt: int = Field(2, ge=1, description="Responses sampled per held-out prompt, for the initial "
-                                    "policy and every final checkpoint (the headline, paired comparisons).")
-    curve_prompts: int = Field(ge=1, description="The first N held-out prompts evaluate every earlier checkpoint "
-                               "(the PPO curves); the final checkpoint and the initial policy's points of the curves "
-                               "are their rows on the same prompts.")
-    max_new_tokens: int = Field(ge=1)
-    temperature: float = Field(1.0, gt=0, le=10.0)
-    batch_size: int = Field(8, ge=1)
+    samples_per_prompt: int = Field(
+        2, ge=1, le=MAX_BATCH, description="Responses sampled per held-out prompt, for the initial "
+        "policy and every final checkpoint (the headline, paired comparisons).")
+    curve_prompts: int = Field(
+        ge=1, le=MAX_COUNT, description="The first N held-out prompts evaluate every earlier checkpoint "
+        "(the PPO curves); the final checkpoint and the initial policy's points of the curves "
+        "are their rows on the same prompts.")
+    max_new_tokens: int = Field(ge=1, le=MAX_TOKENS)
+    temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE)
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH)
     best_of_n: int = Field(
-        8, ge=1, description="N of the best-of-n study: samples per prompt from the initial policy, picked by each "
+        8, ge=1, le=MAX_BATCH,
+        description="N of the best-of-n study: samples per prompt from the initial policy, picked by each "
         "method's reward for n on a grid up to N.")
-    best_of_n_prompts: int = Field(ge=1, description="The first N held-out prompts of the best-of-n study.")
+    best_of_n_prompts: int = Field(
+        ge=1, le=MAX_COUNT, description="The first N held-out prompts of the best-of-n study.")
 
 
 class LauncherParams(_Section):
     """How DeepSpeed stages are launched (robust_rlhf/launcher.py). One process by default; more go
     through the `deepspeed` launcher, which starts them with RANK/WORLD_SIZE set."""
 
-    num_gpus: int = Field(1, ge=1, description="Processes per node: one per GPU (CPU processes on DeepSpeed's "
-                          "CPU accelerator, where it also sets LOCAL_SIZE).")
-    num_nodes: int = Field(1, ge=1, description="Nodes to use; > 1 needs `hostfile`.")
+    num_gpus: int = Field(
+        1, ge=1, le=MAX_PROCESSES, description="Processes per node: one per GPU (CPU processes on DeepSpeed's "
+        "CPU accelerator, where it also sets LOCAL_SIZE).")
+    num_nodes: int = Field(1, ge=1, le=MAX_PROCESSES, description="Nodes to use; > 1 needs `hostfile`.")
     hostfile: str | None = Field(None, description="A DeepSpeed hostfile (`host slots=N` per line) for multi-node "
                                  "runs; the launcher reaches the other hosts over ssh (pdsh).")
     master_addr: str | None = Field(None, description="Rank 0's address for multi-node runs (default: first host).")
@@ -305,7 +371,8 @@ class LauncherParams(_Section):
     @model_validator(mode="after")
     def _nodes_need_a_hostfile(self) -> "LauncherParams":
         if self.num_nodes > 1 and self.hostfile is None:
-            raise ValueError("launcher.num_nodes > 1 needs launcher.hostfile (the hosts to launch on)")
+            raise cross_field_error("num_nodes > 1 needs a hostfile (the hosts to launch on)", "hostfile",
+                                    {"num_nodes": self.num_nodes, "hostfile": None})
         return self
 
 
@@ -313,13 +380,14 @@ class ScheduleParams(_Section):
     """When the served `pipeline` deployment runs by itself (flows/serve.py); both None: on demand only."""
 
     cron: str | None = Field(None, description="A cron string, e.g. '0 3 * * *' (03:00 every day).")
-    interval_minutes: float | None = Field(None, gt=0, description="Run every N minutes.")
+    interval_minutes: float | None = Field(None, gt=0, le=MINUTES_PER_YEAR, description="Run every N minutes.")
     timezone: str = Field("UTC", description="Timezone of the cron schedule.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "ScheduleParams":
         if self.cron is not None and self.interval_minutes is not None:
-            raise ValueError("orchestration.schedule: set cron or interval_minutes, not both")
+            raise cross_field_error("set cron or interval_minutes, not both", "interval_minutes",
+                                    {"cron": self.cron, "interval_minutes": self.interval_minutes})
         return self
 
 
@@ -327,13 +395,16 @@ class OrchestrationParams(_Section):
     """The Prefect flows (flows/): retries, timeout, schedule, sweep concurrency. No stage reads it, so
     changing it re-runs nothing."""
 
-    task_retries: int = Field(2, ge=0, description="Retries of a stage that failed for a transient reason "
+    task_retries: int = Field(2, ge=0, le=100, description="Retries of a stage that failed for a transient reason "
                               "(bad params and bad input data are never retried).")
-    retry_delay_seconds: float = Field(10, ge=0, description="First retry delay; doubled for each later retry, "
-                                       "with +-20% jitter.")
-    flow_timeout_minutes: float | None = Field(None, gt=0, description="Fail a pipeline flow run after this long.")
+    retry_delay_seconds: float = Field(
+        10, ge=0, le=SECONDS_PER_DAY, description="First retry delay; doubled for each later retry, "
+        "with +-20% jitter.")
+    flow_timeout_minutes: float | None = Field(
+        None, gt=0, le=MINUTES_PER_YEAR, description="Fail a pipeline flow run after this long.")
     schedule: ScheduleParams = ScheduleParams()
-    sweep_max_parallel: int = Field(1, ge=1, description="DVC experiments of a sweep run at once (queue workers).")
+    sweep_max_parallel: int = Field(
+        1, ge=1, le=MAX_PROCESSES, description="DVC experiments of a sweep run at once (queue workers).")
 
 
 def policy_run_name(method: str, seed: int) -> str:
@@ -343,8 +414,8 @@ def policy_run_name(method: str, seed: int) -> str:
 
 class Params(_Section):
     profile: str = Field(description="Name of this parameter set, shown in reports (e.g. `tiny`).")
-    seed: int = Field(0, ge=0, description="Seed of the data, the reward models and evaluation sampling.")
-    ppo_seeds: list[int] = Field(
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the data, the reward models and evaluation sampling.")
+    ppo_seeds: list[Annotated[int, Field(le=MAX_SEED)]] = Field(
         [0], min_length=1, description="One PPO run per method and seed (DVC stages ppo@<method>-<seed>); "
         "the report shows the spread over seeds when there are several.")
     models: ModelsParams
@@ -362,13 +433,19 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _methods_are_runnable(self) -> "Params":
+        # Checks across sections: the keys are dotted from the top level.
         if len(set(self.ppo_seeds)) != len(self.ppo_seeds) or min(self.ppo_seeds) < 0:
-            raise ValueError(f"ppo_seeds: seeds must be distinct and >= 0 (got {self.ppo_seeds})")
+            raise cross_field_error("seeds must be distinct and >= 0", "ppo_seeds", {"ppo_seeds": self.ppo_seeds})
         for name, method in self.methods.items():
             if not name.replace("_", "").isalnum():
-                raise ValueError(f"methods.{name}: a method name is letters, digits and _ (it names files)")
+                raise cross_field_error("a method name is letters, digits and _ (it names files)", f"methods.{name}",
+                                        {})
             if method.reward_model == "ensemble" and self.train_reward.ensemble_size < 2:
-                raise ValueError(f"methods.{name} uses the ensemble; set train_reward.ensemble_size >= 2")
+                raise cross_field_error(
+                    f"methods.{name} uses the ensemble; set train_reward.ensemble_size >= 2",
+                    "train_reward.ensemble_size",
+                    {f"methods.{name}.reward_model": method.reward_model,
+                     "train_reward.ensemble_size": self.train_reward.ensemble_size})
         return self
 
 
@@ -381,11 +458,51 @@ class ParamsError(StageInputError):
     """A params file failed validation; the message names the file and every bad key."""
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML 1.1 (PyYAML) reads `1e-4` and `1.0e4` as strings (its floats need a dot and a signed
+    exponent); YAML 1.2 and DVC read them as floats. Strict float fields would refuse the strings, so
+    here they are floats too. A quoted "1e-4" stays a string (and is refused)."""
+
+
+_ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                                    list("-+0123456789"))
+
+ERROR_VALUE_CHARS = 60  # a value quoted in an error is cut to this many characters
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= ERROR_VALUE_CHARS else text[:ERROR_VALUE_CHARS - 3] + "..."
+
+
+def _dotted(*parts: object) -> str:
+    return ".".join(str(part) for part in parts if part != "")
+
+
+def _problem(item: Mapping) -> str:
+    """One line per pydantic error: the dotted key, the message and the offending value, shortened.
+
+    A section's own input (a mapping) is never echoed: pydantic gives it as the input of a model
+    validator's error and of a missing field, and on one line it is the whole section."""
+    where = [str(part) for part in item["loc"]]
+    if item["type"] == CROSS_FIELD:
+        context = item["ctx"]
+        involved = ", ".join(f"{_dotted(*where, key)} = {_shown(value)}" for key, value in context["values"].items())
+        return f"{_dotted(*where, context['key'])}: {item['msg']}" + (f" (got {involved})" if involved else "")
+    key = _dotted(*where) or "(top level)"
+    message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"].removeprefix("Value error, ")
+    value = item.get("input")
+    if item["type"] == "missing" or isinstance(value, Mapping):
+        return f"{key}: {message}"
+    return f"{key}: {message} (got {_shown(value)})"
+
+
 def load_params(path: str | Path) -> Params:
-    """Read and validate a params file; raise ParamsError naming each bad dotted key."""
+    """Read and validate a params file; raise ParamsError naming each bad dotted key and its value."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ParamsLoader)  # noqa: S506 (a SafeLoader)
     except (OSError, yaml.YAMLError) as error:
         raise ParamsError(f"{path}: cannot read params: {error}") from error
     if not isinstance(raw, dict):
@@ -393,12 +510,5 @@ def load_params(path: str | Path) -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"])
-            message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-            if key:
-                problems.append(f"  {key}: {message} (got {item.get('input')!r})")
-            else:  # a check across sections: its message names the keys itself
-                problems.append(f"  {message.removeprefix('Value error, ')}")
+        problems = [f"  {_problem(item)}" for item in error.errors()]
         raise ParamsError(f"{path}: invalid params\n" + "\n".join(problems)) from None
