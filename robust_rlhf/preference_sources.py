@@ -9,10 +9,11 @@ Three layouts (DESIGN.md §6), named by `layout`:
 - `messages`: chosen and rejected are lists of {"role", "content"} messages; every message but the
   last is the prompt (it must be the same in both), the last must be the assistant's reply.
 
-Whole-file problems (an empty file, a file that is not the format its name says, a mapped column
-the data does not have) raise SourceError naming the file. Row problems never drop a row silently:
-each becomes a reject with the source row number (1-based, header excluded), one named reason from
-REJECT_REASONS, the field, and the raw values.
+Whole-file problems (an empty file, a folder, a file that is not the format its name says or that
+its parser cannot get past, a mapped column the data does not have) raise SourceError naming the
+file (and the row, where one is to blame). Row problems never drop a row silently: each becomes a
+reject with the source row number (1-based, header excluded), one named reason from REJECT_REASONS,
+the field, and the raw values (the raw line of a malformed row).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ REJECT_REASONS = (
     "wrong_type",               # a text field that is not a string / a messages field that is not a message list
     "empty_text",               # empty or whitespace-only text
     "invalid_utf8",             # bytes that are not valid UTF-8
-    "malformed_row",            # a JSONL line that is not a JSON object
+    "malformed_row",            # not a row object: a bad JSONL line, a CSV row with extra cells, nesting without end
     "chosen_equals_rejected",   # no preference to learn
     "too_long",                 # more tokens than the limit (when too_long: reject)
     "duplicate_pair",           # the exact (prompt, chosen, rejected) seen before
@@ -44,6 +46,14 @@ HH_ASSISTANT_MARKER = "\n\nAssistant:"
 
 class SourceError(StageInputError):
     """A whole source cannot be used; the message names the file (or dataset) and what is wrong."""
+
+
+class MalformedRow(ValueError):
+    """A row the parser could not make into a row object; `raw` is its text (or cells) as read."""
+
+    def __init__(self, message: str, raw=None) -> None:
+        super().__init__(message)
+        self.raw = raw
 
 
 @dataclass
@@ -82,21 +92,29 @@ def file_format(path: Path) -> str:
 
 def read_file_rows(path: str | Path) -> Iterator[tuple[int, dict | Exception]]:
     """(row number, row) for every row of a JSONL/JSON/CSV/Parquet file; a row that cannot be parsed
-    comes as (row number, the exception), so the caller can reject it by number.
+    comes as (row number, MalformedRow), so the caller can reject it by number.
 
     Text is decoded with `surrogateescape`, so an invalid UTF-8 byte survives as a lone surrogate
-    that validation rejects for its row, not for the whole file.
+    that validation rejects for its row, not for the whole file; a leading UTF-8 BOM is dropped
+    (`utf-8-sig`), else it would glue itself to row 1 or to the first CSV column's name.
     """
     path = Path(path)
     kind = file_format(path)
     if not path.exists():
         raise SourceError(f"{path}: no such file")
+    if not path.is_file():
+        raise SourceError(f"{path}: {'a folder' if path.is_dir() else 'not a regular file'}, not a {kind} file; "
+                          f"list the files themselves in prepare.source.files")
     if path.stat().st_size == 0:
         raise SourceError(f"{path}: empty file")
     if kind == "parquet":
         yield from _parquet_rows(path)
         return
-    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SourceError(f"{path}: cannot be read: {type(error).__name__}: {error}") from None
+    text = data.decode("utf-8-sig", errors="surrogateescape")
     if not text.strip():
         raise SourceError(f"{path}: empty file (only whitespace)")
     if kind == "jsonl":
@@ -107,9 +125,20 @@ def read_file_rows(path: str | Path) -> Iterator[tuple[int, dict | Exception]]:
         yield from _csv_rows(path, text)
 
 
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of JSONL text, split on "\\n" alone (a trailing "\\r" stripped).
+
+    Not `str.splitlines()`: it also breaks at U+2028, U+0085 and other characters that JSON allows
+    raw inside a string (writers with ensure_ascii=False emit them), which turns one row into several
+    malformed ones and shifts every later row number.
+    """
+    for number, line in enumerate(text.split("\n"), start=1):
+        yield number, line[:-1] if line.endswith("\r") else line
+
+
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict | Exception]]:
     rows, parsed = [], 0
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in jsonl_lines(text):
         if not line.strip():
             continue
         try:
@@ -119,7 +148,10 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict | Exception]]
             parsed += 1
             rows.append((number, row))
         except ValueError as error:
-            rows.append((number, error))
+            rows.append((number, MalformedRow(str(error), raw=line)))
+        except RecursionError:
+            # json's decoder recurses once per level: a hostile "[[[[..." line must not end the stage.
+            rows.append((number, MalformedRow("nested too deeply to decode (RecursionError)", raw=line)))
     if not parsed:
         raise SourceError(f"{path}: not JSONL: no line is a JSON object (line {rows[0][0]}: {rows[0][1]})")
     yield from rows
@@ -130,6 +162,12 @@ def _json_rows(path: Path, text: str) -> Iterator[tuple[int, dict | Exception]]:
         data = json.loads(text)
     except ValueError as error:
         raise SourceError(f"{path}: not JSON: {error}") from None
+    except RecursionError:
+        # One document: json cannot skip the deep value and go on, so the file fails, naming the row.
+        row = deep_json_row(text)
+        where = f"row {row} is" if row is not None else "a value is"
+        raise SourceError(f"{path}: {where} nested too deeply for the JSON decoder (RecursionError); "
+                          f"flatten or remove it") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]  # {"data": [...]}, as `datasets` writes JSON with lines=False
     if not isinstance(data, list):
@@ -137,22 +175,70 @@ def _json_rows(path: Path, text: str) -> Iterator[tuple[int, dict | Exception]]:
     if not data:
         raise SourceError(f"{path}: empty file (no rows)")
     for number, row in enumerate(data, start=1):
-        yield number, row if isinstance(row, dict) else ValueError(f"a JSON {type(row).__name__}, not an object")
+        yield number, row if isinstance(row, dict) else MalformedRow(f"a JSON {type(row).__name__}, not an object",
+                                                                     raw=row)
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def deep_json_row(text: str) -> int | None:
+    """The 1-based number of the first element of a top-level JSON list that is nested too deeply to
+    decode (RecursionError), found by decoding the elements one by one; None when the text is not a
+    list or no single element is to blame."""
+    decoder, index, number = json.JSONDecoder(), _JSON_SPACE.match(text).end(), 0
+    if not text.startswith("[", index):
+        return None
+    index += 1
+    while True:
+        index = _JSON_SPACE.match(text, index).end()
+        number += 1
+        try:
+            _, index = decoder.raw_decode(text, index)
+        except RecursionError:
+            return number
+        except ValueError:
+            return None
+        index = _JSON_SPACE.match(text, index).end()
+        if not text.startswith(",", index):
+            return None
+        index += 1
 
 
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict | Exception]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames or any(name is None or name == "" for name in reader.fieldnames):
-        raise SourceError(f"{path}: not CSV with a header row (header: {reader.fieldnames})")
-    count = 0
-    for number, row in enumerate(reader, start=1):
-        count += 1
-        if None in row:  # more cells than header columns
-            yield number, ValueError(f"{len(row[None])} more cells than the header has columns")
-            continue
-        yield number, row
-    if not count:
+    # csv's default field limit (131,072 characters) is a guard, not a rule about preference data: a
+    # long field is the token limit's business (a too_long reject). No field can outgrow the file, so
+    # the file's length is the limit, set only while this file is parsed.
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, len(text)))
+    try:
+        rows = list(_csv_records(path, text))
+    finally:
+        csv.field_size_limit(previous)
+    if not rows:
         raise SourceError(f"{path}: empty file (a header and no rows)")
+    yield from rows
+
+
+def _csv_records(path: Path, text: str) -> Iterator[tuple[int, dict | Exception]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    where = "the header"
+    try:
+        fieldnames = reader.fieldnames
+        if not fieldnames or any(name is None or name == "" for name in fieldnames):
+            raise SourceError(f"{path}: not CSV with a header row (header: {fieldnames})")
+        where = "row 1"
+        for number, row in enumerate(reader, start=1):
+            where = f"row {number + 1}"  # if the next record fails, it is this one
+            if None in row:  # more cells than header columns
+                cells = [row[name] for name in fieldnames] + row[None]
+                yield number, MalformedRow(f"{len(row[None])} more cells than the header has columns", raw=cells)
+                continue
+            yield number, row
+    except csv.Error as error:
+        # The parser's state after an error is unknown (it may be inside a quoted field), so the
+        # rows after it cannot be trusted: the file fails, naming where.
+        raise SourceError(f"{path}: {where} (line {reader.line_num}) is not parseable CSV: {error}") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
@@ -182,7 +268,13 @@ def load_hub_rows(name: str, *, config: str | None, split: str, revision: str | 
     import datasets
 
     if Path(name).is_dir():
-        loaded = datasets.load_from_disk(name)
+        try:
+            loaded = datasets.load_from_disk(name)
+        except Exception as error:  # noqa: BLE001 - a folder without state.json, a broken arrow file, ...
+            raise SourceError(f"{name}: a local folder, but not a dataset saved with save_to_disk "
+                              f"({type(error).__name__}: {error}); prepare.source.name must name such a folder "
+                              f"or a hub dataset, and local JSONL/JSON/CSV/Parquet files go in "
+                              f"prepare.source.files (kind: files)") from error
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise SourceError(f"{name}: no split {split!r} (has {sorted(loaded)})")
@@ -297,7 +389,7 @@ def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping:
     for number, row in rows:
         result.rows_read += 1
         if isinstance(row, Exception):
-            reject(number, "malformed_row", None, str(row), None)
+            reject(number, "malformed_row", None, str(row), getattr(row, "raw", None))
             continue
         pair, problem = _extract(row, mapping)
         if problem is not None:

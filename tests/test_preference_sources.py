@@ -1,12 +1,15 @@
 """Every bad input of DESIGN.md §6 on small fixture files: a named reject with its row, or a clear
 error naming the file. Real parsers, real files, the real `datasets` load path (from disk)."""
 
+import csv
 import json
 
 import pytest
 
-from robust_rlhf.preference_sources import (Mapping, SourceError, check_columns, check_reject_fraction,
-                                            dataset_rows, load_hub_rows, map_rows, read_file_rows,
+from robust_rlhf.config import SourceParams
+from robust_rlhf.preference_sources import (Mapping, SourceError,
+                                            check_columns, check_reject_fraction, dataset_rows, load_hub_rows,
+                                            load_source, map_rows, read_file_rows,
                                             split_conversation)
 
 GOOD = {"prompt": "Rate the park.", "chosen": "Lovely and calm.", "rejected": "Noisy."}
@@ -24,6 +27,15 @@ def mapped(path, mapping=Mapping(), **kwargs):
 def only_reject(result):
     assert len(result.rejects) == 1, result.rejects
     return result.rejects[0]
+
+
+def where(reject):
+    return reject["row"], reject["field"], reject["reason"]
+
+
+def loaded(tokenizer, *paths, **source):
+    """load_source on local files with the real (tiny) tokenizer, as the prepare stage calls it."""
+    return load_source(SourceParams(kind="files", files=[str(path) for path in paths], **source), tokenizer)
 
 
 @pytest.mark.parametrize("row, reason, field", [
@@ -193,3 +205,85 @@ def test_split_pairs_keeps_each_prompt_in_one_split():
     assert not (prompts["val"] & prompts["test"])
     assert sum(map(len, splits.values())) == 21 and len(splits["val"]) == 3 and len(splits["test"]) == 3
     assert split_pairs(pairs, seed=0, sizes={"train": 100, "val": 3, "test": 3}) == splits  # deterministic
+
+
+# --- hostile input: every case ends in a named reject or a SourceError naming the file and row ---
+
+def test_a_jsonl_line_nested_too_deeply_to_decode_is_a_malformed_row(tmp_path):
+    line = b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b', "chosen": "a", "rejected": "b"}'
+    result = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, line, GOOD | {"chosen": "Fine."}]))
+    rejected = only_reject(result)
+    assert where(rejected) == (2, None, "malformed_row") and "nested too deeply" in rejected["detail"]
+    assert rejected["raw"] == line.decode()  # the line as read
+    assert [pair["source_row"] for pair in result.pairs] == [1, 3]
+    json.dumps(result.rejects)
+
+
+def test_a_json_file_nested_too_deeply_fails_naming_the_row(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "prefs.json").write_text(f'[{json.dumps(GOOD)}, {{"prompt": {deep}, "chosen": "a", "rejected": "b"}}]')
+    with pytest.raises(SourceError, match=r"prefs.json: row 2 is nested too deeply"):
+        list(read_file_rows(tmp_path / "prefs.json"))
+
+
+def test_a_csv_field_over_the_csv_modules_limit_is_a_too_long_reject(tmp_path, tiny_tokenizer):
+    limit = csv.field_size_limit()
+    long_text = "lovely " * 30_000  # 210,000 characters; csv refuses fields over 131,072 by default
+    with open(tmp_path / "prefs.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(GOOD))
+        writer.writeheader()
+        writer.writerows([GOOD, GOOD | {"chosen": long_text}])
+    result = loaded(tiny_tokenizer, tmp_path / "prefs.csv", max_text_tokens=64, max_reject_fraction=0.5)
+    assert where(only_reject(result)) == (2, "chosen", "too_long") and len(result.pairs) == 1
+    assert csv.field_size_limit() == limit  # the module-wide limit is left as it was
+
+
+@pytest.mark.parametrize("name", ["x.jsonl", "x.csv", "x.parquet"])
+def test_a_folder_with_a_data_file_name_is_an_error_naming_it(tmp_path, name):
+    (tmp_path / name).mkdir()
+    with pytest.raises(SourceError, match=rf"{name}: a folder, not a \w+ file"):
+        list(read_file_rows(tmp_path / name))
+
+
+def test_a_hub_name_that_is_a_folder_but_no_saved_dataset_is_an_error_naming_it(tmp_path):
+    (tmp_path / "prefs").mkdir()
+    write_jsonl(tmp_path / "prefs" / "train.jsonl", [GOOD])
+    with pytest.raises(SourceError, match=r"prefs: a local folder, but not a dataset saved with save_to_disk"):
+        load_hub_rows(str(tmp_path / "prefs"), config=None, split="train", revision=None)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\u0085"])
+def test_line_separators_inside_json_strings_do_not_split_a_jsonl_row(tmp_path, separator):
+    rows = [GOOD, GOOD | {"chosen": f"Two{separator}lines."}, GOOD | {"chosen": "After."}]
+    # ensure_ascii=False writes the separator raw, as many writers do; \r\n line ends are read too.
+    (tmp_path / "prefs.jsonl").write_bytes("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode())
+    result = mapped(tmp_path / "prefs.jsonl")
+    assert not result.rejects and [pair["source_row"] for pair in result.pairs] == [1, 2, 3]
+    assert result.pairs[1]["chosen"] == f"Two{separator}lines." and result.pairs[2]["chosen"] == "After."
+
+
+def test_line_separators_inside_csv_fields_do_not_split_a_csv_row(tmp_path):
+    rows = [GOOD, GOOD | {"chosen": "Two\u2028lines\u0085here."}, GOOD | {"chosen": "After."}]
+    with open(tmp_path / "prefs.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(GOOD))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = mapped(tmp_path / "prefs.csv")
+    assert not result.rejects and [pair["chosen"] for pair in result.pairs] == [row["chosen"] for row in rows]
+
+
+@pytest.mark.parametrize("name", ["prefs.jsonl", "prefs.json", "prefs.csv"])
+def test_a_utf8_bom_does_not_cost_row_one(tmp_path, name):
+    rows = [GOOD, GOOD | {"chosen": "Fine."}]
+    if name.endswith(".jsonl"):
+        text = "".join(json.dumps(row) + "\n" for row in rows)
+    elif name.endswith(".json"):
+        text = json.dumps(rows)
+    else:
+        text = "prompt,chosen,rejected\r\n" + "".join(f"{r['prompt']},{r['chosen']},{r['rejected']}\r\n" for r in rows)
+    (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+    result = mapped(tmp_path / name)
+    assert not result.rejects and [pair["source_row"] for pair in result.pairs] == [1, 2]
+    assert result.pairs[0]["prompt"] == GOOD["prompt"]
+
+
