@@ -13,7 +13,7 @@ Whole-file problems (an empty file, a folder, a file that is not the format its 
 its parser cannot get past, a mapped column the data does not have) raise SourceError naming the
 file (and the row, where one is to blame). Row problems never drop a row silently: each becomes a
 reject with the source row number (1-based, header excluded), one named reason from REJECT_REASONS,
-the field, and the raw values (the raw line of a malformed row).
+the field, and the raw values (the raw line of a malformed row), capped at RAW_LIMIT_CHARS.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ REJECT_REASONS = (
     "missing_field",            # the row has no value (or null) for a mapped field
     "wrong_type",               # a text field that is not a string / a messages field that is not a message list
     "empty_text",               # empty or whitespace-only text
-    "invalid_utf8",             # bytes that are not valid UTF-8
+    "invalid_utf8",             # bytes that are not valid UTF-8, or an escaped lone surrogate ("\ud800")
     "malformed_row",            # not a row object: a bad JSONL line, a CSV row with extra cells, nesting without end
     "chosen_equals_rejected",   # no preference to learn
     "too_long",                 # more tokens than the limit (when too_long: reject)
@@ -42,6 +42,11 @@ REJECT_REASONS = (
 )
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 HH_ASSISTANT_MARKER = "\n\nAssistant:"
+RAW_LIMIT_CHARS = 4096  # a reject keeps at most this much of its raw row (a 50 MB row would fill rejects.jsonl)
+RAW_MAX_DEPTH = 32      # deeper raw values are elided in a reject, so writing it cannot recurse without end
+# Any UTF-16 surrogate: \udc80-\udcff are the bytes that `surrogateescape` kept from invalid UTF-8,
+# and an escaped lone surrogate in JSON ("\ud800") decodes to the rest; neither can be encoded.
+SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class SourceError(StageInputError):
@@ -325,19 +330,53 @@ def _is_messages(value) -> bool:
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
 
 
-def _has_invalid_utf8(text: str) -> bool:
-    return any("\udc80" <= char <= "\udcff" for char in text)
+def _surrogate_at(text: str) -> int | None:
+    """Where the first UTF-16 surrogate of `text` is (a byte that was not UTF-8, kept by
+    surrogateescape, or an escaped lone surrogate from JSON such as "\\ud800"), or None. Either
+    would make the tokenizer (and any UTF-8 writer) raise, so such a text is rejected."""
+    match = SURROGATE.search(text)
+    return None if match is None else match.start()
 
 
-def _safe(value):
-    """A raw value as it can be written to JSON (lone surrogates shown as \\x escapes)."""
+def _printable(text: str) -> str:
+    """`text` with each surrogate written as an escape, so it can be written as UTF-8: \\xNN for a
+    byte that was not UTF-8 (surrogateescape keeps byte NN as U+DCNN), \\uNNNN for any other."""
+    def escape(match: re.Match) -> str:
+        code = ord(match.group())
+        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+    return SURROGATE.sub(escape, text)
+
+
+def _safe(value, depth: int = 0):
+    """A raw value as it can be written to JSON: surrogates shown as escapes, and containers deeper
+    than RAW_MAX_DEPTH elided (a hostile row nests thousands deep, and recursing into every level
+    would end in RecursionError)."""
     if isinstance(value, str):
-        return value.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="backslashreplace")
-    if isinstance(value, list):
-        return [_safe(item) for item in value]
+        return _printable(value)
+    if isinstance(value, (list, tuple, dict)) and depth >= RAW_MAX_DEPTH:
+        return f"<{type(value).__name__} nested deeper than {RAW_MAX_DEPTH} levels>"
+    if isinstance(value, (list, tuple)):
+        return [_safe(item, depth + 1) for item in value]
     if isinstance(value, dict):
-        return {str(key): _safe(item) for key, item in value.items()}
+        return {_printable(str(key)): _safe(item, depth + 1) for key, item in value.items()}
     return value if value is None or isinstance(value, (int, float, bool)) else repr(value)
+
+
+def capped_raw(raw) -> dict:
+    """The `raw`, `raw_chars` and `raw_truncated` fields of a reject.
+
+    `raw` is the row (or a malformed row's line or cells) as it can be written to JSON; when its JSON
+    text (a line: the line itself) is longer than RAW_LIMIT_CHARS, `raw` is the first RAW_LIMIT_CHARS
+    characters of that text instead. `raw_chars` is always the full length.
+    """
+    if raw is None:
+        return {"raw": None, "raw_chars": 0, "raw_truncated": False}
+    safe = _safe(raw)
+    text = safe if isinstance(safe, str) else json.dumps(safe, ensure_ascii=False)
+    if len(text) <= RAW_LIMIT_CHARS:
+        return {"raw": safe, "raw_chars": len(text), "raw_truncated": False}
+    return {"raw": text[:RAW_LIMIT_CHARS], "raw_chars": len(text), "raw_truncated": True}
 
 
 def _extract(row: dict, mapping: Mapping) -> tuple[dict | None, tuple[str, str, str] | None]:
@@ -384,21 +423,24 @@ def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping:
 
     def reject(number: int, reason: str, field_name: str | None, detail: str, raw) -> None:
         result.rejects.append({"source": source, "row": number, "reason": reason, "field": field_name,
-                               "detail": detail, "raw": _safe(raw)})
+                               "detail": detail, **capped_raw(raw)})
 
     for number, row in rows:
         result.rows_read += 1
         if isinstance(row, Exception):
             reject(number, "malformed_row", None, str(row), getattr(row, "raw", None))
             continue
-        pair, problem = _extract(row, mapping)
+        try:
+            pair, problem = _extract(row, mapping)
+        except RecursionError:  # comparing message lists that nest without end
+            reject(number, "malformed_row", None, "nested too deeply to compare (RecursionError)", row)
+            continue
         if problem is not None:
             reject(number, *problem, row)
             continue
-        bad = next(((reason, name) for name, text in pair.items() for reason, failed in
-                    (("invalid_utf8", _has_invalid_utf8(text)), ("empty_text", not text.strip())) if failed), None)
+        bad = _text_problem(pair)
         if bad is not None:
-            reject(number, bad[0], bad[1], f"{bad[1]} is {'not valid UTF-8' if bad[0] == 'invalid_utf8' else 'empty'}", row)
+            reject(number, *bad, row)
             continue
         if pair["chosen"] == pair["rejected"]:
             reject(number, "chosen_equals_rejected", "rejected", "chosen and rejected are the same text", row)
@@ -419,6 +461,18 @@ def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping:
         seen.add(key)
         result.pairs.append({**pair, "source": source, "source_row": number})
     return result
+
+
+def _text_problem(pair: dict) -> tuple[str, str, str] | None:
+    """(reason, field, detail) for the first text of `pair` that is not valid Unicode or is empty."""
+    for name, text in pair.items():
+        at = _surrogate_at(text)
+        if at is not None:
+            return "invalid_utf8", name, (f"{name} is not valid UTF-8: {_printable(text[at])} at character {at} "
+                                          f"(a byte that is not UTF-8, or an escaped lone surrogate)")
+        if not text.strip():
+            return "empty_text", name, f"{name} is empty"
+    return None
 
 
 def check_reject_fraction(result: MappedSource, source: str, max_fraction: float) -> None:
@@ -473,7 +527,7 @@ def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> Mapped
         if key in seen:
             merged.rejects.append({"source": pair["source"], "row": pair["source_row"], "reason": "duplicate_pair",
                                    "field": None, "detail": "the same pair appeared in an earlier source",
-                                   "raw": _safe({k: pair[k] for k in ("prompt", "chosen", "rejected")})})
+                                   **capped_raw({k: pair[k] for k in ("prompt", "chosen", "rejected")})})
             continue
         seen.add(key)
         kept.append(pair)

@@ -3,11 +3,12 @@ error naming the file. Real parsers, real files, the real `datasets` load path (
 
 import csv
 import json
+import sys
 
 import pytest
 
 from robust_rlhf.config import SourceParams
-from robust_rlhf.preference_sources import (Mapping, SourceError,
+from robust_rlhf.preference_sources import (RAW_LIMIT_CHARS, RAW_MAX_DEPTH, Mapping, SourceError,
                                             check_columns, check_reject_fraction, dataset_rows, load_hub_rows,
                                             load_source, map_rows, read_file_rows,
                                             split_conversation)
@@ -36,6 +37,14 @@ def where(reject):
 def loaded(tokenizer, *paths, **source):
     """load_source on local files with the real (tiny) tokenizer, as the prepare stage calls it."""
     return load_source(SourceParams(kind="files", files=[str(path) for path in paths], **source), tokenizer)
+
+
+def nested(depth, leaf="x"):
+    """A list nested `depth` levels deep, built without recursion."""
+    value = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 @pytest.mark.parametrize("row, reason, field", [
@@ -214,8 +223,31 @@ def test_a_jsonl_line_nested_too_deeply_to_decode_is_a_malformed_row(tmp_path):
     result = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, line, GOOD | {"chosen": "Fine."}]))
     rejected = only_reject(result)
     assert where(rejected) == (2, None, "malformed_row") and "nested too deeply" in rejected["detail"]
-    assert rejected["raw"] == line.decode()  # the line as read
+    assert rejected["raw"] == line.decode()[:RAW_LIMIT_CHARS] and rejected["raw_chars"] == len(line)
     assert [pair["source_row"] for pair in result.pairs] == [1, 3]
+    json.dumps(result.rejects)
+
+
+def test_a_value_json_decodes_but_too_deep_to_copy_into_the_reject_is_elided(tmp_path):
+    # Deep enough that copying it level by level overflows the stack, shallow enough that json decodes it.
+    deep = nested(sys.getrecursionlimit() // 2)
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD | {"chosen": deep}])
+    rejected = only_reject(mapped(path))
+    assert where(rejected) == (1, "chosen", "wrong_type")
+    kept = rejected["raw"]["chosen"]  # the row is level 0, its chosen list level 1
+    for _ in range(RAW_MAX_DEPTH - 2):
+        (kept,) = kept
+    assert kept == [f"<list nested deeper than {RAW_MAX_DEPTH} levels>"]
+    json.dumps(rejected)
+
+
+def test_message_lists_too_deep_to_compare_are_a_malformed_row():
+    # A dataset row (Parquet, the hub) is built in Python, so no decoder limits its depth.
+    user = {"role": "user", "content": "Is the park nice?"}
+    row = {"chosen": [user | {"meta": nested(20_000)}, {"role": "assistant", "content": "Yes."}],
+           "rejected": [user | {"meta": nested(20_000)}, {"role": "assistant", "content": "No."}]}
+    result = map_rows("rows", [(1, row)], Mapping(layout="messages", prompt=None))
+    assert where(only_reject(result)) == (1, None, "malformed_row")
     json.dumps(result.rejects)
 
 
@@ -236,6 +268,17 @@ def test_a_csv_field_over_the_csv_modules_limit_is_a_too_long_reject(tmp_path, t
     result = loaded(tiny_tokenizer, tmp_path / "prefs.csv", max_text_tokens=64, max_reject_fraction=0.5)
     assert where(only_reject(result)) == (2, "chosen", "too_long") and len(result.pairs) == 1
     assert csv.field_size_limit() == limit  # the module-wide limit is left as it was
+
+
+def test_an_escaped_lone_surrogate_is_invalid_utf8_before_the_tokenizer_sees_it(tmp_path, tiny_tokenizer):
+    path = write_jsonl(tmp_path / "prefs.jsonl", [
+        GOOD, GOOD | {"chosen": "Bad \ud800 text"}, GOOD | {"chosen": "A smile \U0001F600."}])
+    assert b"\\ud800" in path.read_bytes() and b"\\ud83d\\ude00" in path.read_bytes()  # escaped, as json writes them
+    result = loaded(tiny_tokenizer, path, max_reject_fraction=0.5)
+    rejected = only_reject(result)
+    assert where(rejected) == (2, "chosen", "invalid_utf8") and rejected["raw"]["chosen"] == "Bad \\ud800 text"
+    assert result.pairs[1]["chosen"] == "A smile \U0001F600."  # a proper surrogate pair is one valid character
+    json.dumps(result.rejects)
 
 
 @pytest.mark.parametrize("name", ["x.jsonl", "x.csv", "x.parquet"])
@@ -285,5 +328,14 @@ def test_a_utf8_bom_does_not_cost_row_one(tmp_path, name):
     result = mapped(tmp_path / name)
     assert not result.rejects and [pair["source_row"] for pair in result.pairs] == [1, 2]
     assert result.pairs[0]["prompt"] == GOOD["prompt"]
+
+
+def test_malformed_rows_keep_their_raw_line_or_cells(tmp_path):
+    jsonl = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, b"{not json", b"[1, 2]"]))
+    assert [(r["row"], r["raw"], r["raw_chars"]) for r in jsonl.rejects] == [(2, "{not json", 9), (3, "[1, 2]", 6)]
+    (tmp_path / "prefs.csv").write_text("prompt,chosen,rejected\np,a,b\np,a,b,extra\n")
+    assert only_reject(mapped(tmp_path / "prefs.csv"))["raw"] == ["p", "a", "b", "extra"]
+    (tmp_path / "prefs.json").write_text(json.dumps([GOOD, [1, 2]]))
+    assert only_reject(mapped(tmp_path / "prefs.json"))["raw"] == [1, 2]
 
 
