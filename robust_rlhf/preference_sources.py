@@ -21,6 +21,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ RAW_MAX_DEPTH = 32      # deeper raw values are elided in a reject, so writing i
 # Any UTF-16 surrogate: \udc80-\udcff are the bytes that `surrogateescape` kept from invalid UTF-8,
 # and an escaped lone surrogate in JSON ("\ud800") decodes to the rest; neither can be encoded.
 SURROGATE = re.compile(r"[\ud800-\udfff]")
+logger = logging.getLogger(__name__)
 
 
 class SourceError(StageInputError):
@@ -411,11 +414,36 @@ def _extract(row: dict, mapping: Mapping) -> tuple[dict | None, tuple[str, str, 
     return {"prompt": row[mapping.prompt], "chosen": row[mapping.chosen], "rejected": row[mapping.rejected]}, None
 
 
+def token_excess(text: str, *, count_tokens: Callable[[str], int], max_tokens: int,
+                 max_token_bytes: int | None) -> str | None:
+    """Why `text` is over `max_tokens` tokens, or None when it is not.
+
+    With `max_token_bytes` (L: no token stands for more than L UTF-8 bytes, `max_bytes_per_token`), a
+    text of n bytes has at least n / L tokens, so one of more than max_tokens * L bytes is over the
+    limit without being tokenised; only texts up to that size are ever tokenised (a 50 MB line took
+    72 s and 10 GB to tokenise whole).
+    """
+    if max_token_bytes is not None:
+        size = len(text.encode("utf-8"))
+        if size > max_tokens * max_token_bytes:
+            return (f"at least {math.ceil(size / max_token_bytes)} tokens ({size} UTF-8 bytes, at most "
+                    f"{max_token_bytes} per token) > limit {max_tokens}")
+    length = count_tokens(text)
+    return f"{length} tokens > limit {max_tokens}" if length > max_tokens else None
+
+
 def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping: Mapping, *,
              count_tokens: Callable[[str], int] | None = None, max_tokens: int | None = None,
-             too_long: str = "reject", truncate: Callable[[str, int], str] | None = None) -> MappedSource:
+             too_long: str = "reject", truncate: Callable[[str, int], str] | None = None,
+             max_token_bytes: int | None = None) -> MappedSource:
     """Map and validate rows into (prompt, chosen, rejected) pairs; every row that fails becomes one
-    reject with its row number and the first reason that applies (REJECT_REASONS)."""
+    reject with its row number and the first reason that applies (REJECT_REASONS).
+
+    `max_token_bytes` bounds the cost of a long text (`token_excess`): with it, `truncate` is given at
+    most the first (max_tokens + 1) * max_token_bytes characters, which hold more than max_tokens
+    tokens, so their first max_tokens tokens are the text's (unless one pre-token word runs across
+    the cut, which BPE may then merge differently).
+    """
     if too_long not in ("reject", "truncate"):
         raise ValueError(f"too_long must be 'reject' or 'truncate', got {too_long!r}")
     result = MappedSource()
@@ -446,14 +474,21 @@ def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping:
             reject(number, "chosen_equals_rejected", "rejected", "chosen and rejected are the same text", row)
             continue
         if count_tokens is not None and max_tokens is not None:
-            lengths = {name: count_tokens(text) for name, text in pair.items()}
-            over = {name: length for name, length in lengths.items() if length > max_tokens}
+            over = {}
+            for name, text in pair.items():
+                excess = token_excess(text, count_tokens=count_tokens, max_tokens=max_tokens,
+                                      max_token_bytes=max_token_bytes)
+                if excess is not None:
+                    over[name] = excess
+                    if too_long == "reject":
+                        break  # the first field over is the reason; the others need not be tokenised
             if over and too_long == "reject":
                 name = next(iter(over))
-                reject(number, "too_long", name, f"{over[name]} tokens > limit {max_tokens}", row)
+                reject(number, "too_long", name, over[name], row)
                 continue
             for name in over:
-                pair[name] = truncate(pair[name], max_tokens)
+                text = pair[name] if max_token_bytes is None else pair[name][:(max_tokens + 1) * max_token_bytes]
+                pair[name] = truncate(text, max_tokens)
         key = (pair["prompt"], pair["chosen"], pair["rejected"])
         if key in seen:
             reject(number, "duplicate_pair", None, "the same (prompt, chosen, rejected) appeared before", row)
@@ -489,18 +524,74 @@ def check_reject_fraction(result: MappedSource, source: str, max_fraction: float
 
 # --- from params to splits ----------------------------------------------------------------------
 
+def max_bytes_per_token(tokenizer) -> int | None:
+    """L, the most UTF-8 bytes of text that one token stands for, when `tokenizer` is a byte-level BPE
+    (GPT-2, Llama 3, SmolLM2, the tests' tiny tokenizer); None for any other.
+
+    A byte-level BPE turns each byte of the text into one symbol and each token is a run of symbols,
+    so a text of n bytes has at least n / L tokens. That holds only with no normaliser (NFC, NFKC,
+    stripping can shrink a text), pre-tokenisers that drop nothing, all 256 byte symbols in the
+    vocabulary (a missing one would be dropped) and no added token that swallows the whitespace
+    beside it (lstrip/rstrip). L is the longest token's UTF-8 length, which overstates tokens made of
+    byte symbols (U+0100-U+0143 take two bytes each), so the bound errs on the safe side.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str())
+    if spec.get("normalizer") is not None or (spec.get("model") or {}).get("type") != "BPE":
+        return None
+    steps = _pre_tokenizer_steps(spec.get("pre_tokenizer"))
+    if not any(step.get("type") == "ByteLevel" for step in steps) or not all(map(_keeps_every_byte, steps)):
+        return None
+    if any(token.get("lstrip") or token.get("rstrip") for token in spec.get("added_tokens") or []):
+        return None
+    from tokenizers import pre_tokenizers
+
+    vocab = tokenizer.get_vocab()
+    if not set(pre_tokenizers.ByteLevel.alphabet()) <= set(vocab):
+        return None
+    return max(len(token.encode("utf-8", errors="surrogatepass")) for token in vocab)
+
+
+def _pre_tokenizer_steps(spec: dict | None) -> list[dict]:
+    if spec is None:
+        return []
+    if spec.get("type") == "Sequence":
+        return [step for child in spec.get("pretokenizers", []) for step in _pre_tokenizer_steps(child)]
+    return [spec]
+
+
+def _keeps_every_byte(step: dict) -> bool:
+    # These only cut the text into words; Split with behavior Removed (and Whitespace, Metaspace,
+    # anything unknown) can drop or change characters.
+    return step.get("type") in ("ByteLevel", "Digits", "Split", "Punctuation") and step.get("behavior") != "Removed"
+
+
+def truncate_to_tokens(tokenizer, text: str, limit: int) -> str:
+    """The text of the first `limit` tokens of `text`. A cut can end inside a character, which
+    decodes to U+FFFD and may re-encode to more tokens, so tokens are dropped until the text fits."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:limit]
+    while ids:
+        cut = tokenizer.decode(ids)
+        if len(tokenizer(cut, add_special_tokens=False)["input_ids"]) <= limit:
+            return cut
+        ids = ids[:-1]
+    return ""
+
+
 def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> MappedSource:
     """Read, map and validate every file (or the hub split) that `config` (SourceParams) names;
     token lengths are counted with the policy's tokenizer. Fails above `max_reject_fraction`."""
     mapping = Mapping(layout=config.layout, prompt=config.columns.prompt if config.layout == "columns" else None,
                       chosen=config.columns.chosen, rejected=config.columns.rejected)
-    count_tokens = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-
-    def truncate(text: str, limit: int) -> str:
-        return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:limit])
-
-    options = {"count_tokens": count_tokens, "max_tokens": config.max_text_tokens, "too_long": config.too_long,
-               "truncate": truncate}
+    bound = max_bytes_per_token(tokenizer)
+    if bound is None:
+        logger.info("the policy's tokenizer is no byte-level BPE, so no byte count bounds its token count: each "
+                    "text is tokenised whole to check prepare.source.max_text_tokens (slow for texts of megabytes)")
+    options = {"count_tokens": lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+               "max_tokens": config.max_text_tokens, "too_long": config.too_long,
+               "truncate": lambda text, limit: truncate_to_tokens(tokenizer, text, limit), "max_token_bytes": bound}
     merged = MappedSource()
     if config.kind == "hub":
         description, dataset = load_hub_rows(config.name, config=config.config, split=config.split,

@@ -10,7 +10,7 @@ import pytest
 from robust_rlhf.config import SourceParams
 from robust_rlhf.preference_sources import (RAW_LIMIT_CHARS, RAW_MAX_DEPTH, Mapping, SourceError,
                                             check_columns, check_reject_fraction, dataset_rows, load_hub_rows,
-                                            load_source, map_rows, read_file_rows,
+                                            load_source, map_rows, max_bytes_per_token, read_file_rows,
                                             split_conversation)
 
 GOOD = {"prompt": "Rate the park.", "chosen": "Lovely and calm.", "rejected": "Noisy."}
@@ -313,6 +313,89 @@ def test_line_separators_inside_csv_fields_do_not_split_a_csv_row(tmp_path):
         writer.writerows(rows)
     result = mapped(tmp_path / "prefs.csv")
     assert not result.rejects and [pair["chosen"] for pair in result.pairs] == [row["chosen"] for row in rows]
+
+
+class CountingTokenizer:
+    """One token per word, recording the length of every text it was given (a stand-in for a
+    tokenizer, to show which texts map_rows tokenises)."""
+
+    def __init__(self):
+        self.seen: list[int] = []
+
+    def count(self, text):
+        self.seen.append(len(text))
+        return len(text.split())
+
+    def truncate(self, text, limit):
+        self.seen.append(len(text))
+        return " ".join(text.split()[:limit])
+
+
+def test_a_text_too_long_by_its_bytes_is_rejected_without_being_tokenised(tmp_path):
+    huge = "lovely " * 500_000  # 3.5 MB
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD, GOOD | {"chosen": huge}])
+    tokens = CountingTokenizer()
+    result = mapped(path, count_tokens=tokens.count, max_tokens=16, max_token_bytes=8)
+    rejected = only_reject(result)
+    assert where(rejected) == (2, "chosen", "too_long")
+    assert rejected["detail"].startswith(f"at least {len(huge) // 8} tokens ({len(huge)} UTF-8 bytes, at most 8")
+    assert max(tokens.seen) <= 16 * 8  # only texts the byte bound cannot decide are tokenised
+    # the 3.5 MB row is not copied into rejects.jsonl: its first RAW_LIMIT_CHARS characters and its length are
+    assert rejected["raw_truncated"] and len(rejected["raw"]) == RAW_LIMIT_CHARS
+    assert rejected["raw_chars"] == len(json.dumps(GOOD | {"chosen": huge}, ensure_ascii=False))
+
+
+def test_truncating_a_text_too_long_by_its_bytes_tokenises_a_bounded_prefix(tmp_path):
+    huge = "lovely " * 500_000
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD | {"chosen": huge}])
+    tokens = CountingTokenizer()
+    result = mapped(path, count_tokens=tokens.count, max_tokens=16, max_token_bytes=8, too_long="truncate",
+                    truncate=tokens.truncate)
+    assert not result.rejects and result.pairs[0]["chosen"] == " ".join(["lovely"] * 16)
+    assert max(tokens.seen) <= (16 + 1) * 8
+
+
+def test_the_byte_bound_holds_for_the_tiny_byte_level_tokenizer(tiny_tokenizer):
+    bound = max_bytes_per_token(tiny_tokenizer)
+    assert isinstance(bound, int) and bound >= 2
+    texts = ["Review the park.", "lovely " * 200, "x" * 5000, "Café ☕ naïve 😀 " * 50, "\u2028\u0085\t\n" * 30]
+    for text in texts:
+        ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert len(ids) * bound >= len(text.encode("utf-8")), text[:20]
+
+
+@pytest.mark.parametrize("change", ["normalizer", "whitespace_pre_tokenizer", "lstrip_token"])
+def test_no_byte_bound_for_a_tokenizer_that_can_shrink_the_text(tiny_tokenizer, change):
+    from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(tiny_tokenizer.backend_tokenizer.to_str())
+    if change == "normalizer":
+        backend.normalizer = normalizers.NFKC()  # composes characters: fewer bytes than the text had
+    elif change == "whitespace_pre_tokenizer":
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel()])
+    else:
+        backend.add_special_tokens([AddedToken("<mask>", lstrip=True)])  # swallows any run of spaces before it
+    assert max_bytes_per_token(PreTrainedTokenizerFast(tokenizer_object=backend)) is None
+
+
+def test_a_line_of_megabytes_is_rejected_by_its_bytes_with_the_real_tokenizer(tmp_path, tiny_tokenizer):
+    huge = "lovely " * 300_000  # 2.1 MB in one line
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD, GOOD | {"prompt": "Rate the zoo.", "chosen": huge}])
+    result = loaded(tiny_tokenizer, path, max_text_tokens=64, max_reject_fraction=0.5)
+    rejected = only_reject(result)
+    # "at least": decided by the byte count, without tokenising (a count would read "N tokens > limit")
+    assert where(rejected) == (2, "chosen", "too_long") and rejected["detail"].startswith("at least ")
+    assert rejected["raw_truncated"] and rejected["raw_chars"] > len(huge)
+
+
+def test_truncate_keeps_the_first_tokens_within_the_limit_with_the_real_tokenizer(tmp_path, tiny_tokenizer):
+    huge = "Lovely calm park, café ☕. " * 100_000
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD | {"chosen": huge}])
+    result = loaded(tiny_tokenizer, path, max_text_tokens=20, too_long="truncate")
+    chosen = result.pairs[0]["chosen"]
+    assert not result.rejects and chosen and huge.startswith(chosen[:10])
+    assert len(tiny_tokenizer(chosen, add_special_tokens=False)["input_ids"]) <= 20
 
 
 @pytest.mark.parametrize("name", ["prefs.jsonl", "prefs.json", "prefs.csv"])
