@@ -46,6 +46,7 @@ FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parqu
 HH_ASSISTANT_MARKER = "\n\nAssistant:"
 RAW_LIMIT_CHARS = 4096  # a reject keeps at most this much of its raw row (a 50 MB row would fill rejects.jsonl)
 RAW_MAX_DEPTH = 32      # deeper raw values are elided in a reject, so writing it cannot recurse without end
+FIRST_REJECTS_SHOWN = 3  # rejects named in the too-many-rejects message
 # Any UTF-16 surrogate: \udc80-\udcff are the bytes that `surrogateescape` kept from invalid UTF-8,
 # and an escaped lone surrogate in JSON ("\ud800") decodes to the rest; neither can be encoded.
 SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -54,6 +55,15 @@ logger = logging.getLogger(__name__)
 
 class SourceError(StageInputError):
     """A whole source cannot be used; the message names the file (or dataset) and what is wrong."""
+
+
+class TooManyRejects(SourceError):
+    """More rows rejected than `max_reject_fraction` allows; carries every reject read so far, so the
+    stage can keep them where the failure does not delete them."""
+
+    def __init__(self, message: str, rejects: list[dict]) -> None:
+        super().__init__(message)
+        self.rejects = rejects
 
 
 class MalformedRow(ValueError):
@@ -84,6 +94,7 @@ class MappedSource:
     pairs: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
     rows_read: int = 0
+    ignored_columns: dict[str, list[str]] = field(default_factory=dict)  # source -> columns no mapping names
 
     def reject_counts(self) -> dict[str, int]:
         return dict(Counter(reject["reason"] for reject in self.rejects))
@@ -299,13 +310,15 @@ def load_hub_rows(name: str, *, config: str | None, split: str, revision: str | 
 
 # --- mapping and validation -----------------------------------------------------------------------
 
-def check_columns(source: str, available: Iterable[str], mapping: Mapping) -> None:
-    """A mapped column the data does not have is an error naming it (not a reject per row)."""
+def check_columns(source: str, available: Iterable[str], mapping: Mapping) -> list[str]:
+    """A mapped column the data does not have is an error naming it (not a reject per row). Returns
+    the columns that no mapping names, which are read and then ignored."""
     available = list(available)
     missing = [name for name in mapping.columns() if name not in available]
     if missing:
         raise SourceError(f"{source}: the column mapping names {missing}, which the data does not have "
                           f"(columns: {available}); set prepare.source.columns")
+    return [name for name in available if name not in mapping.columns()]
 
 
 def split_conversation(chosen: str, rejected: str) -> tuple[str, str, str] | None:
@@ -510,16 +523,28 @@ def _text_problem(pair: dict) -> tuple[str, str, str] | None:
     return None
 
 
+def describe_rejects(rejects: list[dict], detail_chars: int = 120) -> str:
+    """Rejects as `row 5 field 'rejected': missing_field (no value ...)`, for an error message."""
+    def one(reject: dict) -> str:
+        detail = reject["detail"] if len(reject["detail"]) <= detail_chars else reject["detail"][:detail_chars] + "..."
+        where = f"field {reject['field']!r}" if reject["field"] else "the whole row"
+        return f"row {reject['row']} {where}: {reject['reason']} ({detail})"
+
+    return "; ".join(one(reject) for reject in rejects)
+
+
 def check_reject_fraction(result: MappedSource, source: str, max_fraction: float) -> None:
-    """Fail, naming the source and its top reasons, when too many rows were rejected."""
+    """Fail, naming the source, its top reasons and its first rejected rows (row, field, reason),
+    when too many rows were rejected; the error (TooManyRejects) carries the rejects."""
     if not result.rows_read:
         raise SourceError(f"{source}: no rows")
     fraction = len(result.rejects) / result.rows_read
     if fraction > max_fraction:
         top = ", ".join(f"{reason} x{count}" for reason, count in Counter(
             r["reason"] for r in result.rejects).most_common(3))
-        raise SourceError(f"{source}: {len(result.rejects)} of {result.rows_read} rows rejected ({fraction:.0%} > "
-                          f"max_reject_fraction {max_fraction:.0%}); top reasons: {top}. See rejects.jsonl")
+        raise TooManyRejects(f"{source}: {len(result.rejects)} of {result.rows_read} rows rejected ({fraction:.0%} > "
+                             f"max_reject_fraction {max_fraction:.0%}); top reasons: {top}; first rejected: "
+                             f"{describe_rejects(result.rejects[:FIRST_REJECTS_SHOWN])}", result.rejects)
 
 
 # --- from params to splits ----------------------------------------------------------------------
@@ -582,7 +607,8 @@ def truncate_to_tokens(tokenizer, text: str, limit: int) -> str:
 
 def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> MappedSource:
     """Read, map and validate every file (or the hub split) that `config` (SourceParams) names;
-    token lengths are counted with the policy's tokenizer. Fails above `max_reject_fraction`."""
+    token lengths are counted with the policy's tokenizer. Columns no mapping names are logged once
+    per source. Fails above `max_reject_fraction` (TooManyRejects, carrying every reject)."""
     mapping = Mapping(layout=config.layout, prompt=config.columns.prompt if config.layout == "columns" else None,
                       chosen=config.columns.chosen, rejected=config.columns.rejected)
     bound = max_bytes_per_token(tokenizer)
@@ -593,20 +619,25 @@ def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> Mapped
                "max_tokens": config.max_text_tokens, "too_long": config.too_long,
                "truncate": lambda text, limit: truncate_to_tokens(tokenizer, text, limit), "max_token_bytes": bound}
     merged = MappedSource()
+    sources: list[tuple[str, MappedSource]] = []
     if config.kind == "hub":
         description, dataset = load_hub_rows(config.name, config=config.config, split=config.split,
                                              revision=config.revision, trust_remote_code=trust_remote_code)
-        check_columns(description, dataset.column_names, mapping)
-        sources = [(description, map_rows(description, dataset_rows(dataset), mapping, **options))]
+        ignored = check_columns(description, dataset.column_names, mapping)
+        sources.append((description, map_rows(description, dataset_rows(dataset), mapping, **options)))
+        merged.ignored_columns[description] = ignored
     else:
-        sources = []
         for path in config.files:
             rows = list(read_file_rows(path))
             present = {key for _, row in rows if isinstance(row, dict) for key in row}
-            check_columns(path, sorted(present), mapping)
+            ignored = check_columns(path, sorted(present), mapping)
             sources.append((path, map_rows(path, rows, mapping, **options)))
-    for description, result in sources:
-        check_reject_fraction(result, description, config.max_reject_fraction)
+            merged.ignored_columns[path] = ignored
+    for description, ignored in merged.ignored_columns.items():
+        if ignored:
+            logger.info("%s: column(s) %s are not mapped (layout %s maps %s) and are ignored", description,
+                        ignored, mapping.layout, mapping.columns())
+    for _, result in sources:
         merged.pairs += result.pairs
         merged.rejects += result.rejects
         merged.rows_read += result.rows_read
@@ -623,6 +654,11 @@ def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> Mapped
         seen.add(key)
         kept.append(pair)
     merged.pairs = kept
+    for description, result in sources:
+        try:
+            check_reject_fraction(result, description, config.max_reject_fraction)
+        except TooManyRejects as error:
+            raise TooManyRejects(str(error), merged.rejects) from None
     return merged
 
 

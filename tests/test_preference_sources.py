@@ -3,12 +3,13 @@ error naming the file. Real parsers, real files, the real `datasets` load path (
 
 import csv
 import json
+import logging
 import sys
 
 import pytest
 
 from robust_rlhf.config import SourceParams
-from robust_rlhf.preference_sources import (RAW_LIMIT_CHARS, RAW_MAX_DEPTH, Mapping, SourceError,
+from robust_rlhf.preference_sources import (RAW_LIMIT_CHARS, RAW_MAX_DEPTH, Mapping, SourceError, TooManyRejects,
                                             check_columns, check_reject_fraction, dataset_rows, load_hub_rows,
                                             load_source, map_rows, max_bytes_per_token, read_file_rows,
                                             split_conversation)
@@ -176,11 +177,15 @@ def test_message_lists_share_the_prompt_and_end_with_the_assistant(tmp_path):
         (2, "prompt_prefix_mismatch"), (3, "wrong_type"), (4, "wrong_type")]
 
 
-def test_reject_fraction_above_the_limit_fails_naming_source_and_reasons(tmp_path):
+def test_reject_fraction_above_the_limit_fails_naming_source_reasons_and_first_rows(tmp_path):
     result = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, GOOD, {"prompt": "p"}]))
     check_reject_fraction(result, "prefs.jsonl", 0.7)
-    with pytest.raises(SourceError, match=r"prefs.jsonl: 2 of 3 rows rejected .*duplicate_pair x1, missing_field x1"):
+    with pytest.raises(TooManyRejects, match=r"prefs.jsonl: 2 of 3 rows rejected .*duplicate_pair x1, missing_field x1"
+                       ) as raised:
         check_reject_fraction(result, "prefs.jsonl", 0.2)
+    assert ("first rejected: row 2 the whole row: duplicate_pair (the same (prompt, chosen, rejected) appeared "
+            "before); row 3 field 'chosen': missing_field (no value for column 'chosen')") in str(raised.value)
+    assert raised.value.rejects == result.rejects
 
 
 def test_hub_path_loads_a_dataset_saved_to_disk(tmp_path):
@@ -422,3 +427,13 @@ def test_malformed_rows_keep_their_raw_line_or_cells(tmp_path):
     assert only_reject(mapped(tmp_path / "prefs.json"))["raw"] == [1, 2]
 
 
+def test_columns_no_mapping_names_are_logged_once_per_source(tmp_path, tiny_tokenizer, caplog):
+    caplog.set_level(logging.INFO, logger="robust_rlhf.preference_sources")
+    first = write_jsonl(tmp_path / "first.jsonl", [GOOD | {"chosen": f"Fine {i}.", "id": i, "score": 1}
+                                                   for i in range(3)])
+    second = write_jsonl(tmp_path / "second.jsonl", [GOOD | {"chosen": "Fine."}])
+    result = loaded(tiny_tokenizer, first, second)
+    assert not result.rejects and result.ignored_columns == {str(first): ["id", "score"], str(second): []}
+    notes = [record.getMessage() for record in caplog.records if "are not mapped" in record.getMessage()]
+    assert notes == [f"{first}: column(s) ['id', 'score'] are not mapped (layout columns maps "
+                     f"['prompt', 'chosen', 'rejected']) and are ignored"]
