@@ -110,7 +110,7 @@ def _prepare_from_source(params: Params, data: Path, tokenizer) -> dict:
         atomic_write_jsonl(kept_on_failure, loaded.rejects)
         raise SourceError(f"{len(loaded.pairs)} valid pairs (of {loaded.rows_read} rows) leave no pairs for "
                           f"the {', '.join(empty)} split(s); lower prepare.num_val_pairs / num_test_pairs. The "
-                          f"{len(loaded.rejects)} rejects are in {kept_on_failure}")
+                          f"rejects ({len(loaded.rejects)}) are in {kept_on_failure}")
     unused = len(loaded.pairs) - sum(len(splits[split]) for split in SPLITS)
     if unused:
         logger.info("%d of %d valid pairs are not used: the splits are full (prepare.num_train_pairs %d, "

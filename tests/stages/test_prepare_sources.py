@@ -67,6 +67,17 @@ def test_too_many_rejects_fail_naming_the_file_reasons_rows_and_where_the_reject
         (row, "rejected", "missing_field") for row in (5, 6, 7, 8)]
 
 
+def test_too_few_valid_pairs_for_every_split_fail_keeping_the_rejects(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in good_rows(3) + [{"prompt": "p", "chosen": "a"}]))
+    result = prepare(tmp_path, source_params(tmp_path, {"kind": "files", "files": [str(path)],
+                                                        "max_reject_fraction": 0.5}), ok=False)
+    kept = tmp_path / ".rejects/prepare/rejects.jsonl"
+    assert result.returncode == 2 and "3 valid pairs (of 4 rows) leave no pairs for the train, test split(s)" in result.stderr
+    assert f"The rejects (1) are in {kept}" in result.stderr
+    assert [(r["row"], r["field"], r["reason"]) for r in read_jsonl(kept)] == [(4, "rejected", "missing_field")]
+
+
 def test_every_row_read_is_used_rejected_or_counted_unused(tmp_path):
     rows = [row | {"id": i} for i, row in enumerate(good_rows(100))]  # "id" is no mapped column
     bad = [{"prompt": "Review the zoo.", "chosen": "Same.", "rejected": "Same."}, {"prompt": "x", "chosen": "y"}]
