@@ -66,6 +66,20 @@ class TooManyRejects(SourceError):
         self.rejects = rejects
 
 
+@dataclass(frozen=True)
+class TokenBound:
+    """What a byte-level BPE's vocabulary guarantees about token counts (`token_bound`): no token
+    stands for more than `max_token_bytes` bytes of text, and a byte in `dropped` (its byte symbol
+    is not in the vocabulary, and there is no unknown token) yields no token at all."""
+
+    max_token_bytes: int
+    dropped: bytes = b""
+
+    def counted_bytes(self, text: str) -> int:
+        """The UTF-8 bytes of `text` that end up in some token: there are at least this / L tokens."""
+        return len(text.encode("utf-8").translate(None, self.dropped))
+
+
 class MalformedRow(ValueError):
     """A row the parser could not make into a row object; `raw` is its text (or cells) as read."""
 
@@ -428,19 +442,19 @@ def _extract(row: dict, mapping: Mapping) -> tuple[dict | None, tuple[str, str, 
 
 
 def token_excess(text: str, *, count_tokens: Callable[[str], int], max_tokens: int,
-                 max_token_bytes: int | None) -> str | None:
+                 bound: TokenBound | None) -> str | None:
     """Why `text` is over `max_tokens` tokens, or None when it is not.
 
-    With `max_token_bytes` (L: no token stands for more than L UTF-8 bytes, `max_bytes_per_token`), a
-    text of n bytes has at least n / L tokens, so one of more than max_tokens * L bytes is over the
-    limit without being tokenised; only texts up to that size are ever tokenised (a 50 MB line took
-    72 s and 10 GB to tokenise whole).
+    With a `bound` (L = bound.max_token_bytes), a text whose counted bytes are n has at least n / L
+    tokens, so one of more than max_tokens * L counted bytes is over the limit without being
+    tokenised; only texts up to that size (plus bytes that yield no token) are tokenised. A 50 MB
+    line took 72 s and 10 GB to tokenise whole.
     """
-    if max_token_bytes is not None:
-        size = len(text.encode("utf-8"))
-        if size > max_tokens * max_token_bytes:
-            return (f"at least {math.ceil(size / max_token_bytes)} tokens ({size} UTF-8 bytes, at most "
-                    f"{max_token_bytes} per token) > limit {max_tokens}")
+    if bound is not None:
+        counted = bound.counted_bytes(text)
+        if counted > max_tokens * bound.max_token_bytes:
+            return (f"at least {math.ceil(counted / bound.max_token_bytes)} tokens ({counted} UTF-8 bytes, at most "
+                    f"{bound.max_token_bytes} per token) > limit {max_tokens}")
     length = count_tokens(text)
     return f"{length} tokens > limit {max_tokens}" if length > max_tokens else None
 
@@ -448,14 +462,15 @@ def token_excess(text: str, *, count_tokens: Callable[[str], int], max_tokens: i
 def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping: Mapping, *,
              count_tokens: Callable[[str], int] | None = None, max_tokens: int | None = None,
              too_long: str = "reject", truncate: Callable[[str, int], str] | None = None,
-             max_token_bytes: int | None = None) -> MappedSource:
+             token_bound: TokenBound | None = None) -> MappedSource:
     """Map and validate rows into (prompt, chosen, rejected) pairs; every row that fails becomes one
     reject with its row number and the first reason that applies (REJECT_REASONS).
 
-    `max_token_bytes` bounds the cost of a long text (`token_excess`): with it, `truncate` is given at
-    most the first (max_tokens + 1) * max_token_bytes characters, which hold more than max_tokens
-    tokens, so their first max_tokens tokens are the text's (unless one pre-token word runs across
-    the cut, which BPE may then merge differently).
+    `token_bound` bounds the cost of a long text (`token_excess`): with it, `truncate` is given at
+    most the first (max_tokens + 1) * L characters (L = token_bound.max_token_bytes), which hold more
+    than max_tokens tokens unless they hold bytes that yield none, so their first max_tokens tokens
+    are the text's (unless one pre-token word runs across the cut, which BPE may then merge
+    differently). A text that truncates to nothing is rejected (too_long).
     """
     if too_long not in ("reject", "truncate"):
         raise ValueError(f"too_long must be 'reject' or 'truncate', got {too_long!r}")
@@ -490,7 +505,7 @@ def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping:
             over = {}
             for name, text in pair.items():
                 excess = token_excess(text, count_tokens=count_tokens, max_tokens=max_tokens,
-                                      max_token_bytes=max_token_bytes)
+                                      bound=token_bound)
                 if excess is not None:
                     over[name] = excess
                     if too_long == "reject":
@@ -500,8 +515,12 @@ def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping:
                 reject(number, "too_long", name, over[name], row)
                 continue
             for name in over:
-                text = pair[name] if max_token_bytes is None else pair[name][:(max_tokens + 1) * max_token_bytes]
+                text = pair[name] if token_bound is None else pair[name][:(max_tokens + 1) * token_bound.max_token_bytes]
                 pair[name] = truncate(text, max_tokens)
+            emptied = next((name for name in over if not pair[name].strip()), None)
+            if emptied is not None:
+                reject(number, "too_long", emptied, f"{over[emptied]}, and nothing is left after truncation", row)
+                continue
         key = (pair["prompt"], pair["chosen"], pair["rejected"])
         if key in seen:
             reject(number, "duplicate_pair", None, "the same (prompt, chosen, rejected) appeared before", row)
@@ -549,34 +568,45 @@ def check_reject_fraction(result: MappedSource, source: str, max_fraction: float
 
 # --- from params to splits ----------------------------------------------------------------------
 
-def max_bytes_per_token(tokenizer) -> int | None:
-    """L, the most UTF-8 bytes of text that one token stands for, when `tokenizer` is a byte-level BPE
-    (GPT-2, Llama 3, SmolLM2, the tests' tiny tokenizer); None for any other.
+def token_bound(tokenizer) -> TokenBound | None:
+    """The TokenBound of `tokenizer` when it is a byte-level BPE (GPT-2, Llama 3, SmolLM2, the tests'
+    tiny tokenizer); None for any other.
 
     A byte-level BPE turns each byte of the text into one symbol and each token is a run of symbols,
-    so a text of n bytes has at least n / L tokens. That holds only with no normaliser (NFC, NFKC,
-    stripping can shrink a text), pre-tokenisers that drop nothing, all 256 byte symbols in the
-    vocabulary (a missing one would be dropped) and no added token that swallows the whitespace
-    beside it (lstrip/rstrip). L is the longest token's UTF-8 length, which overstates tokens made of
-    byte symbols (U+0100-U+0143 take two bytes each), so the bound errs on the safe side.
+    so a text of n bytes has at least n / L tokens, L the most symbols in a token. A byte whose symbol
+    the vocabulary lacks is dropped (no unknown token; SmolLM2 lacks 21, e.g. 0x04 and 0xF5-0xFF), so
+    only the other bytes count. That holds only with no normaliser (NFC, NFKC, stripping can shrink a
+    text), pre-tokenisers that drop nothing and no added token that swallows the whitespace beside it
+    (lstrip/rstrip). L is taken as the longest token's UTF-8 length, which overstates tokens made of
+    byte symbols (every symbol from U+0080 up takes two bytes), so the bound errs on the safe side.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
     spec = json.loads(backend.to_str())
-    if spec.get("normalizer") is not None or (spec.get("model") or {}).get("type") != "BPE":
-        return None
+    model = spec.get("model") or {}
+    if spec.get("normalizer") is not None or model.get("type") != "BPE" or model.get("unk_token") is not None:
+        return None  # an unknown token may stand for any number of bytes
     steps = _pre_tokenizer_steps(spec.get("pre_tokenizer"))
     if not any(step.get("type") == "ByteLevel" for step in steps) or not all(map(_keeps_every_byte, steps)):
         return None
     if any(token.get("lstrip") or token.get("rstrip") for token in spec.get("added_tokens") or []):
         return None
-    from tokenizers import pre_tokenizers
-
     vocab = tokenizer.get_vocab()
-    if not set(pre_tokenizers.ByteLevel.alphabet()) <= set(vocab):
-        return None
-    return max(len(token.encode("utf-8", errors="surrogatepass")) for token in vocab)
+    dropped = bytes(byte for byte, symbol in byte_symbols().items() if symbol not in vocab)
+    return TokenBound(max_token_bytes=max(len(token.encode("utf-8", errors="surrogatepass")) for token in vocab),
+                      dropped=dropped)
+
+
+def byte_symbols() -> dict[int, str]:
+    """The symbol a byte-level BPE writes for each byte: GPT-2's `bytes_to_unicode` (openai/gpt-2
+    encoder.py, used by the `tokenizers` ByteLevel pre-tokeniser): printable Latin-1 bytes stand for
+    themselves, the other 68 are shifted to U+0100 and up, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
+                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    shifted = [byte for byte in range(256) if byte not in printable]
+    return {**{byte: chr(byte) for byte in printable},
+            **{byte: chr(256 + index) for index, byte in enumerate(shifted)}}
 
 
 def _pre_tokenizer_steps(spec: dict | None) -> list[dict]:
@@ -611,13 +641,13 @@ def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> Mapped
     per source. Fails above `max_reject_fraction` (TooManyRejects, carrying every reject)."""
     mapping = Mapping(layout=config.layout, prompt=config.columns.prompt if config.layout == "columns" else None,
                       chosen=config.columns.chosen, rejected=config.columns.rejected)
-    bound = max_bytes_per_token(tokenizer)
+    bound = token_bound(tokenizer)
     if bound is None:
         logger.info("the policy's tokenizer is no byte-level BPE, so no byte count bounds its token count: each "
                     "text is tokenised whole to check prepare.source.max_text_tokens (slow for texts of megabytes)")
     options = {"count_tokens": lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
                "max_tokens": config.max_text_tokens, "too_long": config.too_long,
-               "truncate": lambda text, limit: truncate_to_tokens(tokenizer, text, limit), "max_token_bytes": bound}
+               "truncate": lambda text, limit: truncate_to_tokens(tokenizer, text, limit), "token_bound": bound}
     merged = MappedSource()
     sources: list[tuple[str, MappedSource]] = []
     if config.kind == "hub":

@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from robust_rlhf.config import SourceParams
-from robust_rlhf.preference_sources import (RAW_LIMIT_CHARS, RAW_MAX_DEPTH, Mapping, SourceError, TooManyRejects,
-                                            check_columns, check_reject_fraction, dataset_rows, load_hub_rows,
-                                            load_source, map_rows, max_bytes_per_token, read_file_rows,
-                                            split_conversation)
+from robust_rlhf.preference_sources import (RAW_LIMIT_CHARS, RAW_MAX_DEPTH, Mapping, SourceError, TokenBound,
+                                            TooManyRejects, byte_symbols, check_columns, check_reject_fraction,
+                                            dataset_rows, load_hub_rows, load_source, map_rows, read_file_rows,
+                                            split_conversation, token_bound, truncate_to_tokens)
 
 GOOD = {"prompt": "Rate the park.", "chosen": "Lovely and calm.", "rejected": "Noisy."}
 
@@ -340,7 +340,7 @@ def test_a_text_too_long_by_its_bytes_is_rejected_without_being_tokenised(tmp_pa
     huge = "lovely " * 500_000  # 3.5 MB
     path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD, GOOD | {"chosen": huge}])
     tokens = CountingTokenizer()
-    result = mapped(path, count_tokens=tokens.count, max_tokens=16, max_token_bytes=8)
+    result = mapped(path, count_tokens=tokens.count, max_tokens=16, token_bound=TokenBound(8))
     rejected = only_reject(result)
     assert where(rejected) == (2, "chosen", "too_long")
     assert rejected["detail"].startswith(f"at least {len(huge) // 8} tokens ({len(huge)} UTF-8 bytes, at most 8")
@@ -354,19 +354,55 @@ def test_truncating_a_text_too_long_by_its_bytes_tokenises_a_bounded_prefix(tmp_
     huge = "lovely " * 500_000
     path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD | {"chosen": huge}])
     tokens = CountingTokenizer()
-    result = mapped(path, count_tokens=tokens.count, max_tokens=16, max_token_bytes=8, too_long="truncate",
+    result = mapped(path, count_tokens=tokens.count, max_tokens=16, token_bound=TokenBound(8), too_long="truncate",
                     truncate=tokens.truncate)
     assert not result.rejects and result.pairs[0]["chosen"] == " ".join(["lovely"] * 16)
     assert max(tokens.seen) <= (16 + 1) * 8
 
 
 def test_the_byte_bound_holds_for_the_tiny_byte_level_tokenizer(tiny_tokenizer):
-    bound = max_bytes_per_token(tiny_tokenizer)
-    assert isinstance(bound, int) and bound >= 2
-    texts = ["Review the park.", "lovely " * 200, "x" * 5000, "Café ☕ naïve 😀 " * 50, "\u2028\u0085\t\n" * 30]
+    bound = token_bound(tiny_tokenizer)
+    assert bound is not None and bound.max_token_bytes >= 2 and bound.dropped == b""  # trained on all 256 bytes
+    texts = ["Review the park.", "lovely " * 200, "x" * 5000, "Café ☕ naïve 😀 " * 50, "\u2028\u0085\t\n\x04" * 30]
     for text in texts:
         ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
-        assert len(ids) * bound >= len(text.encode("utf-8")), text[:20]
+        assert len(ids) * bound.max_token_bytes >= len(text.encode("utf-8")), text[:20]
+
+
+def test_byte_symbols_are_the_byte_level_alphabet():
+    from tokenizers import pre_tokenizers
+
+    symbols = byte_symbols()
+    assert sorted(symbols) == list(range(256)) and set(symbols.values()) == set(pre_tokenizers.ByteLevel.alphabet())
+    assert (symbols[ord("a")], symbols[0x20], symbols[0x00]) == ("a", "\u0120", "\u0100")  # "Ġ" is the space
+
+
+def test_bytes_the_vocabulary_lacks_do_not_count_towards_the_bound():
+    # A byte-level BPE trained without the full alphabet (as SmolLM2's lacks 0x04, 0xF5-0xFF, ...)
+    # drops bytes it has no symbol for: a megabyte of them is no token, so no reason to reject.
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(["Review the park, lovely and calm."] * 20,
+                                trainer=trainers.BpeTrainer(vocab_size=60, show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    bound = token_bound(tokenizer)
+    assert bound is not None and 0x04 in bound.dropped and ord("a") not in bound.dropped
+    text = "\x04" * 1_000_000 + " lovely park"
+    tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert bound.counted_bytes(text) == len(" lovely park") and tokens * bound.max_token_bytes >= len(" lovely park")
+    result = map_rows("rows", [(1, GOOD | {"chosen": text})], Mapping(), max_tokens=64, token_bound=bound,
+                      count_tokens=lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]))
+    assert not result.rejects and tokens <= 64
+    # Truncating a text whose kept prefix is only dropped bytes leaves nothing: a reject, not an empty pair.
+    long_tail = "\x04" * 10_000 + " lovely park" * 200
+    cut = map_rows("rows", [(1, GOOD | {"chosen": long_tail})], Mapping(), max_tokens=4, token_bound=bound,
+                   count_tokens=lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]), too_long="truncate",
+                   truncate=lambda t, limit: truncate_to_tokens(tokenizer, t, limit))
+    assert where(only_reject(cut)) == (1, "chosen", "too_long") and "nothing is left" in only_reject(cut)["detail"]
 
 
 @pytest.mark.parametrize("change", ["normalizer", "whitespace_pre_tokenizer", "lstrip_token"])
@@ -381,7 +417,7 @@ def test_no_byte_bound_for_a_tokenizer_that_can_shrink_the_text(tiny_tokenizer, 
         backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel()])
     else:
         backend.add_special_tokens([AddedToken("<mask>", lstrip=True)])  # swallows any run of spaces before it
-    assert max_bytes_per_token(PreTrainedTokenizerFast(tokenizer_object=backend)) is None
+    assert token_bound(PreTrainedTokenizerFast(tokenizer_object=backend)) is None
 
 
 def test_a_line_of_megabytes_is_rejected_by_its_bytes_with_the_real_tokenizer(tmp_path, tiny_tokenizer):
