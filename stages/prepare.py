@@ -5,7 +5,8 @@ local files (`prepare.task: preference_data`, robust_rlhf/preference_sources.py)
 Writes, under --data: prefs_{train,val,test}.jsonl (prompt, chosen, rejected + gold scores or the
 source row), ppo_prompts.jsonl, eval_prompts.jsonl, rejects.jsonl (every rejected row, its source
 row number and reason); under --policy: the initial policy (safetensors + tokenizer), which PPO
-starts from and evaluate compares against.
+starts from and evaluate compares against. When preference data fails on its rejects, they are
+kept in `failed_run_rejects_path(--data)` instead, since the failed stage leaves no --data.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from robust_rlhf.config import Params
 from robust_rlhf.distributed import deepspeed_config, init_distributed, initialize_engine
 from robust_rlhf.gold import GoldScorer
 from robust_rlhf.models import load_causal_lm, load_tokenizer, materialise_policy
-from robust_rlhf.preference_sources import SourceError, load_source, split_pairs
+from robust_rlhf.preference_sources import SourceError, TooManyRejects, load_source, split_pairs
 from robust_rlhf.preferences import (preference_stats, reject_counts, sample_preference_pairs,
                                      sample_shifted_responses)
 from robust_rlhf.stage_cli import stage_main
@@ -88,19 +89,33 @@ def run(params: Params, *, data: Path, policy: Path) -> dict:
 
 def _prepare_from_source(params: Params, data: Path, tokenizer) -> dict:
     """Pairs from the configured source: validated, rejects kept, split by prompt; PPO prompts from
-    the train split's prompts and evaluation prompts from the test split's."""
+    the train split's prompts and evaluation prompts from the test split's. Every row read is used,
+    rejected or counted as unused (`rows/unused_over_cap`: valid pairs beyond the split caps)."""
     config = params.prepare
     for outside in files_outside(config.source.files if config.source.kind == "files" else [], DVC_SOURCES_DIR):
         logger.warning("%s is not under %s/, so it is no DVC dependency of prepare: `dvc repro` will not notice "
                        "when it changes; move it there or add it to prepare's deps in dvc.yaml", outside,
                        DVC_SOURCES_DIR)
-    loaded = load_source(config.source, tokenizer, trust_remote_code=params.models.trust_remote_code)
+    kept_on_failure = failed_run_rejects_path(data)
+    try:
+        loaded = load_source(config.source, tokenizer, trust_remote_code=params.models.trust_remote_code)
+    except TooManyRejects as error:
+        atomic_write_jsonl(kept_on_failure, error.rejects)
+        raise SourceError(f"{error}. All {len(error.rejects)} rejects (row, field, reason, raw) are in "
+                          f"{kept_on_failure}") from None
     splits = split_pairs(loaded.pairs, seed=params.seed, sizes={
         "train": config.num_train_pairs, "val": config.num_val_pairs, "test": config.num_test_pairs})
     empty = [split for split in SPLITS if not splits[split]]
     if empty:
+        atomic_write_jsonl(kept_on_failure, loaded.rejects)
         raise SourceError(f"{len(loaded.pairs)} valid pairs (of {loaded.rows_read} rows) leave no pairs for "
-                          f"the {', '.join(empty)} split(s); lower prepare.num_val_pairs / num_test_pairs")
+                          f"the {', '.join(empty)} split(s); lower prepare.num_val_pairs / num_test_pairs. The "
+                          f"rejects ({len(loaded.rejects)}) are in {kept_on_failure}")
+    unused = len(loaded.pairs) - sum(len(splits[split]) for split in SPLITS)
+    if unused:
+        logger.info("%d of %d valid pairs are not used: the splits are full (prepare.num_train_pairs %d, "
+                    "num_val_pairs %d, num_test_pairs %d)", unused, len(loaded.pairs), config.num_train_pairs,
+                    config.num_val_pairs, config.num_test_pairs)
     prompt_sets = {"ppo": _distinct_prompts(splits["train"], config.num_ppo_prompts),
                    "eval": _distinct_prompts(splits["test"], config.num_eval_prompts)}
     with atomic_directory(data) as data_tmp:
@@ -109,9 +124,21 @@ def _prepare_from_source(params: Params, data: Path, tokenizer) -> dict:
         for split, prompts in prompt_sets.items():
             atomic_write_jsonl(data_tmp / f"{split}_prompts.jsonl", [{"prompt": p} for p in prompts])
         atomic_write_jsonl(data_tmp / "rejects.jsonl", loaded.rejects)
+    # This run's rejects are in data/rejects.jsonl now; an earlier failed run's copy would mislead.
+    kept_on_failure.unlink(missing_ok=True)
     return {"rows": {"read": loaded.rows_read, **{split: len(splits[split]) for split in SPLITS},
+                     "unused_over_cap": unused,
                      **{f"{split}_prompts": len(prompts) for split, prompts in prompt_sets.items()}},
-            "rejects": {"total": len(loaded.rejects), **loaded.reject_counts()}}
+            "rejects": {"total": len(loaded.rejects), **loaded.reject_counts()},
+            "ignored_columns": sum(map(len, loaded.ignored_columns.values()))}
+
+
+def failed_run_rejects_path(data: str | Path) -> Path:
+    """Where a failed preference-data run keeps its rejects: `.rejects/prepare/rejects.jsonl` beside
+    the --data folder, i.e. at the repo root under DVC. DVC deletes its outputs before it runs a
+    stage and the stage publishes --data only on success, so the file must lie outside every output
+    (it is in .gitignore and .dvcignore)."""
+    return Path(data).parent / ".rejects" / "prepare" / "rejects.jsonl"
 
 
 def files_outside(files: list[str], folder: str | Path) -> list[str]:

@@ -51,13 +51,52 @@ def test_files_source_keeps_good_rows_and_counts_every_reject(tmp_path):
         row["prompt"] for row in splits["test"]}
 
 
-def test_too_many_rejects_fail_naming_the_file_and_reasons(tmp_path):
+def test_too_many_rejects_fail_naming_the_file_reasons_rows_and_where_the_rejects_are(tmp_path):
     path = tmp_path / "prefs.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in good_rows(4) + [{"prompt": "p", "chosen": ""}] * 4))
     result = prepare(tmp_path, source_params(tmp_path, {"kind": "files", "files": [str(path)]}), ok=False)
-    assert result.returncode == 2
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{path}: 4 of 8 rows rejected" in result.stderr and "missing_field x4" in result.stderr
+    assert ("first rejected: row 5 field 'rejected': missing_field (no value for column 'rejected'); row 6 field "
+            "'rejected': missing_field") in result.stderr
     assert not (tmp_path / "data").exists()  # nothing half-written
+    # The rejects outlive the failure, outside data/ (which DVC deletes before it runs the stage).
+    kept = tmp_path / ".rejects/prepare/rejects.jsonl"
+    assert f"All 4 rejects (row, field, reason, raw) are in {kept}" in result.stderr
+    assert [(r["row"], r["field"], r["reason"]) for r in read_jsonl(kept)] == [
+        (row, "rejected", "missing_field") for row in (5, 6, 7, 8)]
+
+
+def test_too_few_valid_pairs_for_every_split_fail_keeping_the_rejects(tmp_path):
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in good_rows(3) + [{"prompt": "p", "chosen": "a"}]))
+    result = prepare(tmp_path, source_params(tmp_path, {"kind": "files", "files": [str(path)],
+                                                        "max_reject_fraction": 0.5}), ok=False)
+    kept = tmp_path / ".rejects/prepare/rejects.jsonl"
+    assert result.returncode == 2 and "3 valid pairs (of 4 rows) leave no pairs for the train, test split(s)" in result.stderr
+    assert f"The rejects (1) are in {kept}" in result.stderr
+    assert [(r["row"], r["field"], r["reason"]) for r in read_jsonl(kept)] == [(4, "rejected", "missing_field")]
+
+
+def test_every_row_read_is_used_rejected_or_counted_unused(tmp_path):
+    rows = [row | {"id": i} for i, row in enumerate(good_rows(100))]  # "id" is no mapped column
+    bad = [{"prompt": "Review the zoo.", "chosen": "Same.", "rejected": "Same."}, {"prompt": "x", "chosen": "y"}]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows + bad))
+    stale = tmp_path / ".rejects/prepare/rejects.jsonl"  # what an earlier failed run left
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"row": 1}\n')
+    result = prepare(tmp_path, source_params(tmp_path, {"kind": "files", "files": [str(path)]}, **{
+        "prepare.num_train_pairs": 48, "prepare.num_val_pairs": 16, "prepare.num_test_pairs": 16}))
+    metrics = json.loads((tmp_path / "prepare.json").read_text())
+    rows_metrics = metrics["rows"]
+    assert (rows_metrics["train"], rows_metrics["val"], rows_metrics["test"]) == (48, 16, 16)
+    assert rows_metrics["unused_over_cap"] == 20 and metrics["rejects"]["total"] == 2
+    assert rows_metrics["read"] == 102 == (rows_metrics["train"] + rows_metrics["val"] + rows_metrics["test"]
+                                           + rows_metrics["unused_over_cap"] + metrics["rejects"]["total"])
+    assert "20 of 100 valid pairs are not used: the splits are full" in result.stderr
+    assert metrics["ignored_columns"] == 1 and "column(s) ['id'] are not mapped" in result.stderr
+    assert not stale.exists()  # this run's rejects are in data/rejects.jsonl; the stale copy is gone
 
 
 def test_unknown_column_in_the_mapping_is_an_error_naming_it(tmp_path):
