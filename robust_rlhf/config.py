@@ -238,6 +238,10 @@ class TrainRewardParams(_Section):
         description="Save a resume checkpoint every N optimizer steps of each training phase (stage 1, "
         "stage 2, each ensemble member) and at the end of each phase; a killed run goes on from the last one."
     )
+    min_val_accuracy: float = Field(
+        ge=0, lt=1, description="Stop (exit 2) when the single RM's, the BRME's or the ensemble's mean val accuracy "
+        "on the labels is at or below this after training (0.5 is chance): such a reward model gives PPO nothing "
+        "to learn from. A check, not a param of what is trained.")
     stage1: Stage1Params
     stage2: Stage2Params
 
@@ -278,6 +282,18 @@ class MethodParams(_Section):
         return self
 
 
+class PPOGuards(_Section):
+    """What a diverged PPO run looks like (guards.py): crossing one stops the stage with exit code 2,
+    naming the step and the quantity, and keeps the last good checkpoint. Checks, not params of what
+    is trained."""
+
+    max_kl: float = Field(gt=0, le=MAX_COEF * MAX_TOKENS, description="Largest sequence KL to the reference (nats, k3 summed) a step's "
+                          "rollout may have.")
+    min_entropy: float = Field(ge=0, le=MAX_COEF, description="Smallest mean per-token entropy (nats) of the policy on a rollout.")
+    max_weight_norm_ratio: float = Field(gt=1, le=MAX_COEF, description="Largest ratio of the actor's weight norm to its "
+                                         "initial norm after an optimizer step.")
+
+
 class PPOParams(_Section):
     robust: RobustParams
     aggregation: AggregationCoefficients = AggregationCoefficients()
@@ -314,6 +330,7 @@ class PPOParams(_Section):
     resume_every: int = Field(
         ge=1, le=MAX_PPO_STEPS, description="Save a resume state (actor, critic, optimizer states, RNGs) every N "
         "PPO steps; a killed run goes on from the last one. Not a param of what is trained.")
+    guards: PPOGuards
 
     @property
     def minibatch_size(self) -> int:
@@ -405,6 +422,14 @@ class OrchestrationParams(_Section):
     schedule: ScheduleParams = ScheduleParams()
     sweep_max_parallel: int = Field(
         1, ge=1, le=MAX_PROCESSES, description="DVC experiments of a sweep run at once (queue workers).")
+
+
+RESUME_ROOT = ".resume"  # dvc.yaml's --resume folders; gitignored and dvcignored (robust_rlhf/resume.py)
+
+
+def resume_folder_of(stage: str) -> Path:
+    """Where DVC stage `stage` (e.g. `ppo@brme-0`) keeps its resume state while it runs."""
+    return Path(RESUME_ROOT) / stage
 
 
 def policy_run_name(method: str, seed: int) -> str:

@@ -124,6 +124,19 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
     return {key: value.detach().cpu().clone() for key, value in module.state_dict().items()}
 
 
+def weight_norm(engine) -> float:
+    """The norm of all of an engine's parameters (guards.parameter_norm); under ZeRO-3 every rank holds
+    a shard of each, so the squares are summed over ranks."""
+    import torch.distributed as dist
+
+    from robust_rlhf.guards import parameter_norm
+
+    squares = torch.tensor(parameter_norm(engine.module.parameters()) ** 2, dtype=torch.float64)
+    if engine.zero_optimization_stage() == 3 and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(squares)
+    return float(squares.sqrt())
+
+
 def is_main_process() -> bool:
     import torch.distributed as dist
 

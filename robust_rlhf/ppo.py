@@ -18,13 +18,13 @@ from robust_rlhf.distributed import gather_from_ranks
 from robust_rlhf.gae import gae
 from robust_rlhf.generation import (decode, encode_prompts, forward_response, response_inputs,
                                     response_logits_to_keep, response_logprobs, sample, sample_responses, truncated)
+from robust_rlhf.guards import check_finite
 from robust_rlhf.kl import kl_k1, sequence_kl
 from robust_rlhf.ppo_losses import (kl_shaped_rewards, masked_mean, masked_whiten, ppo_policy_loss,
                                     ppo_value_loss)
 from robust_rlhf.reward_metrics import head_disagreement, head_shares
 from robust_rlhf.reward_normalization import RewardNormalizer
 from robust_rlhf.reward_scoring import RewardModels, every_aggregation, method_rewards
-from robust_rlhf.reward_training import check_finite
 
 
 @dataclass

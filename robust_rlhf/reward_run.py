@@ -11,8 +11,8 @@ a fine-tuned backbone: `stage1` (backbone + head; the features are then the stag
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -23,9 +23,10 @@ import torch
 from robust_rlhf.atomic import atomic_directory, atomic_write_json, read_jsonl
 from robust_rlhf.config import Params, Stage1Params, Stage2Params
 from robust_rlhf.distributed import deepspeed_config, full_state_dict, init_distributed, initialize_engine
+from robust_rlhf.guards import Diverged, check_above_chance
 from robust_rlhf.metrics import write_csv
 from robust_rlhf.models import load_backbone, load_tokenizer
-from robust_rlhf.resume import PhasedResume, resume_folder
+from robust_rlhf.resume import PhasedResume, prune_finished, run_key
 from robust_rlhf.reward_centering import anchored_heads, centring_affine, fold_affine
 from robust_rlhf.reward_evaluation import evaluate_reward_models
 from robust_rlhf.reward_model import (AnchoredGaussianHeads, BRMERewardModel, GaussianHeads, L2LinearHeads,
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 ENSEMBLE_SEED_OFFSET = 1000
 ANCHOR_SEED_OFFSET = 2
 SHIFT_FILE = "shift_responses.jsonl"
+# What the stage reads from --data (the resume key hashes each)
+INPUT_FILES = ("prefs_train.jsonl", "prefs_val.jsonl", "prefs_test.jsonl", SHIFT_FILE)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class RewardPaths:
     reward: Path
     ensemble: Path
     reliability: Path
+    resume: Path
 
 
 def run_train_reward(params: Params, paths: RewardPaths) -> dict:
@@ -68,9 +72,10 @@ def run_train_reward(params: Params, paths: RewardPaths) -> dict:
               else ["features", "stage1", "stage2", "ensemble"])
     # A run killed after a checkpoint goes on from it: finished phases' results, the interrupted
     # phase's engine (model, optimizer, scheduler), its data position and the RNGs.
-    resume = PhasedResume(resume_folder(paths.reward), resume_params(params, world_size=world_size,
-                                                                     train_pairs=paths.data / "prefs_train.jsonl"),
-                          phases)
+    prune_finished(paths.resume.parent, keep=paths.resume)
+    resume = PhasedResume(paths.resume, run_key(resume_params(params, world_size=world_size), {
+        **{name: paths.data / name for name in INPUT_FILES if (paths.data / name).exists()},
+        **({"backbone": Path(source)} if Path(source).is_dir() else {})}), phases, [paths.reward, paths.ensemble])
     if resume.saved is not None:
         logger.info("resuming train_reward from step %d: phase %s at %s (%s)", resume.saved["step"], resume.phase,
                     _position_text(resume.position), resume.folder)
@@ -201,6 +206,13 @@ def run_train_reward(params: Params, paths: RewardPaths) -> dict:
         likelihood_scales={"ensemble": torch.tensor(centering["ensemble"]["scales"])
                            if centering.get("ensemble", {}).get("applied") else torch.ones(len(member_names))},
         bootstrap=ClusterBootstrap(params.statistics.bootstrap_resamples, params.statistics.confidence_level, seed))
+    try:
+        check_above_chance(val_accuracies(val_report["val"]), min_accuracy=config.min_val_accuracy,
+                           phase="train_reward")
+    except Diverged:
+        for published in (paths.reward, paths.ensemble):  # nothing downstream may use them
+            shutil.rmtree(published, ignore_errors=True)
+        raise
     with atomic_directory(paths.reliability) as reliability_tmp:
         for kind in dict.fromkeys(row["reward_model"] for row in reliability_rows):
             write_csv(reliability_tmp / f"{kind}.csv", [r for r in reliability_rows if r["reward_model"] == kind])
@@ -342,17 +354,23 @@ def _without_member_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return {key: value for key, value in state.items() if not key.startswith("member_head.")}
 
 
-def resume_params(params: Params, *, world_size: int, train_pairs: Path) -> dict:
-    """What a saved train_reward state depends on: a resume with any of it changed is refused. Not
-    `checkpoint_every`, which changes when checkpoints are taken, not what is trained."""
+def resume_params(params: Params, *, world_size: int) -> dict:
+    """The params a saved train_reward state depends on. Not `checkpoint_every` (when checkpoints are
+    taken) nor `min_val_accuracy` (a check after training): neither changes what is trained."""
     return {"seed": params.seed, "models": params.models.model_dump(include={"reward_backbone", "trust_remote_code"}),
             "deepspeed": params.deepspeed.model_dump(),
-            "train_reward": params.train_reward.model_dump(exclude={"checkpoint_every"}),
-            "world_size": world_size, "inputs": {"prefs_train_sha256": _sha256(train_pairs)}}
+            "train_reward": params.train_reward.model_dump(exclude={"checkpoint_every", "min_val_accuracy"}),
+            "world_size": world_size}
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def val_accuracies(val: dict) -> dict[str, float]:
+    """The val accuracy (on the labels) of every reward model PPO can use: the single RM, the BRME's
+    and the ensemble's mean."""
+    accuracies = {"single": val["single"]["accuracy"]["value"],
+                  "brme mean": val["brme"]["aggregates"]["mean"]["accuracy"]["value"]}
+    if "ensemble" in val:
+        accuracies["ensemble mean"] = val["ensemble"]["aggregates"]["mean"]["accuracy"]["value"]
+    return accuracies
 
 
 def _position_text(position: dict | None) -> str:

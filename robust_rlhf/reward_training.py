@@ -21,20 +21,12 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
+from robust_rlhf.guards import check_finite
 from robust_rlhf.reward_losses import (bradley_terry_heads_loss, bradley_terry_loss, bt_sampled_loss, gaussian_nll_loss,
                                        thurstone_nll_loss)
 from robust_rlhf.reward_model import BRMERewardModel, tokenize_pairs
 
 logger = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or inf; the message names the phase, step and tensor."""
-
-
-def check_finite(name: str, value: torch.Tensor, *, phase: str, step: int) -> None:
-    if not torch.isfinite(value).all():
-        raise NonFiniteLossError(f"{phase}: {name} is not finite at step {step}; stopping")
 
 
 @dataclass

@@ -3,7 +3,8 @@ methods are listed under `methods:` in params.yaml, the seeds under `ppo_seeds:`
 
 Reads --policy-init, --reward, --ensemble, --data (ppo_prompts.jsonl). Writes policy checkpoints
 every `ppo.checkpoint_every` steps to --policy, per-step scalars (a DVC plot) to --steps and the
-last step's scalars to --metrics.
+last step's scalars to --metrics. Its resume state lives in --resume while it runs
+(robust_rlhf/resume.py); `ppo.guards` stop a diverged run (robust_rlhf/guards.py).
 """
 
 from __future__ import annotations
@@ -13,19 +14,21 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from robust_rlhf.atomic import publish_directory, read_jsonl
 from robust_rlhf.checkpoint import save_policy_checkpoint
 from robust_rlhf.config import Params, ParamsError
 from robust_rlhf.distributed import (deepspeed_config, full_state_dict, init_distributed, initialize_engine,
-                                     is_main_process, mean_over_ranks, rank)
+                                     is_main_process, mean_over_ranks, rank, weight_norm)
+from robust_rlhf.guards import check_finite, check_ppo_step
 from robust_rlhf.metrics import StepLog
 from robust_rlhf.models import disable_dropout, load_backbone, load_causal_lm, load_tokenizer
 from robust_rlhf.ppo import (build_actor_critic, policy_module, policy_state_dict, ppo_step, rank_sampling_seed,
                              reference_reward_moments, rollout_prompts)
 from robust_rlhf.reward_normalization import RewardNormalizer
-from robust_rlhf.resume import load_state, restore_engines, resume_folder, save_state
+from robust_rlhf.resume import load_state, prune_finished, restore_engines, run_key, save_state
 from robust_rlhf.reward_scoring import load_reward_models
 from robust_rlhf.stage_cli import seed_everything, stage_main
 
@@ -33,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 
 def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path, reward: Path, ensemble: Path,
-        policy: Path, steps: Path) -> dict:
+        policy: Path, steps: Path, resume: Path) -> dict:
     if method not in params.methods:
         raise ParamsError(f"--method {method!r} is not under `methods:` in params (known: {sorted(params.methods)})")
     if seed not in params.ppo_seeds:
@@ -63,16 +66,20 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
     prompts = [row["prompt"] for row in read_jsonl(data / "ppo_prompts.jsonl")]
     max_prompt_tokens = params.prepare.max_prompt_tokens
     normalizer = RewardNormalizer(config.reward_normalization)
-    # A run killed after a checkpoint goes on from it: engines, RNGs, normaliser and step log.
-    resume = resume_folder(policy)
-    run_params = {"seed": seed, "method": method_params.model_dump(), "ppo": config.model_dump(exclude={"resume_every"}),
-                  "deepspeed": params.deepspeed.model_dump(), "max_prompt_tokens": max_prompt_tokens,
-                  "world_size": world_size}
-    saved = load_state(resume, run_params)
+    # A run killed after a checkpoint goes on from it (engines, RNGs, normaliser and step log) when
+    # it is exactly this run: the same params, inputs, code and libraries.
+    prune_finished(resume.parent, keep=resume)
+    key = run_key({"seed": seed, "method": method_params.model_dump(),
+                   "ppo": config.model_dump(exclude={"resume_every", "guards"}),
+                   "deepspeed": params.deepspeed.model_dump(), "max_prompt_tokens": max_prompt_tokens,
+                   "world_size": world_size},
+                  {"prompts": data / "ppo_prompts.jsonl", "policy_init": policy_init, "reward": reward,
+                   "ensemble": ensemble})
     engines = {"actor": actor} if critic is None else {"actor": actor, "critic": critic}
+    saved = load_state(resume, key, engines_of=lambda state: list(engines))
+    initial_weight_norm = weight_norm(actor)  # before any resumed weights: the guard compares with the init
     step_log = StepLog(steps)
     if saved is None:
-        shutil.rmtree(resume, ignore_errors=True)
         if config.reward_normalization == "reference":
             normalizer.reference_mean, normalizer.reference_std = reference_reward_moments(
                 ref_model, reward_models, tokenizer, prompts, method_params, config=config,
@@ -100,6 +107,11 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
                               method=method_params, normalizer=normalizer, config=config,
                               max_prompt_tokens=max_prompt_tokens)
         metrics = mean_over_ranks(metrics)
+        # A diverged step is never checkpointed: the last checkpoint stays the last good one.
+        check_ppo_step(metrics, weight_norm=weight_norm(actor), initial_weight_norm=initial_weight_norm,
+                       guards=config.guards, phase=f"ppo@{method}-{seed}", step=step)
+        if critic is not None:
+            check_finite("critic weights", torch.tensor(weight_norm(critic)), phase=f"ppo@{method}-{seed}", step=step)
         if is_main_process():
             step_log.log(step, metrics)
         done = step + 1
@@ -109,7 +121,7 @@ def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path
                 save_policy_checkpoint(policy_module(actor), tokenizer, state, run_dir, done)
             # Engines with optimizer states are GBs: saved every `resume_every` steps, not every checkpoint.
             if done % config.resume_every == 0 and done < config.steps:
-                save_state(resume, engines, step=done, run_params=run_params,
+                save_state(resume, engines, step=done, key=key, outputs=[policy],
                            stage_state={"normalizer": normalizer.state(), "step_log": step_log.rows})
     if is_main_process():
         publish_directory(run_dir, policy)
@@ -127,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument("--method", required=True, help="a name under `methods:` in params.yaml")
         parser.add_argument("--seed", required=True, type=int, help="this run's PPO seed (one of `ppo_seeds`)")
 
-    stage_main("ppo", run, ["data", "policy_init", "reward", "ensemble", "policy", "steps"], argv,
+    stage_main("ppo", run, ["data", "policy_init", "reward", "ensemble", "policy", "steps", "resume"], argv,
                extra_args=method_arg, data_parallel=True)
 
 

@@ -4,7 +4,8 @@ and the ensemble baseline's members, under DeepSpeed (robust_rlhf/reward_run.py,
 Reads the preference splits and the shifted responses from --data and, when
 `models.reward_backbone` is `policy`, the initial policy from --policy. Writes the BRME to --reward,
 the ensemble to --ensemble, the reward models' metrics (val and test, with intervals) to --metrics
-and reliability diagrams (one CSV per reward model) to --reliability.
+and reliability diagrams (one CSV per reward model) to --reliability. Its resume state lives in
+--resume while it runs (robust_rlhf/resume.py).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from robust_rlhf.reward_run import RewardPaths, run_train_reward
 from robust_rlhf.stage_cli import stage_main
 
 
-def run(params: Params, *, data: Path, policy: Path, reward: Path, ensemble: Path, reliability: Path) -> dict:
-    return run_train_reward(params, RewardPaths(data, policy, reward, ensemble, reliability))
+def run(params: Params, *, data: Path, policy: Path, reward: Path, ensemble: Path, reliability: Path,
+        resume: Path) -> dict:
+    return run_train_reward(params, RewardPaths(data, policy, reward, ensemble, reliability, resume))
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main("train_reward", run, ["data", "policy", "reward", "ensemble", "reliability"], argv)
+    stage_main("train_reward", run, ["data", "policy", "reward", "ensemble", "reliability", "resume"], argv)
 
 
 if __name__ == "__main__":

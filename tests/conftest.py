@@ -144,13 +144,13 @@ def pipeline_run(tmp_path_factory) -> dict[str, Path]:
                  metrics=metrics / "prepare.json")
     run_stage_ok("train_reward", paths["params"], data=paths["data"], policy=paths["policy_init"],
                  reward=paths["reward"], ensemble=paths["ensemble"], reliability=paths["reliability"],
-                 metrics=metrics / "train_reward.json")
+                 metrics=metrics / "train_reward.json", resume=root / ".resume/train_reward")
     for method in tiny_params()["methods"]:
         run = f"{method}-seed0"
         run_stage_ok("ppo", paths["params"], method=method, seed="0", data=paths["data"],
                      policy_init=paths["policy_init"], reward=paths["reward"], ensemble=paths["ensemble"],
                      policy=paths["policies"] / run, steps=paths["steps"] / f"{run}.csv",
-                     metrics=metrics / "ppo" / f"{run}.json")
+                     metrics=metrics / "ppo" / f"{run}.json", resume=root / f".resume/ppo@{method}-0")
     run_stage_ok("evaluate", paths["params"], data=paths["data"], policy_init=paths["policy_init"],
                  policies=paths["policies"], reward=paths["reward"], ensemble=paths["ensemble"], table=paths["table"],
                  curves=paths["curves"], best_of_n=paths["best_of_n"], samples=paths["samples"],

@@ -2,15 +2,18 @@
 
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.pipeline import dvc_executable, stages_up_to_date
-from tests.conftest import copy_repo
-
-from tests.conftest import tiny_params
+from robust_rlhf.config import RESUME_ROOT, resume_folder_of
+from robust_rlhf.resume import prune_finished
+from tests.conftest import REPO, copy_repo, tiny_params
 
 # Two methods (two ppo@ stages) show DVC's matrix, caching and invalidation; the session's `pipeline_run`
 # fixture and the Prefect e2e test run the stages for every method.
@@ -19,11 +22,26 @@ PPO_STAGES = tuple(f"ppo@{method}-0" for method in METHODS)
 STAGES = ("prepare", "train_reward", *PPO_STAGES, "evaluate", "report")
 
 
-def dvc(repo: Path, *args: str) -> str:
+def dvc(repo: Path, *args: str, with_stderr: bool = False) -> str:
     env = {**os.environ, "DS_ACCELERATOR": "cpu"}
     result = subprocess.run([dvc_executable(), *args], cwd=repo, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, f"dvc {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result.stdout
+    return result.stdout + result.stderr if with_stderr else result.stdout
+
+
+def kill_once_state_is_written(repo: Path, args: list[str], state: Path) -> None:
+    """Start `dvc <args>` and SIGKILL dvc and its stage once the stage has written its resume `state`."""
+    process = subprocess.Popen([dvc_executable(), *args], cwd=repo, env={**os.environ, "DS_ACCELERATOR": "cpu"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not state.exists():
+            assert process.poll() is None, "the stage finished before it could be killed"
+            assert time.monotonic() < deadline, "no resume state within 300 s"
+            time.sleep(0.01)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +117,35 @@ def test_changing_lambda_reruns_exactly_the_ppo_runs_and_evaluate(reproduced_rep
     for stage in (*PPO_STAGES, "evaluate", "report"):
         assert f"Running stage '{stage}'" in output
     assert "Running stage 'prepare'" not in output and "Running stage 'train_reward'" not in output
+
+
+def test_every_resume_folder_is_outside_dvc_and_git():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert f"--resume {resume_folder_of('train_reward')}" in stages["train_reward"]["cmd"]
+    assert f"--resume {resume_folder_of('ppo@${item.method}-${item.seed}')}" in stages["ppo"]["cmd"]
+    for ignore in (".gitignore", ".dvcignore"):
+        assert f"/{RESUME_ROOT}/" in (REPO / ignore).read_text().splitlines()
+
+
+def test_a_killed_stage_leaves_nothing_dvc_sees_and_force_starts_it_over(reproduced_repo, monkeypatch):
+    repo, stage = reproduced_repo, "ppo@brme-0"
+    dvc(repo, "repro")  # the outputs params.yaml asks for (an earlier test may have left others)
+    folder, policy = repo / resume_folder_of(stage), repo / "models/policy/brme-seed0"
+    kill_once_state_is_written(repo, ["repro", "-f", "-s", stage], folder / "state.json")
+    assert folder.is_dir() and not policy.exists()
+
+    # A plain repro restores the run from DVC's run cache: evaluate does not re-run, dvc.lock knows
+    # nothing of the state, and the next stage that runs (or the flow, or `make run`) removes it.
+    output = dvc(repo, "repro")
+    assert "Running stage" not in output and f"Stage '{stage}' is cached" in output and policy.is_dir()
+    assert RESUME_ROOT not in (repo / "dvc.lock").read_text()
+    assert json.loads(dvc(repo, "status", "--json")) == {}
+    monkeypatch.chdir(repo)  # the state names its outputs as dvc.yaml does, relative to the repo
+    assert prune_finished(repo / RESUME_ROOT, keep=repo / resume_folder_of("ppo@single-0")) == [folder]
+
+    # `dvc repro -f` after a kill starts over: the state is discarded, the run equals the cached one.
+    kill_once_state_is_written(repo, ["repro", "-f", "-s", stage], folder / "state.json")
+    output = dvc(repo, "repro", "-f", "-s", stage, with_stderr=True)
+    assert f"discarding the resume state in {resume_folder_of(stage)}" in output
+    assert "dvc was run with --force; starting over" in output and "resuming" not in output
+    assert not folder.exists() and json.loads(dvc(repo, "status", "--json")) == {}

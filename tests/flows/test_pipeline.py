@@ -13,6 +13,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.pipeline import (FlowTimedOut, StageFailed, flatten, pipeline, pipeline_stages, retry_delays, run_stage,
                             stage_metrics_paths)
+from robust_rlhf.config import resume_folder_of
 from tests.conftest import REPO, copy_repo, tiny_params
 
 
@@ -117,3 +118,13 @@ def test_flow_timeout_from_params_fails_the_run_without_retries(tmp_path, prefec
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     assert [(run.name, run.run_count) for run in task_runs] == [("prepare", 1)]
+
+
+def test_a_stage_found_up_to_date_loses_a_killed_runs_resume_state(tmp_path, prefect_server):
+    # DVC restored the stage from its cache (or it finished): the state can never be resumed.
+    repo = copy_repo(tmp_path)
+    state = repo / resume_folder_of("train_reward") / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{}")
+    result = run_stage.fn("train_reward", str(repo), up_to_date=True)
+    assert result["skipped"] and not state.parent.exists()

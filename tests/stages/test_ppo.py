@@ -22,7 +22,7 @@ def run_ppo(pipeline_run, tmp_path, params, method="brme", seed="0"):
     return run_stage("ppo", params, method=method, seed=seed, data=pipeline_run["data"],
                      policy_init=pipeline_run["policy_init"], reward=pipeline_run["reward"],
                      ensemble=pipeline_run["ensemble"], policy=tmp_path / "p", steps=tmp_path / "s.csv",
-                     metrics=tmp_path / "m.json")
+                     metrics=tmp_path / "m.json", resume=tmp_path / ".p.resume")
 
 
 def read_steps(pipeline_run, method):

@@ -17,7 +17,7 @@ def _train_reward(pipeline_run, tmp_path, **overrides) -> dict:
     params = write_params(tmp_path / "params.yaml", tiny_params(**overrides))
     run_stage_ok("train_reward", params, data=pipeline_run["data"], policy=pipeline_run["policy_init"],
                  reward=tmp_path / "reward", ensemble=tmp_path / "ensemble", reliability=tmp_path / "reliability",
-                 metrics=tmp_path / "metrics.json")
+                 metrics=tmp_path / "metrics.json", resume=tmp_path / ".reward.resume")
     return json.loads((tmp_path / "metrics.json").read_text())
 
 

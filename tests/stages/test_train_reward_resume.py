@@ -1,12 +1,14 @@
 """A train_reward stage killed with SIGKILL resumes from its last checkpoint and publishes what an
-uninterrupted run publishes; a resume with changed params is refused; a NaN loss stops the stage
-naming the phase, step and tensor and keeps the last good checkpoint."""
+uninterrupted run publishes; a state from another run (a changed backbone) is discarded; a NaN loss
+and a reward model at chance stop the stage with exit 2, naming what failed, and keep the last good
+state."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from robust_rlhf.atomic import atomic_write_jsonl
 from robust_rlhf.models import TINY_POLICY, materialise_policy
@@ -47,7 +49,8 @@ def inputs(tmp_path_factory):
 
 def stage_paths(inputs, out):
     return {"data": inputs["data"], "policy": inputs["policy"], "reward": out / "reward",
-            "ensemble": out / "ensemble", "reliability": out / "reliability", "metrics": out / "metrics.json"}
+            "ensemble": out / "ensemble", "reliability": out / "reliability", "metrics": out / "metrics.json",
+            "resume": out / ".reward.resume"}
 
 
 def saved_state(out):
@@ -56,7 +59,7 @@ def saved_state(out):
 
 def kill_train_reward(params, paths, at_least_step):
     return kill_after_checkpoint(stage_command("train_reward", params, **paths),
-                                 paths["reward"].with_name(".reward.resume") / "state.json", at_least_step)
+                                 paths["resume"] / "state.json", at_least_step)
 
 
 def published(out) -> dict:
@@ -99,17 +102,10 @@ def test_killed_run_resumes_and_publishes_what_an_uninterrupted_run_does(inputs,
     assert killed_at < TOTAL_STEPS and not paths["reward"].exists()  # nothing published for DVC to cache
     assert saved_state(out)["stage"]["phase"] == last_phase and not (reference / ".reward.resume").exists()
 
-    # changed params make the saved state invalid: refused, naming the key, state kept
-    changed = write_params(tmp_path / "changed.yaml",
-                           tiny_params(**SMALL, **overrides, **{"train_reward.stage2.learning_rate": 0.5}))
-    refused = run_stage("train_reward", changed, **paths)
-    assert refused.returncode == 2 and "changed: train_reward.stage2.learning_rate" in refused.stderr
-    assert saved_state(out)["step"] == killed_at
-
     resumed = run_stage("train_reward", params, **paths)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming train_reward from step {killed_at}: phase {last_phase}" in resumed.stderr
-    assert not (out / ".reward.resume").exists()
+    assert not paths["resume"].exists()
     # engines, optimizer states, RNGs, data positions and finished phases all came back
     assert_same_outputs(published(reference), published(out), files=files)
 
@@ -118,8 +114,36 @@ def test_nan_loss_stops_naming_phase_step_and_tensor_and_keeps_the_last_checkpoi
     # A learning rate this large makes the first Adam step push every weight to ~1e30: the next loss overflows.
     params = write_params(tmp_path / "params.yaml", tiny_params(**SMALL, **{"train_reward.stage1.learning_rate": 1e30}))
     result = run_stage("train_reward", params, **stage_paths(inputs, tmp_path))
-    assert result.returncode != 0
-    assert "train_reward stage1: loss/bt is not finite at step 1" in result.stderr
+    assert result.returncode == 2, result.stderr[-3000:]  # fails alike every time: the flow does not retry it
+    assert "train_reward stage1: loss/bt is not finite at step 1" in result.stderr and "Traceback" not in result.stderr
     state = saved_state(tmp_path)
     assert state["step"] == 1 and state["stage"]["phase"] == "stage1"
     assert (tmp_path / ".reward.resume/stage1" / state["tag"]).is_dir() and not (tmp_path / "reward").exists()
+
+
+def test_a_changed_backbone_discards_the_state(inputs, tmp_path):
+    params = write_params(tmp_path / "params.yaml", tiny_params(**SMALL))
+    paths = stage_paths(inputs, tmp_path / "killed")
+    killed_at = kill_train_reward(params, paths, at_least_step=2)
+    # prepare re-ran between the kill and the re-run: another initial policy (the RM's backbone), same path
+    backbone = tmp_path / "policy_init"
+    shutil.copytree(inputs["policy"], backbone)
+    weights = next(backbone.rglob("*.safetensors"))
+    save_file({name: tensor * 1.5 if tensor.is_floating_point() else tensor
+               for name, tensor in load_file(str(weights)).items()}, str(weights))
+    rerun = run_stage("train_reward", params, **{**paths, "policy": backbone})
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (f"(step {killed_at}): it is from another run (changed: inputs.backbone); starting over"
+            in rerun.stderr) and "resuming" not in rerun.stderr
+
+
+def test_a_reward_model_at_chance_stops_the_stage_and_publishes_nothing(inputs, tmp_path):
+    # No reward model here ranks 99% of the val pairs right: the guard must fire, naming each model.
+    params = write_params(tmp_path / "params.yaml", tiny_params(**SMALL, **{"train_reward.min_val_accuracy": 0.99}))
+    paths = stage_paths(inputs, tmp_path)
+    result = run_stage("train_reward", params, **paths)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = next(line for line in result.stderr.splitlines() if line.startswith("stage train_reward: "))
+    assert "val accuracy at or below 0.99" in line and "single " in line and "brme mean " in line
+    assert not paths["reward"].exists() and not paths["ensemble"].exists()
+    assert saved_state(tmp_path)["stage"]["phase"] == "done"  # the trained models stay in the resume state
