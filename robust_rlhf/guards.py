@@ -19,8 +19,12 @@ class Diverged(StageInputError):
     """The run diverged or a tensor became NaN/inf; the message names the phase, step and quantity."""
 
 
-def check_finite(name: str, value: torch.Tensor, *, phase: str, step: int) -> None:
-    """Stop when any element of `value` is NaN or inf."""
+def check_finite(name: str, value: torch.Tensor | dict[str, torch.Tensor], *, phase: str, step: int) -> None:
+    """Stop when any element of `value` (a tensor, or each tensor of a dict, named `name/key`) is NaN or inf."""
+    if isinstance(value, dict):
+        for key, tensor in value.items():
+            check_finite(f"{name}/{key}", tensor, phase=phase, step=step)
+        return
     if not torch.isfinite(value).all():
         raise Diverged(f"{phase}: {name} is not finite at step {step}; stopping (the last checkpoint is the last good one)")
 

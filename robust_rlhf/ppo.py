@@ -121,6 +121,13 @@ def response_values(critic, query_ids, query_mask, response_ids, response_mask) 
     return values[:, query_ids.shape[1] - 1 : -1]
 
 
+def check_scores_finite(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], *, step: int) -> None:
+    """Stop naming the reward model whose mu or sigma (B, k) broke, before anything aggregates them."""
+    for kind, (mu, sigma) in scores.items():
+        check_finite(f"reward_model/{kind}/mu", mu, phase="ppo", step=step)
+        check_finite(f"reward_model/{kind}/sigma", sigma, phase="ppo", step=step)
+
+
 @torch.inference_mode()
 def reference_reward_moments(policy, reward_models: RewardModels, tokenizer, prompts: list[str], method: MethodParams,
                              *, config: PPOParams, max_prompt_tokens: int) -> tuple[float, float]:
@@ -135,6 +142,7 @@ def reference_reward_moments(policy, reward_models: RewardModels, tokenizer, pro
             policy, query_ids, query_mask, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         scores = reward_models.score(batch, decode(tokenizer, response_ids, response_mask), batch_size=len(batch))
+        check_scores_finite(scores, step=0)
         rewards.append(method_rewards(scores, {"reference": method}, config)["reference"])
     reward = torch.cat(rewards)
     return float(reward.mean()), float(reward.std(unbiased=False)) if reward.numel() > 1 else 1.0
@@ -182,9 +190,7 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
             values = response_values(critic.module, query_ids, query_mask, response_ids, response_mask)
     # 2. Score with every reward model's heads, 3. aggregate (this method's, and every other for the log).
     scores = reward_models.score(prompts, responses, batch_size=len(prompts))
-    for kind, (mu, sigma) in scores.items():  # name the reward model that broke, before aggregating
-        check_finite(f"reward_model/{kind}/mu", mu, phase="ppo", step=step)
-        check_finite(f"reward_model/{kind}/sigma", sigma, phase="ppo", step=step)
+    check_scores_finite(scores, step=step)
     raw_reward = method_rewards(scores, {"optimised": method}, config)["optimised"]
     check_finite("reward/optimised", raw_reward, phase="ppo", step=step)
     # `running` moments see every rank's rewards, so all ranks normalise alike; the other modes need none.

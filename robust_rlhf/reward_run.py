@@ -23,7 +23,7 @@ import torch
 from robust_rlhf.atomic import atomic_directory, atomic_write_json, read_jsonl
 from robust_rlhf.config import Params, Stage1Params, Stage2Params
 from robust_rlhf.distributed import deepspeed_config, full_state_dict, init_distributed, initialize_engine
-from robust_rlhf.guards import Diverged, check_above_chance
+from robust_rlhf.guards import Diverged, check_above_chance, check_finite
 from robust_rlhf.metrics import write_csv
 from robust_rlhf.models import load_backbone, load_tokenizer
 from robust_rlhf.resume import PhasedResume, prune_finished, run_key
@@ -110,11 +110,13 @@ def run_train_reward(params: Params, paths: RewardPaths) -> dict:
             engine1.eval()
             features = pooled_features(engine1.module, train_pairs, tokenizer, batch_size=stage1.micro_batch_size,
                                        max_length=config.max_length)
+            check_finite("features", features, phase="train_reward stage1", step=len(losses))
             resume.finish("stage1", losses, {"stage1": full_state_dict(engine1), "features": features})
     else:
         if not resume.finished("features"):
             features = pooled_features(factory.brme(seed).eval(), train_pairs, tokenizer,
                                        batch_size=stage1.micro_batch_size, max_length=config.max_length)
+            check_finite("features", features, phase="train_reward features", step=0)  # never saved non-finite
             resume.finish("features", [], {"features": features})
         if not resume.finished("stage1"):
             engine1, losses = train_phase(

@@ -138,14 +138,24 @@ def test_a_killed_stage_leaves_nothing_dvc_sees_and_force_starts_it_over(reprodu
     # nothing of the state, and the next stage that runs (or the flow, or `make run`) removes it.
     output = dvc(repo, "repro")
     assert "Running stage" not in output and f"Stage '{stage}' is cached" in output and policy.is_dir()
-    assert RESUME_ROOT not in (repo / "dvc.lock").read_text()
+    locked = yaml.safe_load((repo / "dvc.lock").read_text())["stages"].values()
+    paths = [entry["path"] for stage_lock in locked for kind in ("deps", "outs") for entry in stage_lock.get(kind, [])]
+    assert paths and not [path for path in paths if path.startswith(RESUME_ROOT)]
     assert json.loads(dvc(repo, "status", "--json")) == {}
     monkeypatch.chdir(repo)  # the state names its outputs as dvc.yaml does, relative to the repo
     assert prune_finished(repo / RESUME_ROOT, keep=repo / resume_folder_of("ppo@single-0")) == [folder]
 
     # `dvc repro -f` after a kill starts over: the state is discarded, the run equals the cached one.
+    cached = policy_hash(repo, stage)
     kill_once_state_is_written(repo, ["repro", "-f", "-s", stage], folder / "state.json")
     output = dvc(repo, "repro", "-f", "-s", stage, with_stderr=True)
     assert f"discarding the resume state in {resume_folder_of(stage)}" in output
     assert "dvc was run with --force; starting over" in output and "resuming" not in output
-    assert not folder.exists() and json.loads(dvc(repo, "status", "--json")) == {}
+    assert not folder.exists() and policy_hash(repo, stage) == cached
+
+
+def policy_hash(repo: Path, stage: str) -> str:
+    """The hash dvc.lock records for the stage's policy checkpoints."""
+    outs = yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]["outs"]
+    (policy,) = [out for out in outs if out["path"].startswith("models/policy/")]
+    return policy["md5"]

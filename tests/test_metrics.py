@@ -28,9 +28,9 @@ def test_a_resumed_step_log_is_byte_identical_to_an_uninterrupted_one(tmp_path):
     killed = StepLog(tmp_path / "resumed.csv")
     for step in range(KILLED_AT):
         killed.log(step, scalars(step))
-    save_state(tmp_path / "resume", {}, step=KILLED_AT, run_params={}, stage_state={"step_log": killed.rows})
+    save_state(tmp_path / "resume", {}, step=KILLED_AT, key={}, stage_state={"step_log": killed.rows}, outputs=[])
     resumed = StepLog(tmp_path / "resumed.csv")
-    resumed.rows = load_state(tmp_path / "resume", {})["stage"]["step_log"]
+    resumed.rows = load_state(tmp_path / "resume", {}, engines_of=lambda state: [])["stage"]["step_log"]
     for step in range(KILLED_AT, STEPS):
         resumed.log(step, scalars(step))
 

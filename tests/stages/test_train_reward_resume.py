@@ -110,15 +110,27 @@ def test_killed_run_resumes_and_publishes_what_an_uninterrupted_run_does(inputs,
     assert_same_outputs(published(reference), published(out), files=files)
 
 
-def test_nan_loss_stops_naming_phase_step_and_tensor_and_keeps_the_last_checkpoint(inputs, tmp_path):
-    # A learning rate this large makes the first Adam step push every weight to ~1e30: the next loss overflows.
-    params = write_params(tmp_path / "params.yaml", tiny_params(**SMALL, **{"train_reward.stage1.learning_rate": 1e30}))
-    result = run_stage("train_reward", params, **stage_paths(inputs, tmp_path))
+def test_non_finite_features_stop_the_stage_before_anything_is_saved(inputs, tmp_path):
+    # A backbone with a NaN weight: every pooled feature is NaN, and no phase may save it.
+    backbone = tmp_path / "policy_init"
+    shutil.copytree(inputs["policy"], backbone)
+    weights = next(backbone.rglob("*.safetensors"))
+    tensors = load_file(str(weights))
+    name = next(name for name, tensor in tensors.items() if tensor.is_floating_point() and tensor.dim() == 2)
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(weights))
+    params = write_params(tmp_path / "params.yaml", tiny_params(**SMALL))
+    paths = stage_paths(inputs, tmp_path / "out")
+    result = run_stage("train_reward", params, **{**paths, "policy": backbone})
     assert result.returncode == 2, result.stderr[-3000:]  # fails alike every time: the flow does not retry it
-    assert "train_reward stage1: loss/bt is not finite at step 1" in result.stderr and "Traceback" not in result.stderr
-    state = saved_state(tmp_path)
-    assert state["step"] == 1 and state["stage"]["phase"] == "stage1"
-    assert (tmp_path / ".reward.resume/stage1" / state["tag"]).is_dir() and not (tmp_path / "reward").exists()
+    assert "train_reward features: features/" in result.stderr and "is not finite at step 0" in result.stderr
+    assert "Traceback" not in result.stderr and not paths["reward"].exists()
+    assert not (paths["resume"] / "state.json").exists() and not list(paths["resume"].rglob("*.safetensors"))
+    # an absurd learning rate is refused before any work, naming the key
+    absurd = write_params(tmp_path / "absurd.yaml", tiny_params(**SMALL, **{"train_reward.stage1.learning_rate": 1e30}))
+    refused = run_stage("train_reward", absurd, **paths)
+    assert refused.returncode == 2 and "train_reward.stage1.learning_rate: Input should be less than or equal to 1" \
+        in refused.stderr
 
 
 def test_a_changed_backbone_discards_the_state(inputs, tmp_path):
