@@ -125,13 +125,15 @@ def full_state_dict(engine) -> dict[str, torch.Tensor]:
 
 
 def weight_norm(engine) -> float:
-    """The norm of all of an engine's parameters (guards.parameter_norm); under ZeRO-3 every rank holds
-    a shard of each, so the squares are summed over ranks."""
+    """sqrt(sum_i ||p_i||^2) over an engine's parameters: each tensor's squared norm in its own dtype's
+    float32 reduction, summed in float64 (no float64 copy of the weights on the hot path). Under
+    ZeRO-3 a rank holds a shard of each parameter (`p.ds_tensor`), so the squares are summed over ranks."""
     import torch.distributed as dist
 
-    from robust_rlhf.guards import parameter_norm
-
-    squares = torch.tensor(parameter_norm(engine.module.parameters()) ** 2, dtype=torch.float64)
+    squares = torch.zeros((), dtype=torch.float64)
+    for parameter in engine.module.parameters():
+        tensor = getattr(parameter, "ds_tensor", parameter).detach()
+        squares += torch.linalg.vector_norm(tensor, dtype=torch.float32).double() ** 2
     if engine.zero_optimization_stage() == 3 and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(squares)
     return float(squares.sqrt())

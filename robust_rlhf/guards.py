@@ -29,16 +29,6 @@ def check_finite(name: str, value: torch.Tensor | dict[str, torch.Tensor], *, ph
         raise Diverged(f"{phase}: {name} is not finite at step {step}; stopping (the last checkpoint is the last good one)")
 
 
-def parameter_norm(parameters) -> float:
-    """sqrt(sum_i ||p_i||^2) over `parameters`, in float64 so 1e8 squares of 1e-2 do not lose digits.
-    Under ZeRO-3 a parameter's local shard is `p.ds_tensor`; the caller sums shards across ranks."""
-    total = 0.0
-    for parameter in parameters:
-        tensor = getattr(parameter, "ds_tensor", parameter)
-        total += float(tensor.detach().double().pow(2).sum())
-    return math.sqrt(total)
-
-
 def check_weight_norm(norm: float, initial_norm: float, *, max_ratio: float, phase: str, step: int) -> None:
     """Stop when the weights' norm is not finite or has grown beyond `max_ratio` times its value at
     the start of training: fine-tuning moves weights by a small fraction of their norm (a learning
