@@ -18,7 +18,7 @@ def scoring_times(backbone_spec: str, head_counts: list[int], *, batch_size: int
     """Seconds to score one batch: `heads[k]` with k heads on one backbone, `models[k]` with k
     separate one-head reward models scored one after another (as an ensemble is)."""
     from robust_rlhf.models import load_tokenizer
-    from robust_rlhf.reward_model import BRMERewardModel, score_texts
+    from robust_rlhf.reward.model import BRMERewardModel, score_texts
 
     tokenizer = load_tokenizer(backbone_spec, padding_side="right")
     prompts = bench_prompts(batch_size)

@@ -1,5 +1,5 @@
 """Before/after of the optimizer change the PPO profile called for: DeepSpeed's `torch_adam` AdamW
-ran torch's per-tensor loop; the engines now ask for torch's fused kernel (distributed.py). Both on
+ran torch's per-tensor loop; the engines now ask for torch's fused kernel (robust_rlhf/runtime/distributed.py). Both on
 the default policy's parameters, same gradients, same process."""
 
 from __future__ import annotations

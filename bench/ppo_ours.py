@@ -1,4 +1,4 @@
-"""Our PPO step (robust_rlhf.ppo.ppo_step, the code the `ppo` stage runs) on the default models,
+"""Our PPO step (robust_rlhf.rl.ppo.ppo_step, the code the `ppo` stage runs) on the default models,
 timed per phase. Run by `python -m bench` in a child process:
 
     python -m bench.ppo_ours --work DIR --out ours.json [--ppo-steps 3 ...]
@@ -23,8 +23,8 @@ def instrument(timer: PhaseTimer, critic) -> None:
     log-probs (generate's logits) and a shared value head's rollout values; the reference's rollout
     forward runs without grad; the actor's forward inside the update (grad on) stays in `training`.
     Every separate critic's forward, backward and step is the critic's phase, which GRPO lacks."""
-    import robust_rlhf.ppo as ppo
-    from robust_rlhf.reward_scoring import RewardModels
+    import robust_rlhf.rl.ppo as ppo
+    from robust_rlhf.reward.scoring import RewardModels
 
     no_grad = lambda: not torch.is_grad_enabled()  # noqa: E731
     ppo.sample = timer.wrap(ppo.sample, GENERATION)
@@ -37,30 +37,15 @@ def instrument(timer: PhaseTimer, critic) -> None:
 
 
 def build_engines(params, work: Path):
-    """Actor, critic (DeepSpeed engines), reference and reward models as stages/ppo.py builds them."""
-    from robust_rlhf.distributed import deepspeed_config, init_distributed, initialize_engine
-    from robust_rlhf.models import load_backbone, load_causal_lm, load_tokenizer
-    from robust_rlhf.ppo import build_actor_critic
-    from robust_rlhf.reward_scoring import load_reward_models
+    """Actor, critic (DeepSpeed engines), reference and reward models, built as the ppo stage builds them."""
+    from robust_rlhf.rl.run import PPOPaths, build_ppo_models
+    from robust_rlhf.runtime.distributed import init_distributed
 
-    config, policy_init = params.ppo, work / POLICY_DIR
-    world_size = init_distributed()
-
-    def engine_config(learning_rate):
-        steps = config.gradient_accumulation_steps if learning_rate else 1
-        return deepspeed_config(deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size,
-                                gradient_accumulation_steps=steps, world_size=world_size, learning_rate=learning_rate)
-
-    def frozen(model):
-        return initialize_engine(model.eval().requires_grad_(False), engine_config(None)).module
-
-    actor_module, critic_module = build_actor_critic(lambda: load_causal_lm(policy_init),
-                                                     lambda: load_backbone(policy_init), config.value_model)
-    actor = initialize_engine(actor_module, engine_config(config.learning_rate))
-    critic = (None if critic_module is None
-              else initialize_engine(critic_module, engine_config(config.critic_learning_rate)))
-    reward_models = load_reward_models(*build_reward_models(params, work), trust_remote_code=False, prepare=frozen)
-    return load_tokenizer(policy_init), actor, critic, frozen(load_causal_lm(policy_init)), reward_models
+    reward, ensemble = build_reward_models(params, work)
+    paths = PPOPaths(data=work, policy_init=work / POLICY_DIR, reward=reward, ensemble=ensemble, policy=work / "policy",
+                     steps=work / "steps.csv", resume=work / "resume")
+    models = build_ppo_models(params, paths, world_size=init_distributed())
+    return models.tokenizer, models.actor, models.critic, models.ref_model, models.reward_models
 
 
 def with_workload(params, workload: PPOWorkload, value_model: str):
@@ -74,9 +59,9 @@ def with_workload(params, workload: PPOWorkload, value_model: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from robust_rlhf.ppo import ppo_step
-    from robust_rlhf.reward_normalization import RewardNormalizer
-    from robust_rlhf.stage_cli import seed_everything
+    from robust_rlhf.rl.ppo import ppo_step
+    from robust_rlhf.rl.normalization import RewardNormalizer
+    from robust_rlhf.runtime.distributed import seed_everything
 
     parser = child_parser("python -m bench.ppo_ours")
     parser.add_argument("--value-model", choices=("separate", "shared"), default="separate",
@@ -101,9 +86,9 @@ def main(argv: list[str] | None = None) -> None:
         timer.reset()
         batch = prompts[step * workload.batch_size:(step + 1) * workload.batch_size]
         started = time.perf_counter()
-        metrics, _ = ppo_step(step, actor, critic, ref_model, reward_models, tokenizer, batch, method=method,
-                              normalizer=normalizer, config=params.ppo,
-                              max_prompt_tokens=params.prepare.max_prompt_tokens)
+        metrics = ppo_step(step, actor, critic, ref_model, reward_models, tokenizer, batch, method=method,
+                           normalizer=normalizer, config=params.ppo,
+                           max_prompt_tokens=params.prepare.max_prompt_tokens)
         wall = time.perf_counter() - started
         if step == 0:
             continue  # warm-up: first-call allocations and lazy inits

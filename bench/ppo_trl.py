@@ -29,7 +29,7 @@ GROUP_SIZE = 2  # GRPO's completions per prompt; the smallest group, so the batc
 
 def reward_function(reward_models, method, ppo_params):
     """A TRL reward function: our reward models' scores under the method's aggregation, (B,) floats."""
-    from robust_rlhf.reward_scoring import method_rewards
+    from robust_rlhf.reward.scoring import method_rewards
 
     def brme_reward(prompts, completions, **_) -> list[float]:
         prompt_texts = [turns[-1]["content"] for turns in prompts]
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from robust_rlhf.models import load_causal_lm, load_tokenizer
-    from robust_rlhf.reward_scoring import load_reward_models
+    from robust_rlhf.reward.scoring import load_reward_models
 
     args = child_parser("python -m bench.ppo_trl").parse_args(argv)
     workload = workload_from_args(args)

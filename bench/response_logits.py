@@ -15,7 +15,7 @@ from bench.workload import POLICY_DIR, bench_prompts
 def full_sequence_logprobs(model, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
     """The code before the change: logits at every column, then the response slice. (B, T)."""
     from robust_rlhf.generation import response_inputs
-    from robust_rlhf.ppo_losses import logprobs_of_labels
+    from robust_rlhf.logprobs import logprobs_of_labels
 
     logits = model(**response_inputs(query_ids, query_mask, response_ids, response_mask)).logits
     return logprobs_of_labels(logits[:, query_ids.shape[1] - 1 : -1, :].float(), response_ids)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from robust_rlhf.atomic import atomic_directory
+from robust_rlhf.runtime.atomic import atomic_directory
 from robust_rlhf.config import load_params
-from robust_rlhf.task import all_prompts
+from robust_rlhf.data.task import all_prompts
 
 POLICY_DIR = "policy_init"
 REWARD_DIR = "reward"
@@ -33,7 +33,7 @@ def bench_prompts(count: int) -> list[str]:
 def build_policy(params, work: Path) -> Path:
     """The initial policy as safetensors (GGUF de-quantised once, as `prepare` does)."""
     from robust_rlhf.models import materialise_policy
-    from robust_rlhf.task import tokenizer_corpus
+    from robust_rlhf.data.task import tokenizer_corpus
 
     out = work / POLICY_DIR
     if not (out / "config.json").exists():
@@ -46,7 +46,7 @@ def build_policy(params, work: Path) -> Path:
 def new_reward_model(backbone_spec: str, num_heads: int, *, max_length: int, seed: int):
     """A BRME on a fresh copy of the backbone with `num_heads` random Gaussian heads."""
     from robust_rlhf.models import load_backbone
-    from robust_rlhf.reward_model import BRMERewardModel, RewardModelConfig, resolve_pooling
+    from robust_rlhf.reward.model import BRMERewardModel, RewardModelConfig, resolve_pooling
 
     backbone = load_backbone(backbone_spec)
     config = RewardModelConfig(num_heads=num_heads, sigma_min=0.01, max_length=max_length,
@@ -58,8 +58,8 @@ def build_reward_models(params, work: Path) -> tuple[Path, Path]:
     """The BRME (`train_reward.num_heads` heads) and the `ensemble_size` independent members, written
     as `train_reward` writes them, so `load_reward_models` reads them as in the ppo stage."""
     from robust_rlhf.models import load_tokenizer
-    from robust_rlhf.reward_model import save_reward_model
-    from robust_rlhf.reward_scoring import ENSEMBLE_MANIFEST
+    from robust_rlhf.reward.model import save_reward_model
+    from robust_rlhf.reward.scoring import ENSEMBLE_MANIFEST
 
     config, spec = params.train_reward, params.models.reward_backbone
     tokenizer = load_tokenizer(spec, padding_side="right")

@@ -35,7 +35,7 @@ from prefect.exceptions import MissingContextError
 
 from robust_rlhf.config import load_params, resume_folder_of
 
-PARAMS_ERROR_EXIT_CODE = 2  # what a stage exits with when params.yaml is invalid (stage_cli.py)
+PARAMS_ERROR_EXIT_CODE = 2  # what a stage exits with when params.yaml is invalid (stages/cli.py)
 
 
 class FlowTimedOut(RuntimeError):

@@ -28,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.pipeline import dvc_executable, run_logger, stage_environment
 from robust_rlhf.config import Params, load_params
 
-# Aggregations that read ppo.robust.lambda (robust_rlhf/aggregation.py); for the others a lambda
+# Aggregations that read ppo.robust.lambda (robust_rlhf/reward/aggregation.py); for the others a lambda
 # sweep would train identical policies.
 LAMBDA_AGGREGATIONS = frozenset({"brme"})
 # The comparison table's columns, from metrics/eval/<method>.json.

@@ -76,7 +76,7 @@ class DeepSpeedParams(_Section):
 
 
 class ColumnMapping(_Section):
-    """Which source column holds each field (robust_rlhf/preference_sources.py)."""
+    """Which source column holds each field (robust_rlhf/data/sources.py)."""
 
     prompt: str | None = Field("prompt", description="The prompt column (layout `columns` only).")
     chosen: str = Field("chosen", description="The preferred response (or conversation, or message list).")
@@ -157,7 +157,7 @@ class PrepareParams(_Section):
 
 
 class GoldParams(_Section):
-    """The gold scorer that stands in for human raters (robust_rlhf/gold.py documents each)."""
+    """The gold scorer that stands in for human raters (robust_rlhf/data/gold.py documents each)."""
 
     name: Literal["lexicon", "composite"] = Field(
         description="lexicon: word-list sentiment - repetition (no model); composite: VADER sentiment + "
@@ -268,7 +268,7 @@ class MethodParams(_Section):
         description="brme: the BRME's k Gaussian heads; single: the BRME's stage-1 Bradley-Terry RM (one "
         "head, ordinary RLHF); ensemble: the independent reward models (Coste et al.)."
     )
-    aggregation: AggregationName = Field(description="Aggregation of the reward model's heads (aggregation.py).")
+    aggregation: AggregationName = Field(description="Aggregation of the reward model's heads (robust_rlhf/reward/aggregation.py).")
 
     @model_validator(mode="after")
     def _aggregation_fits_reward_model(self) -> "MethodParams":
@@ -283,7 +283,7 @@ class MethodParams(_Section):
 
 
 class PPOGuards(_Section):
-    """What a diverged PPO run looks like (guards.py): crossing one stops the stage with exit code 2,
+    """What a diverged PPO run looks like (robust_rlhf/runtime/guards.py): crossing one stops the stage with exit code 2,
     naming the step and the quantity, and keeps the last good checkpoint. Checks, not params of what
     is trained."""
 
@@ -321,7 +321,7 @@ class PPOParams(_Section):
     max_new_tokens: int = Field(ge=1, le=MAX_TOKENS)
     temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE)
     reward_normalization: Literal["reference", "running", "none"] = Field(
-        "reference", description="How every method's reward is scaled before PPO (reward_normalization.py): "
+        "reference", description="How every method's reward is scaled before PPO (robust_rlhf/rl/normalization.py): "
         "`reference` by the initial policy's reward mean/std on the PPO prompts, `running` by running moments."
     )
     checkpoint_every: int = Field(
@@ -369,7 +369,7 @@ class EvaluateParams(_Section):
 
 
 class LauncherParams(_Section):
-    """How DeepSpeed stages are launched (robust_rlhf/launcher.py). One process by default; more go
+    """How DeepSpeed stages are launched (robust_rlhf/runtime/launcher.py). One process by default; more go
     through the `deepspeed` launcher, which starts them with RANK/WORLD_SIZE set."""
 
     num_gpus: int = Field(
@@ -424,7 +424,7 @@ class OrchestrationParams(_Section):
         1, ge=1, le=MAX_PROCESSES, description="DVC experiments of a sweep run at once (queue workers).")
 
 
-RESUME_ROOT = ".resume"  # dvc.yaml's --resume folders; gitignored and dvcignored (robust_rlhf/resume.py)
+RESUME_ROOT = ".resume"  # dvc.yaml's --resume folders; gitignored and dvcignored (robust_rlhf/runtime/resume.py)
 
 
 def resume_folder_of(stage: str) -> Path:
@@ -476,7 +476,7 @@ class Params(_Section):
 
 class StageInputError(ValueError):
     """Bad params or bad input data: a stage fails the same way every time, so it exits with code 2
-    and its message alone (stage_cli.py), and the flow does not retry it."""
+    and its message alone (stages/cli.py), and the flow does not retry it."""
 
 
 class ParamsError(StageInputError):

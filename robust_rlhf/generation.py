@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robust_rlhf.ppo_losses import entropy_from_logits, logprobs_of_labels
+from robust_rlhf.logprobs import entropy_from_logits, logprobs_of_labels
 
 
 def format_prompt(tokenizer, prompt: str) -> str:
@@ -24,10 +24,9 @@ def format_prompt(tokenizer, prompt: str) -> str:
 
 def encode_prompts(tokenizer, prompts: list[str], *, max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenise formatted prompts, left-padded and left-truncated. Returns ids, mask: (B, Tq)."""
-    tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"  # keep the end of a long prompt, next to the response
     batch = tokenizer([format_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
-                      truncation=True, max_length=max_prompt_tokens, add_special_tokens=False)
+                      padding_side="left", truncation=True, max_length=max_prompt_tokens, add_special_tokens=False)
     return batch["input_ids"], batch["attention_mask"]
 
 

@@ -1,7 +1,7 @@
 """DVC stage `evaluate`: every method's policy checkpoints (every PPO seed) and the initial policy on
 held-out prompts, under the gold scorer and the proxy reward models, with KL to the reference (the
 initial policy); the best-of-n study from the initial policy; the paired comparisons
-(robust_rlhf/evaluation_run.py).
+(robust_rlhf/evaluation/run.py).
 
 Writes one metrics file per method to --table (so `dvc metrics show` has a row per method), the
 initial policy's metrics and the comparisons to --metrics, gold/proxy-vs-sqrt(KL) curves per method
@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from robust_rlhf.config import Params
-from robust_rlhf.evaluation_run import EvaluatePaths, run_evaluate
-from robust_rlhf.stage_cli import stage_main
+from robust_rlhf.evaluation.run import EvaluatePaths, run_evaluate
+from stages.cli import stage_main
 
 
 def run(params: Params, *, data: Path, policy_init: Path, policies: Path, reward: Path, ensemble: Path,

@@ -1,11 +1,11 @@
 """DVC stage `train_reward`: the BRME reward model (stage 1 Bradley-Terry, stage 2 k Gaussian heads)
-and the ensemble baseline's members, under DeepSpeed (robust_rlhf/reward_run.py, docs/method.md).
+and the ensemble baseline's members, under DeepSpeed (robust_rlhf/reward/run.py, docs/method.md).
 
 Reads the preference splits and the shifted responses from --data and, when
 `models.reward_backbone` is `policy`, the initial policy from --policy. Writes the BRME to --reward,
 the ensemble to --ensemble, the reward models' metrics (val and test, with intervals) to --metrics
 and reliability diagrams (one CSV per reward model) to --reliability. Its resume state lives in
---resume while it runs (robust_rlhf/resume.py).
+--resume while it runs (robust_rlhf/runtime/resume.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from robust_rlhf.config import Params
-from robust_rlhf.reward_run import RewardPaths, run_train_reward
-from robust_rlhf.stage_cli import stage_main
+from robust_rlhf.reward.run import RewardPaths, run_train_reward
+from stages.cli import stage_main
 
 
 def run(params: Params, *, data: Path, policy: Path, reward: Path, ensemble: Path, reliability: Path,

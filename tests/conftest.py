@@ -165,7 +165,7 @@ def pipeline_run(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from robust_rlhf.models import build_tiny_tokenizer
-    from robust_rlhf.task import tokenizer_corpus
+    from robust_rlhf.data.task import tokenizer_corpus
 
     return build_tiny_tokenizer(tokenizer_corpus())
 

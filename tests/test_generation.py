@@ -31,7 +31,7 @@ def test_sampled_logprobs_match_a_separate_forward(tiny_policy, tiny_tokenizer):
 def test_response_logprobs_equal_a_slice_of_the_full_logits(tiny_policy, tiny_tokenizer):
     """forward_response runs the LM head on the response columns only; the naive reference slices
     the full sequence's logits at Tq - 1 .. L - 2."""
-    from robust_rlhf.ppo_losses import entropy_from_logits, logprobs_of_labels
+    from robust_rlhf.logprobs import entropy_from_logits, logprobs_of_labels
 
     prompts = ["Write a short review of the library.", "Give your honest opinion of a long flight today."]
     query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)

@@ -24,7 +24,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from robust_rlhf.launcher import free_port
+from robust_rlhf.runtime.launcher import free_port
 from tests.conftest import copy_repo, tiny_params
 
 BIN = Path(sys.executable).parent

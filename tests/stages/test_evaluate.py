@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from robust_rlhf.atomic import read_jsonl
-from robust_rlhf.curves import best_of_n_grid
+from robust_rlhf.runtime.atomic import read_jsonl
+from robust_rlhf.evaluation.curves import best_of_n_grid
 from tests.conftest import tiny_params
 
 INTERVAL = {"value", "ci_low", "ci_high", "p_value", "p_holm"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robust_rlhf.checkpoint import read_checkpoints
+from robust_rlhf.runtime.checkpoint import read_checkpoints
 from tests.conftest import run_stage, tiny_params, write_params
 
 METHODS = list(tiny_params()["methods"])

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from robust_rlhf.checkpoint import read_checkpoints
+from robust_rlhf.runtime.checkpoint import read_checkpoints
 from tests.conftest import kill_after_checkpoint, run_stage, stage_command, tiny_params, write_params
 
 STEPS, EVERY = 6, 2

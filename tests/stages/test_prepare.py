@@ -1,6 +1,6 @@
 import json
 
-from robust_rlhf.atomic import read_jsonl
+from robust_rlhf.runtime.atomic import read_jsonl
 from robust_rlhf.models import load_causal_lm, load_tokenizer
 from tests.conftest import tiny_params
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from robust_rlhf.atomic import read_jsonl
+from robust_rlhf.runtime.atomic import read_jsonl
 from tests.conftest import run_stage, run_stage_ok, tiny_params, write_params
 
 TOPICS = ["the park", "the museum", "the train", "the cafe", "the beach", "the library", "the market", "the hotel"]
@@ -132,7 +132,7 @@ def test_a_source_without_a_name_is_refused_before_any_work(tmp_path, source, ke
 
 
 def test_files_outside_the_dvc_sources_folder_are_named(tmp_path, monkeypatch):
-    from stages.prepare import files_outside
+    from robust_rlhf.data.run import files_outside
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data_sources").mkdir()

@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robust_rlhf.atomic import read_jsonl
-from robust_rlhf.reward_model import load_reward_model, score_texts
-from robust_rlhf.reward_scoring import load_reward_models
+from robust_rlhf.runtime.atomic import read_jsonl
+from robust_rlhf.reward.model import load_reward_model, score_texts
+from robust_rlhf.reward.scoring import load_reward_models
 from tests.conftest import run_stage_ok, tiny_params, write_params
 
 INTERVAL_KEYS = {"value", "ci_low", "ci_high"}
@@ -97,7 +97,7 @@ def test_saved_reward_model_loads_and_scores_k_heads(pipeline_run):
 
 def test_frozen_backbone_stays_the_initial_policys(pipeline_run):
     """With `finetune_backbone: false` the backbone is the initial policy's, bit for bit (that every
-    head trained is tests/test_brme_uncertainty.py's)."""
+    head trained is tests/reward/test_brme_uncertainty.py's)."""
     trained, _ = load_reward_model(pipeline_run["reward"])
     policy_weights = load_file(str(pipeline_run["policy_init"] / "model.safetensors"))
     backbone_weights = trained.backbone.state_dict()

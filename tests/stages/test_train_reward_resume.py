@@ -10,9 +10,9 @@ import subprocess
 import pytest
 from safetensors.torch import load_file, save_file
 
-from robust_rlhf.atomic import atomic_write_jsonl
+from robust_rlhf.runtime.atomic import atomic_write_jsonl
 from robust_rlhf.models import TINY_POLICY, materialise_policy
-from robust_rlhf.task import NEGATIVE_WORDS, POSITIVE_WORDS, TEMPLATES, TOPICS, tokenizer_corpus
+from robust_rlhf.data.task import NEGATIVE_WORDS, POSITIVE_WORDS, TEMPLATES, TOPICS, tokenizer_corpus
 from tests.conftest import REPO, kill_after_checkpoint, run_stage, stage_command, tiny_params, write_params
 
 # 24 train pairs in micro-batches of 8: 3 batches an epoch, so 6 micro-batches in each of stage1,

@@ -1,0 +1,111 @@
+"""Scoring with every reward model a method can name, and the methods' rewards from those scores.
+
+Reward-model kinds:
+- `brme`: the BRME's k Gaussian heads, (mu, sigma) each (B, k);
+- `single`: the BRME's stage-1 Bradley-Terry reward model, mu (B, 1) (the ordinary RLHF baseline);
+- `ensemble`: M Bradley-Terry reward models (Coste et al.), mu (B, M), centred (and scaled) on the
+  training responses: linear heads on the stage-1 backbone's frozen features, each on its own
+  bootstrap resample (`layout: heads`, scored in the same backbone forward), or models fine-tuned
+  apart, seeds apart (`layout: models`).
+Kinds without a learned sigma get sigma = 1, which no aggregation that applies to them reads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from robust_rlhf.reward.aggregation import AGGREGATIONS, aggregate_rewards
+from robust_rlhf.config import MethodParams, PPOParams
+from robust_rlhf.reward.model import BRMERewardModel, load_reward_model, score_texts
+
+ENSEMBLE_MANIFEST = "ensemble.json"
+MEMBER_HEADS_FILE = "member_heads.safetensors"  # layout `heads`: weight (M, H), bias (M,)
+STAGE1_FOLDER = "stage1"  # inside the BRME's folder, when stage 2 retrained the backbone
+
+
+@dataclass
+class RewardModels:
+    """The BRME (with its stage-1 head), the ensemble's members, and the stage-1 model when it is
+    not the BRME's own backbone; one tokenizer."""
+
+    brme: BRMERewardModel
+    tokenizer: object
+    ensemble: list[BRMERewardModel] = field(default_factory=list)  # members with backbones of their own
+    stage1: BRMERewardModel | None = None
+
+    @torch.inference_mode()
+    def score(self, prompts: list[str], responses: list[str], *, batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(mu, sigma) of every reward-model kind for each (prompt, response); shapes (B, heads)."""
+        brme = score_texts(self.brme, self.tokenizer, prompts, responses, batch_size=batch_size)
+        stage1 = brme if self.stage1 is None else score_texts(self.stage1, self.tokenizer, prompts, responses,
+                                                              batch_size=batch_size)
+        scores = {"brme": (brme["mu"], brme["sigma"]),
+                  "single": (stage1["bt_reward"][:, None], torch.ones_like(stage1["bt_reward"][:, None]))}
+        if "members" in stage1:
+            scores["ensemble"] = (stage1["members"], torch.ones_like(stage1["members"]))
+        elif self.ensemble:
+            members = [score_texts(member, self.tokenizer, prompts, responses, batch_size=batch_size)["bt_reward"]
+                       for member in self.ensemble]
+            mu = torch.stack(members, dim=1)
+            scores["ensemble"] = (mu, torch.ones_like(mu))
+        return scores
+
+
+def load_member_heads(ensemble_dir: Path) -> nn.Linear:
+    """The ensemble's members of layout `heads` as one (H -> M) linear map."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(ensemble_dir) / MEMBER_HEADS_FILE))
+    heads = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+    heads.load_state_dict(state)
+    return heads
+
+
+def load_reward_models(brme_dir: Path, ensemble_dir: Path, *, trust_remote_code: bool,
+                       prepare: Callable[[BRMERewardModel], BRMERewardModel] = lambda model: model) -> RewardModels:
+    """Load what `train_reward` wrote; `prepare` wraps each model (e.g. in a DeepSpeed inference engine)."""
+    brme, tokenizer = load_reward_model(brme_dir, trust_remote_code=trust_remote_code)
+    stage1 = None
+    if (Path(brme_dir) / STAGE1_FOLDER).exists():
+        stage1 = load_reward_model(Path(brme_dir) / STAGE1_FOLDER, trust_remote_code=trust_remote_code)[0]
+    manifest = json.loads((Path(ensemble_dir) / ENSEMBLE_MANIFEST).read_text())
+    members = []
+    if manifest.get("layout") == "heads":
+        (stage1 or brme).attach_member_head(load_member_heads(ensemble_dir).eval())
+    else:
+        members = [prepare(load_reward_model(Path(ensemble_dir) / name, trust_remote_code=trust_remote_code)[0])
+                   for name in manifest["members"]]
+    return RewardModels(prepare(brme), tokenizer, members, prepare(stage1) if stage1 is not None else None)
+
+
+def applicable_aggregations(kind: str) -> list[str]:
+    """Aggregations that make sense for a reward-model kind: `single` only for one head, the sigma-based
+    ones (`nominal`, `brme`) only for the BRME."""
+    if kind == "single":
+        return ["single"]
+    names = [name for name in AGGREGATIONS if name != "single"]
+    return names if kind == "brme" else [name for name in names if name not in ("nominal", "brme")]
+
+
+def every_aggregation(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], config: PPOParams) -> dict[str, torch.Tensor]:
+    """The reward under every applicable aggregation of every reward model, keyed `kind/aggregation`."""
+    return {f"{kind}/{name}": _aggregate(name, mu, sigma, config)
+            for kind, (mu, sigma) in scores.items() for name in applicable_aggregations(kind)}
+
+
+def method_rewards(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], methods: dict[str, MethodParams],
+                   config: PPOParams) -> dict[str, torch.Tensor]:
+    """Each method's sequence reward (B,): its reward model's heads under its aggregation."""
+    return {name: _aggregate(method.aggregation, *scores[method.reward_model], config)
+            for name, method in methods.items() if method.reward_model in scores}
+
+
+def _aggregate(name: str, mu: torch.Tensor, sigma: torch.Tensor, config: PPOParams) -> torch.Tensor:
+    return aggregate_rewards(name, mu, sigma, lam=config.robust.lam, uwo_coef=config.aggregation.uwo_coef,
+                             dro_beta=config.aggregation.kl_dro_beta)

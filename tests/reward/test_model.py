@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from robust_rlhf.reward.model import GaussianHeads, pool_hidden
+from robust_rlhf.reward.training import bootstrap_weights
+
+
+def test_last_pooling_reads_the_last_real_token_on_either_padding_side():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)  # value = position + 4 * row
+    right_padded = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left_padded = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert pool_hidden(hidden, right_padded, "last").flatten().tolist() == [1.0, 7.0]
+    assert pool_hidden(hidden, left_padded, "last").flatten().tolist() == [3.0, 7.0]
+
+
+def test_mean_pooling_ignores_padding():
+    hidden = torch.tensor([[[1.0], [3.0], [100.0]]])
+    assert pool_hidden(hidden, torch.tensor([[1, 1, 0]]), "mean").item() == 2.0
+
+
+def test_gaussian_heads_shapes_and_sigma_floor():
+    heads = GaussianHeads(hidden_size=3, num_heads=5, sigma_min=0.05, seed=0)
+    with torch.no_grad():
+        heads.s_bias.fill_(-50.0)  # softplus -> 0, so sigma sits at its floor
+    mu, sigma = heads(torch.randn(4, 3))
+    assert mu.shape == sigma.shape == (4, 5)
+    torch.testing.assert_close(sigma, torch.full((4, 5), 0.05))
+
+
+def test_heads_have_distinct_seeded_inits():
+    a, b = GaussianHeads(8, 3, sigma_min=0.01, seed=0), GaussianHeads(8, 3, sigma_min=0.01, seed=0)
+    assert torch.equal(a.mu_weight, b.mu_weight)
+    assert not torch.equal(a.mu_weight[0], a.mu_weight[1])
+
+
+def test_bootstrap_weights_are_per_head_resamples():
+    weights = bootstrap_weights(50, 4, seed=0, enabled=True)
+    assert weights.shape == (50, 4)
+    assert (weights.sum(dim=0) == 50).all()  # each head draws N items with replacement
+    assert not torch.equal(weights[:, 0], weights[:, 1])
+    assert torch.equal(bootstrap_weights(50, 4, seed=0, enabled=False), torch.ones(50, 4))
+
+
+def test_anchored_heads_start_at_their_anchors_return_the_prior_term_and_save_as_gaussian_heads():
+    from robust_rlhf.reward.losses import anchor_penalty
+    from robust_rlhf.reward.model import AnchoredGaussianHeads
+
+    g = torch.Generator().manual_seed(0)
+    anchors = {"mu_weight": torch.randn(3, 4, generator=g), "mu_bias": torch.zeros(3),
+               "s_weight": torch.randn(3, 4, generator=g), "s_bias": torch.ones(3)}
+    heads = AnchoredGaussianHeads(4, 3, sigma_min=0.01, anchors=anchors, prior_std=0.5, num_items=10)
+    mu, sigma, penalty = heads(torch.randn(2, 4, generator=g))
+    assert mu.shape == sigma.shape == (2, 3) and penalty.item() == 0.0  # at the anchor
+    with torch.no_grad():
+        heads.mu_weight.add_(1.0)
+    expected = anchor_penalty([heads.mu_weight, heads.s_weight], [anchors["mu_weight"], anchors["s_weight"]],
+                              prior_std=0.5, num_items=10)
+    assert heads(torch.zeros(1, 4))[2].item() == pytest.approx(expected.item()) and expected.item() > 0
+    assert set(heads.state_dict()) == set(GaussianHeads(4, 3, sigma_min=0.01).state_dict())
+
+
+def test_l2_linear_heads_return_the_l2_term_and_keep_linear_keys():
+    from robust_rlhf.reward.model import L2LinearHeads, linear_heads
+
+    base = linear_heads(2, 2, init_std=1.0, seed=0)
+    heads = L2LinearHeads(base, l2_coef=0.1)
+    rewards, term = heads(torch.ones(3, 2))
+    assert torch.equal(rewards, base(torch.ones(3, 2)))
+    assert term.item() == pytest.approx(0.05 * base.weight.pow(2).sum(dim=1).mean().item())
+    assert set(heads.state_dict()) == {"weight", "bias"}
