@@ -60,174 +60,219 @@ class RewardPaths:
 
 def run_train_reward(params: Params, paths: RewardPaths) -> dict:
     """Train, centre, save and evaluate every reward model; returns the stage's metrics."""
-    config, remote = params.train_reward, params.models.trust_remote_code
-    world_size = init_distributed()
-    train_pairs = read_jsonl(paths.data / "prefs_train.jsonl")
-    source = paths.policy if params.models.reward_backbone == "policy" else params.models.reward_backbone
-    tokenizer = load_tokenizer(source, trust_remote_code=remote, padding_side="right")
-    factory = _ModelFactory(source, remote, config)
-    seed = config.seed
-    member_names = [f"member_{index}" for index in range(config.ensemble_size)]
-    phases = (["stage1", "stage2", *member_names] if config.finetune_backbone
-              else ["features", "stage1", "stage2", "ensemble"])
-    # A run killed after a checkpoint goes on from it: finished phases' results, the interrupted
-    # phase's engine (model, optimizer, scheduler), its data position and the RNGs.
-    prune_finished(paths.resume.parent, keep=paths.resume)
-    resume = PhasedResume(paths.resume, run_key(resume_params(params, world_size=world_size), {
-        **{name: paths.data / name for name in INPUT_FILES if (paths.data / name).exists()},
-        **({"backbone": Path(source)} if Path(source).is_dir() else {})}), phases, [paths.reward, paths.ensemble])
-    if resume.saved is not None:
-        logger.info("resuming train_reward from step %d: phase %s at %s (%s)", resume.saved["step"], resume.phase,
-                    _position_text(resume.position), resume.folder)
+    run = _RewardRun(params, paths)
+    stage1_state, features = run.train_stage1()
+    responses_features = torch.cat([features["pooled_chosen"], features["pooled_rejected"]])
+    stage1_model = run.factory.loaded(run.factory.brme(run.seed), stage1_state)
+    anchors, prior_std = run.anchors(stage1_model, responses_features)
+    run.train_stage2(stage1_model, stage1_state, features, anchors, prior_std)
+    run.train_members(features)
+    models, centering = run.assemble(stage1_model, responses_features)
+    val_report = run.evaluate(models, centering)
+    run.resume.remove()
+    return {**val_report, "centering": centering, "train": run.train_summary(prior_std)}
 
-    def train_phase(phase: str, stage: Stage1Params | Stage2Params, new_model: Callable, train: Callable):
+
+class _RewardRun:
+    """One train_reward run: its inputs, its model factory and its resume state, shared by the phases,
+    which run in this order (each is skipped when the resume state has it finished)."""
+
+    def __init__(self, params: Params, paths: RewardPaths) -> None:
+        self.params, self.paths = params, paths
+        self.config, remote = params.train_reward, params.models.trust_remote_code
+        self.world_size = init_distributed()
+        self.train_pairs = read_jsonl(paths.data / "prefs_train.jsonl")
+        source = paths.policy if params.models.reward_backbone == "policy" else params.models.reward_backbone
+        self.tokenizer = load_tokenizer(source, trust_remote_code=remote, padding_side="right")
+        self.factory = _ModelFactory(source, remote, self.config)
+        self.seed = self.config.seed
+        self.member_names = [f"member_{index}" for index in range(self.config.ensemble_size)]
+        phases = (["stage1", "stage2", *self.member_names] if self.config.finetune_backbone
+                  else ["features", "stage1", "stage2", "ensemble"])
+        # A run killed after a checkpoint goes on from it: finished phases' results, the interrupted
+        # phase's engine (model, optimizer, scheduler), its data position and the RNGs.
+        prune_finished(paths.resume.parent, keep=paths.resume)
+        self.resume = PhasedResume(paths.resume, run_key(resume_params(params, world_size=self.world_size), {
+            **{name: paths.data / name for name in INPUT_FILES if (paths.data / name).exists()},
+            **({"backbone": Path(source)} if Path(source).is_dir() else {})}), phases, [paths.reward, paths.ensemble])
+        if self.resume.saved is not None:
+            logger.info("resuming train_reward from step %d: phase %s at %s (%s)", self.resume.saved["step"],
+                        self.resume.phase, _position_text(self.resume.position), self.resume.folder)
+
+    def train_phase(self, phase: str, stage: Stage1Params | Stage2Params, new_model: Callable, train: Callable):
         """Train `phase`'s model on a fresh engine, going on from its checkpoint when it has one, and
         checkpoint every `checkpoint_every` optimizer steps. Returns (engine, losses)."""
-        resume.start(phase)
-        engine = training_engine(new_model(), deepspeed=params.deepspeed, micro_batch_size=stage.micro_batch_size,
-                                 world_size=world_size, gradient_accumulation_steps=stage.gradient_accumulation_steps,
+        self.resume.start(phase)
+        engine = training_engine(new_model(), deepspeed=self.params.deepspeed, micro_batch_size=stage.micro_batch_size,
+                                 world_size=self.world_size, gradient_accumulation_steps=stage.gradient_accumulation_steps,
                                  learning_rate=stage.learning_rate, weight_decay=stage.weight_decay)
-        progress = PhaseProgress(**(resume.restore(phase, engine) or {}))
+        progress = PhaseProgress(**(self.resume.restore(phase, engine) or {}))
 
         def on_step(reached: PhaseProgress) -> None:
             if checkpoint_due(len(reached.losses), gradient_accumulation_steps=stage.gradient_accumulation_steps,
-                              checkpoint_every=config.checkpoint_every):
-                resume.checkpoint(phase, engine, position=asdict(reached), micro_batches=len(reached.losses))
+                              checkpoint_every=self.config.checkpoint_every):
+                self.resume.checkpoint(phase, engine, position=asdict(reached), micro_batches=len(reached.losses))
 
         return engine, train(engine, phase=f"train_reward {phase}", progress=progress, on_step=on_step)
 
-    stage1 = config.stage1
-    on_features = partial(train_heads_on_features, epochs=stage1.epochs, micro_batch_size=stage1.micro_batch_size)
-    num_pairs = len(train_pairs)
+    def _train_bt_on_features(self, features: dict, *, seed: int, objective) -> Callable:
+        stage1 = self.config.stage1
+        return partial(train_heads_on_features, features=features, epochs=stage1.epochs,
+                       micro_batch_size=stage1.micro_batch_size, seed=seed, loss_name="bt", objective=objective)
 
-    # Stage 1: the single Bradley-Terry reward model, and every training pair's pooled features.
-    if config.finetune_backbone:
-        if not resume.finished("stage1"):
-            train_bt = partial(train_stage1, pairs=train_pairs, tokenizer=tokenizer, epochs=stage1.epochs,
-                               micro_batch_size=stage1.micro_batch_size, max_length=config.max_length, seed=seed)
-            engine1, losses = train_phase("stage1", stage1, lambda: _bt_only(factory.brme(seed)), train_bt)
-            engine1.eval()
-            features = pooled_features(engine1.module, train_pairs, tokenizer, batch_size=stage1.micro_batch_size,
-                                       max_length=config.max_length)
-            check_finite("features", features, phase="train_reward stage1", step=len(losses))
-            resume.finish("stage1", losses, {"stage1": full_state_dict(engine1), "features": features})
-    else:
-        if not resume.finished("features"):
-            features = pooled_features(factory.brme(seed).eval(), train_pairs, tokenizer,
-                                       batch_size=stage1.micro_batch_size, max_length=config.max_length)
-            check_finite("features", features, phase="train_reward features", step=0)  # never saved non-finite
-            resume.finish("features", [], {"features": features})
-        if not resume.finished("stage1"):
-            engine1, losses = train_phase(
-                "stage1", stage1, lambda: factory.linear_heads(1, seed),
-                partial(on_features, features=resume.tensors("features"), seed=seed, loss_name="bt",
-                        objective=bt_objective(torch.ones(num_pairs, 1))))
-            model = factory.brme(seed)
-            model.bt_head.load_state_dict(full_state_dict(engine1))
-            resume.finish("stage1", losses, {"stage1": model.state_dict()})
-    stage1_state, features = resume.tensors("stage1"), resume.tensors("features")
-    responses_features = torch.cat([features["pooled_chosen"], features["pooled_rejected"]])
+    def _train_bt_finetuned(self, *, seed: int) -> Callable:
+        stage1 = self.config.stage1
+        return partial(train_stage1, pairs=self.train_pairs, tokenizer=self.tokenizer, epochs=stage1.epochs,
+                       micro_batch_size=stage1.micro_batch_size, max_length=self.config.max_length, seed=seed)
 
-    # Stage 2: the k Gaussian heads, each on its own bootstrap resample, anchored around the stage-1 head.
-    stage2 = config.stage2
-    anchors, prior_std = None, 0.0
-    stage1_model = factory.loaded(factory.brme(seed), stage1_state)
-    if stage2.prior_scale > 0:
-        anchors, prior_std = anchored_heads(
+    def train_stage1(self) -> tuple[dict, dict]:
+        """Stage 1: the single Bradley-Terry reward model, and every training pair's pooled features.
+        Returns the stage-1 model's state and the features."""
+        config, resume, factory, seed = self.config, self.resume, self.factory, self.seed
+        stage1 = config.stage1
+        if config.finetune_backbone:
+            if not resume.finished("stage1"):
+                engine1, losses = self.train_phase("stage1", stage1, lambda: _bt_only(factory.brme(seed)),
+                                                   self._train_bt_finetuned(seed=seed))
+                engine1.eval()
+                features = pooled_features(engine1.module, self.train_pairs, self.tokenizer,
+                                           batch_size=stage1.micro_batch_size, max_length=config.max_length)
+                check_finite("features", features, phase="train_reward stage1", step=len(losses))
+                resume.finish("stage1", losses, {"stage1": full_state_dict(engine1), "features": features})
+        else:
+            if not resume.finished("features"):
+                features = pooled_features(factory.brme(seed).eval(), self.train_pairs, self.tokenizer,
+                                           batch_size=stage1.micro_batch_size, max_length=config.max_length)
+                check_finite("features", features, phase="train_reward features", step=0)  # never saved non-finite
+                resume.finish("features", [], {"features": features})
+            if not resume.finished("stage1"):
+                engine1, losses = self.train_phase(
+                    "stage1", stage1, lambda: factory.linear_heads(1, seed),
+                    self._train_bt_on_features(resume.tensors("features"), seed=seed,
+                                               objective=bt_objective(torch.ones(len(self.train_pairs), 1))))
+                model = factory.brme(seed)
+                model.bt_head.load_state_dict(full_state_dict(engine1))
+                resume.finish("stage1", losses, {"stage1": model.state_dict()})
+        return resume.tensors("stage1"), resume.tensors("features")
+
+    def anchors(self, stage1_model: BRMERewardModel, responses_features: torch.Tensor):
+        """The anchored-ensemble prior of stage 2 around the stage-1 head: (anchors, prior std), or
+        (None, 0.0) without one."""
+        config = self.config
+        if config.stage2.prior_scale <= 0:
+            return None, 0.0
+        return anchored_heads(
             stage1_model.bt_head.weight.detach(), stage1_model.bt_head.bias.detach(), responses_features,
-            num_heads=config.num_heads, prior_scale=stage2.prior_scale, sigma_min=config.sigma_min, seed=seed + ANCHOR_SEED_OFFSET)
-    if not resume.finished("stage2"):
+            num_heads=config.num_heads, prior_scale=config.stage2.prior_scale, sigma_min=config.sigma_min,
+            seed=self.seed + ANCHOR_SEED_OFFSET)
+
+    def train_stage2(self, stage1_model: BRMERewardModel, stage1_state: dict, features: dict, anchors,
+                     prior_std: float) -> None:
+        """Stage 2: the k Gaussian heads, each on its own bootstrap resample, anchored around the stage-1 head."""
+        config, stage2, seed, factory = self.config, self.config.stage2, self.seed, self.factory
+        if self.resume.finished("stage2"):
+            return
+        num_pairs = len(self.train_pairs)
         with torch.no_grad():
             targets = {side: stage1_model.bt_reward(features[f"pooled_{side}"]) for side in ("chosen", "rejected")}
         objective = stage2_objective(
             stage2.loss, bootstrap_weights(num_pairs, config.num_heads, seed=seed, enabled=stage2.bootstrap),
-            targets=targets, noise_floor=stage2.noise_floor,
-            num_noise_samples=stage2.num_noise_samples)
+            targets=targets, noise_floor=stage2.noise_floor, num_noise_samples=stage2.num_noise_samples)
         common = dict(epochs=stage2.epochs, micro_batch_size=stage2.micro_batch_size, seed=seed)
         if stage2.freeze_backbone:
-            engine2, losses = train_phase("stage2", stage2, lambda: factory.heads(seed, anchors, prior_std, num_pairs),
-                                          partial(train_heads_on_features, features=features, objective=objective,
-                                                  loss_name=stage2.loss, **common))
+            engine2, losses = self.train_phase(
+                "stage2", stage2, lambda: factory.heads(seed, anchors, prior_std, num_pairs),
+                partial(train_heads_on_features, features=features, objective=objective, loss_name=stage2.loss,
+                        **common))
             brme_state = {**stage1_state, **{f"heads.{k}": v for k, v in full_state_dict(engine2).items()}}
         else:
-            engine2, losses = train_phase("stage2", stage2, lambda: factory.stage2_model(
-                seed, stage1_state, anchors, prior_std, num_pairs),
-                                          partial(train_stage2_unfrozen, pairs=train_pairs, tokenizer=tokenizer,
-                                                  objective=objective, max_length=config.max_length, **common))
+            engine2, losses = self.train_phase(
+                "stage2", stage2, lambda: factory.stage2_model(seed, stage1_state, anchors, prior_std, num_pairs),
+                partial(train_stage2_unfrozen, pairs=self.train_pairs, tokenizer=self.tokenizer, objective=objective,
+                        max_length=config.max_length, **common))
             brme_state = full_state_dict(engine2)
-        resume.finish("stage2", losses, {"brme": brme_state})
+        self.resume.finish("stage2", losses, {"brme": brme_state})
 
-    # The ensemble baseline's members.
-    if config.finetune_backbone:
-        for index, name in enumerate(member_names):
-            if not resume.finished(name):
-                member_seed = seed + ENSEMBLE_SEED_OFFSET + index
-                train_bt = partial(train_stage1, pairs=train_pairs, tokenizer=tokenizer, epochs=stage1.epochs,
-                                   micro_batch_size=stage1.micro_batch_size, max_length=config.max_length,
-                                   seed=member_seed)
-                member_engine, losses = train_phase(name, stage1, lambda: _bt_only(factory.member(member_seed)),
-                                                    train_bt)
-                resume.finish(name, losses, {name: full_state_dict(member_engine)})
-    elif member_names and not resume.finished("ensemble"):
-        member_seed = seed + ENSEMBLE_SEED_OFFSET
-        weights = bootstrap_weights(num_pairs, len(member_names), seed=member_seed, enabled=True)
-        engine, losses = train_phase(
-            "ensemble", stage1, lambda: factory.linear_heads(len(member_names), member_seed),
-            partial(on_features, features=features, seed=member_seed, loss_name="bt", objective=bt_objective(weights)))
-        resume.finish("ensemble", losses, {"ensemble": full_state_dict(engine)})
+    def train_members(self, features: dict) -> None:
+        """The ensemble baseline's members: backbones fine-tuned seeds apart, or linear BT heads on the
+        frozen features, each on its own bootstrap resample."""
+        config, resume, factory, stage1 = self.config, self.resume, self.factory, self.config.stage1
+        if config.finetune_backbone:
+            for index, name in enumerate(self.member_names):
+                if not resume.finished(name):
+                    member_seed = self.seed + ENSEMBLE_SEED_OFFSET + index
+                    member_engine, losses = self.train_phase(
+                        name, stage1, partial(lambda s: _bt_only(factory.member(s)), member_seed),
+                        self._train_bt_finetuned(seed=member_seed))
+                    resume.finish(name, losses, {name: full_state_dict(member_engine)})
+        elif self.member_names and not resume.finished("ensemble"):
+            member_seed = self.seed + ENSEMBLE_SEED_OFFSET
+            weights = bootstrap_weights(len(self.train_pairs), len(self.member_names), seed=member_seed, enabled=True)
+            engine, losses = self.train_phase(
+                "ensemble", stage1, lambda: factory.linear_heads(len(self.member_names), member_seed),
+                self._train_bt_on_features(features, seed=member_seed, objective=bt_objective(weights)))
+            resume.finish("ensemble", losses, {"ensemble": full_state_dict(engine)})
 
-    # Every model is rebuilt from its saved weights, so a resumed run and an uninterrupted one publish
-    # the same tensors; then centred on the training responses before anything aggregates them.
-    brme = factory.loaded(factory.brme(seed), resume.tensors("brme"))
-    brme_features = (responses_features if stage2.freeze_backbone
-                     else _responses_features(brme, train_pairs, tokenizer, config))
-    centering = {"brme": centre_brme_heads(brme, brme_features)}
-    separate_stage1 = None if stage2.freeze_backbone else stage1_model
-    members: list[BRMERewardModel] = []
-    if config.finetune_backbone:
-        members = [factory.loaded(factory.member(0), resume.tensors(name)) for name in member_names]
-        centering["ensemble"] = centre_separate_members(members, [
-            _responses_features(member, train_pairs, tokenizer, config) for member in members],
-            scale=config.member_normalization == "standardize", enabled=config.member_normalization != "none")
-    elif member_names:
-        member_head = linear_heads(factory.hidden, len(member_names), init_std=config.head_init_std, seed=0)
-        member_head.load_state_dict(resume.tensors("ensemble"))
-        centering["ensemble"] = centre_linear_heads(member_head, responses_features,
-                                                    scale=config.member_normalization == "standardize",
-                                                    enabled=config.member_normalization != "none")
-        (separate_stage1 or brme).attach_member_head(member_head.eval())
-    save_reward_models(brme, separate_stage1, members, member_names, tokenizer, reward=paths.reward,
-                       ensemble=paths.ensemble)
+    def assemble(self, stage1_model: BRMERewardModel, responses_features: torch.Tensor) -> tuple[RewardModels, dict]:
+        """Every model rebuilt from its saved weights, so a resumed run and an uninterrupted one publish
+        the same tensors; then centred on the training responses before anything aggregates them, and
+        saved. Returns the models and the centring."""
+        config, factory, resume, tokenizer = self.config, self.factory, self.resume, self.tokenizer
+        stage2 = config.stage2
+        brme = factory.loaded(factory.brme(self.seed), resume.tensors("brme"))
+        brme_features = (responses_features if stage2.freeze_backbone
+                         else _responses_features(brme, self.train_pairs, tokenizer, config))
+        centering = {"brme": centre_brme_heads(brme, brme_features)}
+        separate_stage1 = None if stage2.freeze_backbone else stage1_model
+        members: list[BRMERewardModel] = []
+        scale, enabled = config.member_normalization == "standardize", config.member_normalization != "none"
+        if config.finetune_backbone:
+            members = [factory.loaded(factory.member(0), resume.tensors(name)) for name in self.member_names]
+            centering["ensemble"] = centre_separate_members(members, [
+                _responses_features(member, self.train_pairs, tokenizer, config) for member in members],
+                scale=scale, enabled=enabled)
+        elif self.member_names:
+            member_head = linear_heads(factory.hidden, len(self.member_names), init_std=config.head_init_std, seed=0)
+            member_head.load_state_dict(resume.tensors("ensemble"))
+            centering["ensemble"] = centre_linear_heads(member_head, responses_features, scale=scale, enabled=enabled)
+            (separate_stage1 or brme).attach_member_head(member_head.eval())
+        save_reward_models(brme, separate_stage1, members, self.member_names, tokenizer, reward=self.paths.reward,
+                           ensemble=self.paths.ensemble)
+        return RewardModels(brme, tokenizer, members, separate_stage1), centering
 
-    val_report, reliability_rows = evaluate_reward_models(
-        RewardModels(brme, tokenizer, members, separate_stage1),
-        {split: read_jsonl(paths.data / f"prefs_{split}.jsonl") for split in ("val", "test")},
-        read_jsonl(paths.data / SHIFT_FILE) if (paths.data / SHIFT_FILE).exists() else [],
-        noise_floor=stage2.noise_floor, batch_size=stage1.micro_batch_size,
-        likelihood_scales={"ensemble": torch.tensor(centering["ensemble"]["scales"])
-                           if centering.get("ensemble", {}).get("applied") else torch.ones(len(member_names))},
-        bootstrap=ClusterBootstrap(params.statistics.bootstrap_resamples, params.statistics.confidence_level, seed))
-    try:
-        check_above_chance(val_accuracies(val_report["val"]), min_accuracy=config.min_val_accuracy,
-                           phase="train_reward")
-    except Diverged:
-        for published in (paths.reward, paths.ensemble):  # nothing downstream may use them
-            shutil.rmtree(published, ignore_errors=True)
-        raise
-    with atomic_directory(paths.reliability) as reliability_tmp:
-        for kind in dict.fromkeys(row["reward_model"] for row in reliability_rows):
-            write_csv(reliability_tmp / f"{kind}.csv", [r for r in reliability_rows if r["reward_model"] == kind])
-    resume.remove()
-    member_phases = member_names if config.finetune_backbone else ["ensemble"] * bool(member_names)
-    return {
-        **val_report,
-        "centering": centering,
-        "train": {"pairs": num_pairs, "stage1_final_loss": resume.losses["stage1"][-1],
-                  "stage2_final_loss": resume.losses["stage2"][-1], "stage2_loss": stage2.loss,
-                  "stage2_prior_std": prior_std, "ensemble_layout": "models" if config.finetune_backbone else "heads",
-                  **({"ensemble_final_loss_mean": sum(resume.losses[p][-1] for p in member_phases) / len(member_phases)}
-                     if member_phases else {})},
-    }
+    def evaluate(self, models: RewardModels, centering: dict) -> dict:
+        """Val and test metrics with intervals, and the reliability diagrams; a reward model no better
+        than chance on val stops the stage and unpublishes every model."""
+        params, paths, config = self.params, self.paths, self.config
+        val_report, reliability_rows = evaluate_reward_models(
+            models,
+            {split: read_jsonl(paths.data / f"prefs_{split}.jsonl") for split in ("val", "test")},
+            read_jsonl(paths.data / SHIFT_FILE) if (paths.data / SHIFT_FILE).exists() else [],
+            noise_floor=config.stage2.noise_floor, batch_size=config.stage1.micro_batch_size,
+            likelihood_scales={"ensemble": torch.tensor(centering["ensemble"]["scales"])
+                               if centering.get("ensemble", {}).get("applied") else torch.ones(len(self.member_names))},
+            bootstrap=ClusterBootstrap(params.statistics.bootstrap_resamples, params.statistics.confidence_level,
+                                       self.seed))
+        try:
+            check_above_chance(val_accuracies(val_report["val"]), min_accuracy=config.min_val_accuracy,
+                               phase="train_reward")
+        except Diverged:
+            for published in (paths.reward, paths.ensemble):  # nothing downstream may use them
+                shutil.rmtree(published, ignore_errors=True)
+            raise
+        with atomic_directory(paths.reliability) as reliability_tmp:
+            for kind in dict.fromkeys(row["reward_model"] for row in reliability_rows):
+                write_csv(reliability_tmp / f"{kind}.csv", [r for r in reliability_rows if r["reward_model"] == kind])
+        return val_report
+
+    def train_summary(self, prior_std: float) -> dict:
+        config, losses = self.config, self.resume.losses
+        member_phases = self.member_names if config.finetune_backbone else ["ensemble"] * bool(self.member_names)
+        return {"pairs": len(self.train_pairs), "stage1_final_loss": losses["stage1"][-1],
+                "stage2_final_loss": losses["stage2"][-1], "stage2_loss": config.stage2.loss,
+                "stage2_prior_std": prior_std, "ensemble_layout": "models" if config.finetune_backbone else "heads",
+                **({"ensemble_final_loss_mean": sum(losses[p][-1] for p in member_phases) / len(member_phases)}
+                   if member_phases else {})}
 
 
 class _ModelFactory:
