@@ -122,7 +122,7 @@ class StatisticsParams(_Section):
 
 class PrepareParams(_Section):
     task: Literal["synthetic_gold", "preference_data"] = Field(
-        "synthetic_gold", description="synthetic_gold: the built-in offline task of DESIGN.md §4 (pairs sampled "
+        "synthetic_gold", description="synthetic_gold: the offline task of docs/study.md#task-and-gold (pairs sampled "
         "from the policy, labelled by the gold scorer); preference_data: pairs read from `source`.")
     source: SourceParams | None = Field(None, description="Where preference_data reads its pairs.")
     num_train_pairs: int = Field(

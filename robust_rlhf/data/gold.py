@@ -1,4 +1,4 @@
-"""Gold scorers: deterministic judges that stand in for human raters (DESIGN.md §4).
+"""Gold scorers: deterministic judges that stand in for human raters (docs/study.md#task-and-gold).
 
 Both are fixed functions of (prompt, response), independent of every proxy reward model (nothing
 is trained on the preference labels), and judge more than one facet of a response, so that a proxy

@@ -1,5 +1,5 @@
 """Preference pairs for the synthetic-gold task: sample two responses per prompt from the initial
-policy, score both with the gold scorer, label them as Coste et al. (2023) do (PAPER.md §4)."""
+policy, score both with the gold scorer, label them as Coste et al. (2023) do (docs/study.md#task-and-gold)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Preference data from a hub dataset or local files, mapped to (prompt, chosen, rejected) rows.
 
-Three layouts (DESIGN.md §6), named by `layout`:
+Three layouts (docs/data.md#layouts), named by `layout`:
 - `columns`: prompt, chosen and rejected are text columns (UltraFeedback-binarized style when
   chosen/rejected are plain strings).
 - `conversation_pair`: chosen and rejected are whole conversations that share the prompt, as in

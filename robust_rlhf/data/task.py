@@ -1,4 +1,4 @@
-"""The built-in synthetic-gold task (DESIGN.md §4, simple form): prompts that ask for a short,
+"""The built-in synthetic-gold task (docs/study.md#task-and-gold): prompts that ask for a short,
 positive, varied reply about a topic. A deterministic gold scorer (robust_rlhf/data/gold.py) judges it.
 
 Prompts are templates x topics, shuffled by seed and cut into disjoint sets, so the preference

@@ -1,4 +1,4 @@
-"""The quantities of the overoptimization study (PAPER.md §4; Gao et al. 2023, Coste et al. 2023):
+"""The quantities of the overoptimization study (docs/study.md; Gao et al. 2023, Coste et al. 2023):
 best-of-n gold reward and its analytic KL, win rate against the initial policy, spread over seeds."""
 
 from __future__ import annotations

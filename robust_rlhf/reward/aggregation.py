@@ -1,6 +1,6 @@
 """Reward aggregations over the heads of an ensemble: one registry, each a pure function of (mu, sigma).
 
-DESIGN.md §3 and PAPER.md §2-§4. Every function takes mu, sigma of shape (B, k) and returns (B,).
+docs/method.md#aggregations. Every function takes mu, sigma of shape (B, k) and returns (B,).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def uwo_reward(mu: torch.Tensor, sigma: torch.Tensor, *, uwo_coef: float) -> tor
 
 
 def nominal_reward(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """`nominal` (BRME, PAPER.md §2): per sample, the mean of the head with the smallest sigma.
+    """`nominal` (BRME, docs/method.md#brme): per sample, the mean of the head with the smallest sigma.
 
     i* = argmin_i sigma_i(x, y); r_nominal = mu_{i*}(x, y). Ties go to the lowest head index
     (torch.argmin's rule), so the result is deterministic. (B, k) -> (B,).
@@ -62,7 +62,7 @@ def nominal_reward(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def brme_reward(mu: torch.Tensor, sigma: torch.Tensor, *, lam: float) -> torch.Tensor:
-    """`brme`, the robust reward of PAPER.md §3: lambda * r_nominal + (1 - lambda) * min_i mu_i.
+    """`brme`, the robust reward of docs/method.md#the-robust-objective: lambda * r_nominal + (1 - lambda) * min_i mu_i.
 
     Our convention: lambda = 1 is nominal-only, lambda = 0 is worst-case-only. (B, k) -> (B,).
     """
@@ -72,7 +72,7 @@ def brme_reward(mu: torch.Tensor, sigma: torch.Tensor, *, lam: float) -> torch.T
 
 
 def kl_dro_reward(mu: torch.Tensor, sigma: torch.Tensor, *, dro_beta: float) -> torch.Tensor:
-    """`kl_dro`, the pessimistic log-mean-exp over heads (PAPER.md §4, KL-DRO lens).
+    """`kl_dro`, the pessimistic log-mean-exp over heads (docs/method.md#baselines, KL-DRO lens).
 
     -beta * log (1/k) sum_i exp(-mu_i / beta); -> min_i mu_i as beta -> 0 and -> mean as
     beta -> inf. Computed with logsumexp for stability. (B, k) -> (B,).

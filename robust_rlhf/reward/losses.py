@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 
 def bradley_terry_loss(reward_chosen: torch.Tensor, reward_rejected: torch.Tensor) -> torch.Tensor:
-    """Bradley-Terry negative log-likelihood, PAPER.md §2 stage 1.
+    """Bradley-Terry negative log-likelihood, docs/method.md#brme, stage 1.
 
     L_BT = -mean log sigmoid(r(x, y_chosen) - r(x, y_rejected)).
 

@@ -1,5 +1,5 @@
 """PPO on a robust reward: rollout -> score heads -> aggregate -> KL-shaped reward -> GAE ->
-whiten -> minibatch epochs of clipped losses -> log (Ziegler et al. 2019; PAPER.md §3).
+whiten -> minibatch epochs of clipped losses -> log (Ziegler et al. 2019; docs/method.md#the-robust-objective).
 
 Actor and critic are DeepSpeed engines; the reference policy and the reward model are frozen. The
 critic is a separate model, or (`ppo.value_model: shared`) a value head on the actor's backbone, in

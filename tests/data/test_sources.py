@@ -1,4 +1,4 @@
-"""Every bad input of DESIGN.md §6 on small fixture files: a named reject with its row, or a clear
+"""Every bad input of docs/data.md#rejects on small fixture files: a named reject with its row, or a clear
 error naming the file. Real parsers, real files, the real `datasets` load path (from disk)."""
 
 import csv
