@@ -246,16 +246,16 @@ class TrainRewardParams(_Section):
     stage2: Stage2Params
 
 
-class RobustParams(_Section):
-    lam: float = Field(
-        alias="lambda", ge=0.0, le=1.0,
-        description="brme mix: lambda * nominal + (1 - lambda) * min; 1 = nominal-only, 0 = worst case.",
+class AggregationParams(_Section):
+    """The coefficients of the reward aggregations (robust_rlhf/reward/aggregation.py), one per aggregation that
+    has one; ppo optimises and logs them, evaluate scores with them. Validated here only."""
+
+    brme_lambda: float = Field(
+        ge=0.0, le=1.0,
+        description="lambda of brme = lambda * nominal + (1 - lambda) * min; 1 = nominal-only, 0 = worst case.",
     )
-
-
-class AggregationCoefficients(_Section):
-    uwo_coef: float = Field(0.5, ge=0, le=MAX_COEF, description="c in uwo = mean - c * var (Coste et al.: 0.5, 0.1).")
-    kl_dro_beta: float = Field(1.0, gt=0, le=MAX_COEF, description="beta of kl_dro = -beta log mean exp(-mu / beta).")
+    uwo_coef: float = Field(ge=0, le=MAX_COEF, description="c in uwo = mean - c * var (Coste et al.: 0.5, 0.1).")
+    kl_dro_beta: float = Field(gt=0, le=MAX_COEF, description="beta of kl_dro = -beta log mean exp(-mu / beta).")
 
 
 AggregationName = Literal["single", "mean", "min", "uwo", "nominal", "brme", "kl_dro"]
@@ -295,8 +295,6 @@ class PPOGuards(_Section):
 
 
 class PPOParams(_Section):
-    robust: RobustParams
-    aggregation: AggregationCoefficients = AggregationCoefficients()
     steps: int = Field(ge=1, le=MAX_PPO_STEPS, description="PPO iterations (one rollout batch each).")
     rollout_batch_size: int = Field(ge=1, le=MAX_BATCH, description="Prompts per rollout.")
     micro_batch_size: int = Field(ge=1, le=MAX_BATCH)
@@ -450,6 +448,7 @@ class Params(_Section):
     deepspeed: DeepSpeedParams = DeepSpeedParams()
     prepare: PrepareParams
     train_reward: TrainRewardParams
+    aggregation: AggregationParams
     ppo: PPOParams
     evaluate: EvaluateParams
     statistics: StatisticsParams = StatisticsParams()

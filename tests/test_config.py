@@ -11,7 +11,7 @@ from tests.conftest import REPO, run_stage, tiny_params, write_params
                          ids=lambda path: path.name)
 def test_shipped_params_validate(path):
     params = load_params(path)
-    assert 0.0 <= params.ppo.robust.lam <= 1.0
+    assert 0.0 <= params.aggregation.brme_lambda <= 1.0
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -21,9 +21,11 @@ def test_unknown_key_is_named(tmp_path):
         load_params(write_params(tmp_path / "p.yaml", raw))
 
 
-def test_out_of_range_value_is_named(tmp_path):
-    with pytest.raises(ParamsError, match=r"ppo\.robust\.lambda: .*less than or equal to 1"):
-        load_params(write_params(tmp_path / "p.yaml", tiny_params(**{"ppo.robust.lambda": 1.5})))
+@pytest.mark.parametrize(("value", "bound"), [(1.5, "less than or equal to 1"), (-0.1, "greater than or equal to 0")])
+def test_out_of_range_value_is_named(tmp_path, value, bound):
+    # lambda's range is checked here only: brme_reward and the sweep rely on this one check.
+    with pytest.raises(ParamsError, match=rf"aggregation\.brme_lambda: .*{bound}"):
+        load_params(write_params(tmp_path / "p.yaml", tiny_params(**{"aggregation.brme_lambda": value})))
 
 
 def test_wrong_literal_is_named(tmp_path):
@@ -89,7 +91,7 @@ BAD_VALUES = {
             ("prepare.temperature", math.inf), ("deepspeed.gradient_clipping", math.inf),
             ("gold.fluency_scale", math.inf), ("orchestration.retry_delay_seconds", math.inf)],
     "nan": [("ppo.learning_rate", math.nan), ("ppo.kl_coef", math.nan), ("ppo.gamma", math.nan),
-            ("ppo.robust.lambda", math.nan), ("ppo.aggregation.uwo_coef", math.nan),
+            ("aggregation.brme_lambda", math.nan), ("aggregation.uwo_coef", math.nan),
             ("train_reward.stage2.noise_floor", math.nan), ("evaluate.temperature", math.nan),
             ("statistics.confidence_level", math.nan)],
     "bool-as-number": [("ppo.steps", True), ("ppo.micro_batch_size", True), ("prepare.num_train_pairs", True),
