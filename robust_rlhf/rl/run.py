@@ -32,10 +32,6 @@ from robust_rlhf.runtime.resume import load_state, prune_finished, restore_engin
 
 logger = logging.getLogger(__name__)
 
-# PPO's AdamW: no weight decay (InstructGPT, Coste et al.), the KL penalty is the regulariser.
-PPO_WEIGHT_DECAY = 0.0
-
-
 @dataclass(frozen=True)
 class PPOPaths:
     data: Path          # holds ppo_prompts.jsonl
@@ -63,7 +59,7 @@ def build_ppo_models(params: Params, paths: PPOPaths, *, world_size: int) -> PPO
     def trained(model: torch.nn.Module, learning_rate: float):
         return training_engine(model, deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size,
                                gradient_accumulation_steps=config.gradient_accumulation_steps, world_size=world_size,
-                               learning_rate=learning_rate, weight_decay=PPO_WEIGHT_DECAY)
+                               learning_rate=learning_rate, weight_decay=config.weight_decay)
 
     def frozen(model: torch.nn.Module) -> torch.nn.Module:
         return frozen_model(model, deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size,
