@@ -19,8 +19,8 @@ from robust_rlhf.reward.scoring import RewardModels, method_rewards
 @torch.inference_mode()
 def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, prompts: list[str], *,
                     methods: dict[str, MethodParams], samples_per_prompt: int, max_new_tokens: int,
-                    temperature: float, batch_size: int, max_prompt_tokens: int, gold: GoldScorer, aggregation: AggregationParams,
-                    seed: int, desc: str) -> dict:
+                    temperature: float, batch_size: int, max_prompt_tokens: int, gold: GoldScorer,
+                    aggregation: AggregationParams, seed: int, desc: str) -> dict:
     """Sample `samples_per_prompt` responses per prompt and score them. Returns means and the samples.
 
     Rows are prompt-major (sample j of prompt i is row i * samples_per_prompt + j); the samples of a
