@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         batch = prompts[step * workload.batch_size:(step + 1) * workload.batch_size]
         started = time.perf_counter()
         metrics = ppo_step(step, actor, critic, ref_model, reward_models, tokenizer, batch, method=method,
-                           normalizer=normalizer, config=params.ppo,
+                           normalizer=normalizer, config=params.ppo, aggregation=params.aggregation,
                            max_prompt_tokens=params.prepare.max_prompt_tokens)
         wall = time.perf_counter() - started
         if step == 0:

@@ -27,7 +27,7 @@ from bench.workload import POLICY_DIR, bench_prompts, build_reward_models, defau
 GROUP_SIZE = 2  # GRPO's completions per prompt; the smallest group, so the batch has the most prompts
 
 
-def reward_function(reward_models, method, ppo_params):
+def reward_function(reward_models, method, aggregation):
     """A TRL reward function: our reward models' scores under the method's aggregation, (B,) floats."""
     from robust_rlhf.reward.scoring import method_rewards
 
@@ -35,7 +35,7 @@ def reward_function(reward_models, method, ppo_params):
         prompt_texts = [turns[-1]["content"] for turns in prompts]
         responses = [turns[-1]["content"] for turns in completions]
         scores = reward_models.score(prompt_texts, responses, batch_size=len(responses))
-        return method_rewards(scores, {"optimised": method}, ppo_params)["optimised"].tolist()
+        return method_rewards(scores, {"optimised": method}, aggregation)["optimised"].tolist()
 
     return brme_reward
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
             dataloader_num_workers=0)
         trainer = GRPOTrainer(model=load_causal_lm(policy_init), args=config, train_dataset=dataset,
                               processing_class=load_tokenizer(policy_init),
-                              reward_funcs=reward_function(reward_models, params.methods["brme"], params.ppo),
+                              reward_funcs=reward_function(reward_models, params.methods["brme"], params.aggregation),
                               callbacks=[step_recorder(timer, record, generated_tokens, args)])
         instrument(trainer, timer, generated_tokens)
         trainer.train()

@@ -46,7 +46,7 @@ def schedule_from_flags(schedule: ScheduleParams, cron: str | None, interval_min
     """Command-line flags over params: --cron or --interval-minutes replaces the params' schedule,
     --no-schedule removes it."""
     if unscheduled:
-        return ScheduleParams(timezone=schedule.timezone)
+        return ScheduleParams(cron=None, interval_minutes=None, timezone=schedule.timezone)
     if cron is not None or interval_minutes is not None:
         return ScheduleParams(cron=cron, interval_minutes=interval_minutes, timezone=schedule.timezone)
     return schedule

@@ -4,7 +4,7 @@ with bounded concurrency, compared in one table.
     python -m flows.sweep --methods brme,single --lambdas 0.2,0.5,0.8 --seeds 0,1 [--max-parallel 2]
 
 Each point narrows params.yaml to one method and one PPO seed (`-S ~methods.<other>`,
-`-S ppo_seeds=[s]`) and, for methods whose aggregation reads it, sets `ppo.robust.lambda`; lambda is
+`-S ppo_seeds=[s]`) and, for methods whose aggregation reads it, sets `aggregation.brme_lambda`; lambda is
 not varied for the others, where it changes nothing. Stages whose inputs a point does not change
 (prepare, train_reward) come from DVC's run cache, so only PPO, evaluate and report re-run. Every run
 stays a DVC experiment: `dvc exp show` lists them, `dvc exp apply <name>` brings one into the
@@ -24,11 +24,12 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import ValidationError
 
 from flows.pipeline import dvc_executable, run_logger, stage_environment
-from robust_rlhf.config import Params, load_params
+from robust_rlhf.config import AggregationParams, Params, load_params
 
-# Aggregations that read ppo.robust.lambda (robust_rlhf/reward/aggregation.py); for the others a lambda
+# Aggregations that read aggregation.brme_lambda (robust_rlhf/reward/aggregation.py); for the others a lambda
 # sweep would train identical policies.
 LAMBDA_AGGREGATIONS = frozenset({"brme"})
 # The comparison table's columns, from metrics/eval/<method>.json.
@@ -49,13 +50,13 @@ class SweepPoint:
 
 def sweep_points(params: Params, methods: list[str], lambdas: list[float], seeds: list[int]) -> list[SweepPoint]:
     """Every (method, lambda, seed) combination, lambda only where the method's aggregation uses it.
-    Raises ValueError naming an unknown method or an out-of-range lambda."""
+    Raises ValueError naming an unknown method or a lambda that `aggregation.brme_lambda` refuses."""
     unknown = sorted(set(methods) - set(params.methods))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; params.yaml has {sorted(params.methods)}")
-    bad = [lam for lam in lambdas if not 0.0 <= lam <= 1.0]
+    bad = [lam for lam in lambdas if not _valid_lambda(params, lam)]
     if bad:
-        raise ValueError(f"ppo.robust.lambda must be in [0, 1], got {bad}")
+        raise ValueError(f"aggregation.brme_lambda must be in [0, 1], got {bad}")
     points = []
     for method in methods:
         uses_lambda = params.methods[method].aggregation in LAMBDA_AGGREGATIONS
@@ -64,12 +65,21 @@ def sweep_points(params: Params, methods: list[str], lambdas: list[float], seeds
     return points
 
 
+def _valid_lambda(params: Params, lam: float) -> bool:
+    # config.py's range, the one check of lambda, before any experiment is queued.
+    try:
+        AggregationParams.model_validate({**params.aggregation.model_dump(), "brme_lambda": lam})
+    except ValidationError:
+        return False
+    return True
+
+
 def set_param_overrides(params: Params, point: SweepPoint) -> list[str]:
     """`dvc exp run -S` overrides that narrow params.yaml to this point."""
     overrides = [f"~methods.{other}" for other in params.methods if other != point.method]
     overrides.append(f"ppo_seeds=[{point.seed}]")
     if point.lam is not None:
-        overrides.append(f"ppo.robust.lambda={point.lam}")
+        overrides.append(f"aggregation.brme_lambda={point.lam}")
     return overrides
 
 
@@ -160,7 +170,7 @@ def sweep(repo: str = ".", methods: list[str] | None = None, lambdas: list[float
     Defaults: every method in params.yaml, lambda = the params' value, seeds = `ppo_seeds`.
     """
     params = load_params(Path(repo) / "params.yaml")
-    points = sweep_points(params, methods or list(params.methods), lambdas or [params.ppo.robust.lam],
+    points = sweep_points(params, methods or list(params.methods), lambdas or [params.aggregation.brme_lambda],
                           seeds or list(params.ppo_seeds))
     sweep_id = _sweep_id()
     names = {point: point.experiment_name(sweep_id) for point in points}
@@ -194,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m flows.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--repo", default=".")
     parser.add_argument("--methods", default=None, help="comma-separated; default: every method in params.yaml")
-    parser.add_argument("--lambdas", default=None, help="comma-separated ppo.robust.lambda values")
+    parser.add_argument("--lambdas", default=None, help="comma-separated aggregation.brme_lambda values")
     parser.add_argument("--seeds", default=None, help="comma-separated PPO seeds; default: ppo_seeds")
     parser.add_argument("--max-parallel", type=int, default=None, help="experiments at once (DVC queue workers)")
     args = parser.parse_args(argv)

@@ -1,7 +1,9 @@
 """Typed, validated parameters: one pydantic model per `params.yaml` section, unknown keys rejected.
 
-Each field is documented once, here. `load_params` validates the whole file before a stage does any
-work, so a typo anywhere fails fast with the dotted key that is wrong and the value it holds.
+Each field is documented once, here; its value lives once, in the params file: a field has no code
+default (a file that leaves it out is refused, naming it), except the preference-data `source`, which
+applies only to `prepare.task: preference_data`. `load_params` validates the whole file before a stage
+does any work, so a typo anywhere fails fast with the dotted key that is wrong and the value it holds.
 
 Validation is strict: an int field takes only ints (not `true`, not `6.5`, not `"6"`), a bool field
 only `true`/`false` (not `"yes"`, not `1`), a str field only strings; a float field takes floats and
@@ -63,16 +65,16 @@ class ModelsParams(_Section):
         description="Reward-model backbone: `policy` (the initial policy's own backbone), a local "
         "directory, or a hub model name."
     )
-    trust_remote_code: bool = Field(False, description="Passed to transformers loaders; off unless set.")
+    trust_remote_code: bool = Field(description="Passed to transformers loaders.")
 
 
 class DeepSpeedParams(_Section):
     # An int range, not Literal[0, 1, 2, 3]: a Literal matches by equality, so even strict mode lets `true` be 1.
-    zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage of every DeepSpeed engine.")
+    zero_stage: int = Field(ge=0, le=3, description="ZeRO stage of every DeepSpeed engine.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="Training precision; fp32 on CPUs without AMX (bf16 is ~10x slower there)."
+        description="Training precision; fp32 on CPUs without AMX (bf16 is ~10x slower there)."
     )
-    gradient_clipping: float = Field(1.0, gt=0, le=MAX_COEF, description="Global gradient-norm clip.")
+    gradient_clipping: float = Field(gt=0, le=MAX_COEF, description="Global gradient-norm clip.")
 
 
 class ColumnMapping(_Section):
@@ -116,13 +118,13 @@ class SourceParams(_Section):
 class StatisticsParams(_Section):
     """Intervals of every reported figure (robust_rlhf/statistics.py): cluster bootstrap over prompts."""
 
-    bootstrap_resamples: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples per interval.")
-    confidence_level: float = Field(0.95, gt=0.5, lt=1.0, description="Coverage of every interval.")
+    bootstrap_resamples: int = Field(ge=100, le=100_000, description="Bootstrap resamples per interval.")
+    confidence_level: float = Field(gt=0.5, lt=1.0, description="Coverage of every interval.")
 
 
 class PrepareParams(_Section):
     task: Literal["synthetic_gold", "preference_data"] = Field(
-        "synthetic_gold", description="synthetic_gold: the offline task of docs/study.md#task-and-gold (pairs sampled "
+        description="synthetic_gold: the offline task of docs/study.md#task-and-gold (pairs sampled "
         "from the policy, labelled by the gold scorer); preference_data: pairs read from `source`.")
     source: SourceParams | None = Field(None, description="Where preference_data reads its pairs.")
     num_train_pairs: int = Field(
@@ -132,21 +134,20 @@ class PrepareParams(_Section):
     num_ppo_prompts: int = Field(ge=1, le=MAX_COUNT, description="Prompts for PPO rollouts.")
     num_eval_prompts: int = Field(ge=1, le=MAX_COUNT, description="Held-out prompts for evaluate.")
     label_mode: Literal["argmax_flip", "bt_sample"] = Field(
-        "argmax_flip",
         description="argmax_flip: the higher gold score wins, then `label_noise` of labels flipped "
         "(Coste et al.); bt_sample: the winner drawn with P = sigmoid(gold_a - gold_b).",
     )
-    label_noise: float = Field(0.25, ge=0.0, le=0.5, description="Fraction of labels flipped (argmax_flip).")
-    max_prompt_tokens: int = Field(64, ge=4, le=MAX_TOKENS, description="Prompts longer than this are left-truncated.")
+    label_noise: float = Field(ge=0.0, le=0.5, description="Fraction of labels flipped (argmax_flip).")
+    max_prompt_tokens: int = Field(ge=4, le=MAX_TOKENS, description="Prompts longer than this are left-truncated.")
     max_new_tokens: int = Field(ge=1, le=MAX_TOKENS, description="Length of the sampled responses.")
-    temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE, description="Sampling temperature of the initial policy.")
-    batch_size: int = Field(8, ge=1, le=MAX_BATCH, description="Generation batch size.")
+    temperature: float = Field(gt=0, le=MAX_TEMPERATURE, description="Sampling temperature of the initial policy.")
+    batch_size: int = Field(ge=1, le=MAX_BATCH, description="Generation batch size.")
     num_shift_samples: int = Field(
-        0, ge=0, le=MAX_COUNT,
+        ge=0, le=MAX_COUNT,
         description="synthetic_gold: responses sampled at `shift_temperature` for the val prompts, an "
         "off-distribution set on which train_reward measures head disagreement (0: none).")
     shift_temperature: float = Field(
-        1.6, gt=0, le=MAX_TEMPERATURE, description="Sampling temperature of the shifted responses.")
+        gt=0, le=MAX_TEMPERATURE, description="Sampling temperature of the shifted responses.")
 
     @model_validator(mode="after")
     def _source_for_preference_data(self) -> "PrepareParams":
@@ -162,21 +163,21 @@ class GoldParams(_Section):
     name: Literal["lexicon", "composite"] = Field(
         description="lexicon: word-list sentiment - repetition (no model); composite: VADER sentiment + "
         "fluency under the initial policy - bigram repetition.")
-    fluency_weight: float = Field(0.5, ge=0, le=MAX_COEF, description="composite: weight of the fluency facet.")
+    fluency_weight: float = Field(ge=0, le=MAX_COEF, description="composite: weight of the fluency facet.")
     fluency_scale: float = Field(
-        5.0, gt=0, le=MAX_COEF, description="composite: fluency = clamp(mean logprob / scale + 1, -1, 1).")
+        gt=0, le=MAX_COEF, description="composite: fluency = clamp(mean logprob / scale + 1, -1, 1).")
     repetition_weight: float = Field(
-        1.0, ge=0, le=MAX_COEF, description="composite: weight of the bigram-repetition penalty.")
+        ge=0, le=MAX_COEF, description="composite: weight of the bigram-repetition penalty.")
 
 
 class Stage1Params(_Section):
     epochs: int = Field(ge=1, le=MAX_EPOCHS, description="Epochs of Bradley-Terry training of the single-head RM.")
     learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
     micro_batch_size: int = Field(ge=1, le=MAX_BATCH, description="Pairs per micro-batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_ACCUMULATION)
-    weight_decay: float = Field(0.0, ge=0, le=MAX_COEF)
+    gradient_accumulation_steps: int = Field(ge=1, le=MAX_ACCUMULATION, description="Micro-batches per optimizer step.")
+    weight_decay: float = Field(ge=0, le=MAX_COEF, description="AdamW's decoupled weight decay.")
     l2_coef: float = Field(
-        0.0, ge=0, le=MAX_COEF,
+        ge=0, le=MAX_COEF,
         description="lambda of the L2 penalty 0.5 lambda ||w||^2 (per pair) on the reward heads' weights "
         "with a frozen backbone (stage 1 and the ensemble's members): fewer noisy pairs than twice the feature "
         "dimension are linearly separable, so an unpenalised linear head fits the flipped labels.")
@@ -184,57 +185,57 @@ class Stage1Params(_Section):
 
 class Stage2Params(_Section):
     loss: Literal["thurstone", "bt_sampled", "gaussian_nll"] = Field(
-        "thurstone", description="Stage-2 objective of our reconstruction (docs/method.md): `thurstone`, the labels' "
+        description="Stage-2 objective of our reconstruction (docs/method.md): `thurstone`, the labels' "
         "probit likelihood with the heads' sigmas in it; `bt_sampled`, the Bradley-Terry marginal likelihood over "
         "Gaussian rewards (Monte Carlo); `gaussian_nll`, regression onto the stage-1 reward (degenerate with a "
         "frozen backbone: every head becomes the stage-1 head; kept to show it)."
     )
     prior_scale: float = Field(
-        1.0, ge=0, le=MAX_COEF,
+        ge=0, le=MAX_COEF,
         description="Anchored-ensemble prior (Pearce et al. 2018): each head starts at, and is pulled "
         "toward, its own random anchor around the stage-1 head, whose spread moves a head's reward on the training "
         "responses by prior_scale x the stage-1 reward's std. 0: no anchors (random init with head_init_std).")
     noise_floor: float = Field(
-        1.702, gt=0, le=10.0, description="s0 in the Thurstone likelihood Phi((mu_c - mu_r) / sqrt(sigma_c^2 + "
+        gt=0, le=10.0, description="s0 in the Thurstone likelihood Phi((mu_c - mu_r) / sqrt(sigma_c^2 + "
         "sigma_r^2 + s0^2)). 1.702, where Phi(x / 1.702) ~ sigmoid(x): at sigma = 0 a head is a Bradley-Terry "
         "model, and sigma > 0 says a response's label is noisier than that (it cannot make a head sharper, so "
         "sigma cannot collapse to buy confidence the anchored prior refuses the means).")
     epochs: int = Field(ge=1, le=MAX_EPOCHS)
     learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
     micro_batch_size: int = Field(ge=1, le=MAX_BATCH, description="Pairs per micro-batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_ACCUMULATION)
-    weight_decay: float = Field(0.0, ge=0, le=MAX_COEF)
-    freeze_backbone: bool = Field(True, description="Train only the Gaussian heads in stage 2.")
-    bootstrap: bool = Field(True, description="Each head trains on its own bootstrap resample.")
-    num_noise_samples: int = Field(4, ge=1, le=MAX_BATCH, description="Reparameterised samples per pair (bt_sampled).")
+    gradient_accumulation_steps: int = Field(ge=1, le=MAX_ACCUMULATION, description="Micro-batches per optimizer step.")
+    weight_decay: float = Field(ge=0, le=MAX_COEF, description="AdamW's decoupled weight decay.")
+    freeze_backbone: bool = Field(description="Train only the Gaussian heads in stage 2.")
+    bootstrap: bool = Field(description="Each head trains on its own bootstrap resample.")
+    num_noise_samples: int = Field(ge=1, le=MAX_BATCH, description="Reparameterised samples per pair (bt_sampled).")
 
 
 class TrainRewardParams(_Section):
     seed: int = Field(
-        0, ge=0, le=MAX_SEED, description="Seed of the reward models (head inits and anchors, bootstrap resamples, "
+        ge=0, le=MAX_SEED, description="Seed of the reward models (head inits and anchors, bootstrap resamples, "
         "batch order), apart from the data seed, so a reward model's draw can be varied alone.")
     finetune_backbone: bool = Field(
-        True, description="true: stage 1 and every ensemble member fine-tune the backbone (members seeds apart, as "
+        description="true: stage 1 and every ensemble member fine-tune the backbone (members seeds apart, as "
         "Coste et al.). false: the backbone stays as pretrained; its features of the training pairs are computed "
         "once and stage 1, the BRME's heads and the members (each on its own bootstrap resample) are linear "
         "heads on them.")
     member_normalization: Literal["standardize", "center", "none"] = Field(
-        "standardize", description="Each ensemble member's rewards mapped to mean 0 (center) and std 1 "
+        description="Each ensemble member's rewards mapped to mean 0 (center) and std 1 "
         "(standardize) on the training responses before any aggregation; the BRME's heads are always centred.")
-    num_heads: int = Field(5, ge=1, le=MAX_HEADS, description="k, the Gaussian heads of the BRME (the paper: 5).")
+    num_heads: int = Field(ge=1, le=MAX_HEADS, description="k, the Gaussian heads of the BRME (the paper: 5).")
     ensemble_size: int = Field(
-        5, ge=0, le=MAX_HEADS,
+        ge=0, le=MAX_HEADS,
         description="Independent Bradley-Terry reward models that differ only by seed (Coste et al.: "
         "5), for the `ensemble` reward model; 0 trains none."
     )
-    sigma_min: float = Field(0.01, gt=0, le=MAX_COEF, description="sigma_i = softplus(s_i) + sigma_min.")
-    head_init_std: float = Field(0.02, gt=0, le=MAX_COEF, description="Std of each head's own random init.")
+    sigma_min: float = Field(gt=0, le=MAX_COEF, description="sigma_i = softplus(s_i) + sigma_min.")
+    head_init_std: float = Field(gt=0, le=MAX_COEF, description="Std of each head's own random init.")
     pooling: Literal["auto", "last", "mean"] = Field(
-        "auto", description="Backbone pooling: last token (decoders), masked mean (encoders), or auto."
+        description="Backbone pooling: last token (decoders), masked mean (encoders), or auto."
     )
-    max_length: int = Field(128, ge=8, le=MAX_TOKENS, description="Tokens of prompt + response seen by the RM.")
+    max_length: int = Field(ge=8, le=MAX_TOKENS, description="Tokens of prompt + response seen by the RM.")
     checkpoint_every: int = Field(
-        10, ge=1, le=MAX_COUNT,
+        ge=1, le=MAX_COUNT,
         description="Save a resume checkpoint every N optimizer steps of each training phase (stage 1, "
         "stage 2, each ensemble member) and at the end of each phase; a killed run goes on from the last one."
     )
@@ -246,16 +247,16 @@ class TrainRewardParams(_Section):
     stage2: Stage2Params
 
 
-class RobustParams(_Section):
-    lam: float = Field(
-        alias="lambda", ge=0.0, le=1.0,
-        description="brme mix: lambda * nominal + (1 - lambda) * min; 1 = nominal-only, 0 = worst case.",
+class AggregationParams(_Section):
+    """The coefficients of the reward aggregations (robust_rlhf/reward/aggregation.py), one per aggregation that
+    has one; ppo optimises and logs them, evaluate scores with them. Validated here only."""
+
+    brme_lambda: float = Field(
+        ge=0.0, le=1.0,
+        description="lambda of brme = lambda * nominal + (1 - lambda) * min; 1 = nominal-only, 0 = worst case.",
     )
-
-
-class AggregationCoefficients(_Section):
-    uwo_coef: float = Field(0.5, ge=0, le=MAX_COEF, description="c in uwo = mean - c * var (Coste et al.: 0.5, 0.1).")
-    kl_dro_beta: float = Field(1.0, gt=0, le=MAX_COEF, description="beta of kl_dro = -beta log mean exp(-mu / beta).")
+    uwo_coef: float = Field(ge=0, le=MAX_COEF, description="c in uwo = mean - c * var (Coste et al.: 0.5, 0.1).")
+    kl_dro_beta: float = Field(gt=0, le=MAX_COEF, description="beta of kl_dro = -beta log mean exp(-mu / beta).")
 
 
 AggregationName = Literal["single", "mean", "min", "uwo", "nominal", "brme", "kl_dro"]
@@ -295,33 +296,34 @@ class PPOGuards(_Section):
 
 
 class PPOParams(_Section):
-    robust: RobustParams
-    aggregation: AggregationCoefficients = AggregationCoefficients()
     steps: int = Field(ge=1, le=MAX_PPO_STEPS, description="PPO iterations (one rollout batch each).")
     rollout_batch_size: int = Field(ge=1, le=MAX_BATCH, description="Prompts per rollout.")
-    micro_batch_size: int = Field(ge=1, le=MAX_BATCH)
-    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_ACCUMULATION)
+    micro_batch_size: int = Field(ge=1, le=MAX_BATCH, description="Rollout samples per forward/backward.")
+    gradient_accumulation_steps: int = Field(ge=1, le=MAX_ACCUMULATION, description="Micro-batches per optimizer step.")
     ppo_epochs: int = Field(ge=1, le=MAX_EPOCHS, description="Optimisation epochs over each rollout.")
     learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE, description="Actor learning rate.")
     critic_learning_rate: float = Field(
         gt=0, le=MAX_LEARNING_RATE, description="Learning rate of the separate critic (value_model: separate).")
+    weight_decay: float = Field(
+        ge=0, le=MAX_COEF, description="AdamW's decoupled weight decay of the actor and the critic (InstructGPT and "
+        "Coste et al.: none, the KL penalty is the regulariser).")
     value_model: Literal["separate", "shared"] = Field(
-        "separate", description="The critic. `separate`: a second copy of the policy's backbone with a value head and its "
+        description="The critic. `separate`: a second copy of the policy's backbone with a value head and its "
         "own optimizer (critic_learning_rate), as InstructGPT and Coste et al. `shared`: a value head on the actor's own "
         "backbone, trained through the actor's loss (policy loss + value_loss_coef * value loss): one model, one "
         "forward and one backward instead of two, at the price of the value loss's gradient also moving the policy.")
     value_loss_coef: float = Field(
-        0.1, gt=0, le=MAX_COEF, description="Weight of the value loss in the actor's loss when "
+        gt=0, le=MAX_COEF, description="Weight of the value loss in the actor's loss when "
         "value_model is shared (unused when separate).")
     kl_coef: float = Field(ge=0, le=MAX_COEF, description="beta of the per-token KL penalty to the reference.")
-    clip_range: float = Field(0.2, gt=0, le=MAX_COEF)
-    clip_range_value: float = Field(0.2, gt=0, le=MAX_COEF)
-    gamma: float = Field(1.0, gt=0, le=1)
-    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip_range: float = Field(gt=0, le=MAX_COEF, description="epsilon of the clipped policy ratio.")
+    clip_range_value: float = Field(gt=0, le=MAX_COEF, description="Clip of the value update around the old values.")
+    gamma: float = Field(gt=0, le=1, description="Discount of GAE.")
+    gae_lambda: float = Field(ge=0, le=1, description="lambda of GAE.")
     max_new_tokens: int = Field(ge=1, le=MAX_TOKENS)
-    temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE)
+    temperature: float = Field(gt=0, le=MAX_TEMPERATURE, description="Sampling temperature.")
     reward_normalization: Literal["reference", "running", "none"] = Field(
-        "reference", description="How every method's reward is scaled before PPO (robust_rlhf/rl/normalization.py): "
+        description="How every method's reward is scaled before PPO (robust_rlhf/rl/normalization.py): "
         "`reference` by the initial policy's reward mean/std on the PPO prompts, `running` by running moments."
     )
     checkpoint_every: int = Field(
@@ -351,17 +353,17 @@ class PPOParams(_Section):
 
 class EvaluateParams(_Section):
     samples_per_prompt: int = Field(
-        2, ge=1, le=MAX_BATCH, description="Responses sampled per held-out prompt, for the initial "
+        ge=1, le=MAX_BATCH, description="Responses sampled per held-out prompt, for the initial "
         "policy and every final checkpoint (the headline, paired comparisons).")
     curve_prompts: int = Field(
         ge=1, le=MAX_COUNT, description="The first N held-out prompts evaluate every earlier checkpoint "
         "(the PPO curves); the final checkpoint and the initial policy's points of the curves "
         "are their rows on the same prompts.")
     max_new_tokens: int = Field(ge=1, le=MAX_TOKENS)
-    temperature: float = Field(1.0, gt=0, le=MAX_TEMPERATURE)
-    batch_size: int = Field(8, ge=1, le=MAX_BATCH)
+    temperature: float = Field(gt=0, le=MAX_TEMPERATURE, description="Sampling temperature.")
+    batch_size: int = Field(ge=1, le=MAX_BATCH, description="Generation and scoring batch size.")
     best_of_n: int = Field(
-        8, ge=1, le=MAX_BATCH,
+        ge=1, le=MAX_BATCH,
         description="N of the best-of-n study: samples per prompt from the initial policy, picked by each "
         "method's reward for n on a grid up to N.")
     best_of_n_prompts: int = Field(
@@ -373,13 +375,13 @@ class LauncherParams(_Section):
     through the `deepspeed` launcher, which starts them with RANK/WORLD_SIZE set."""
 
     num_gpus: int = Field(
-        1, ge=1, le=MAX_PROCESSES, description="Processes per node: one per GPU (CPU processes on DeepSpeed's "
+        ge=1, le=MAX_PROCESSES, description="Processes per node: one per GPU (CPU processes on DeepSpeed's "
         "CPU accelerator, where it also sets LOCAL_SIZE).")
-    num_nodes: int = Field(1, ge=1, le=MAX_PROCESSES, description="Nodes to use; > 1 needs `hostfile`.")
-    hostfile: str | None = Field(None, description="A DeepSpeed hostfile (`host slots=N` per line) for multi-node "
-                                 "runs; the launcher reaches the other hosts over ssh (pdsh).")
-    master_addr: str | None = Field(None, description="Rank 0's address for multi-node runs (default: first host).")
-    master_port: int | None = Field(None, ge=1024, le=65535, description="Rendezvous port; None picks a free one.")
+    num_nodes: int = Field(ge=1, le=MAX_PROCESSES, description="Nodes to use; > 1 needs `hostfile`.")
+    hostfile: str | None = Field(description="A DeepSpeed hostfile (`host slots=N` per line) for multi-node "
+                                 "runs (null: one node); the launcher reaches the other hosts over ssh (pdsh).")
+    master_addr: str | None = Field(description="Rank 0's address for multi-node runs (null: the first host).")
+    master_port: int | None = Field(ge=1024, le=65535, description="Rendezvous port; null picks a free one.")
 
     @property
     def world_size(self) -> int:
@@ -396,9 +398,9 @@ class LauncherParams(_Section):
 class ScheduleParams(_Section):
     """When the served `pipeline` deployment runs by itself (flows/serve.py); both None: on demand only."""
 
-    cron: str | None = Field(None, description="A cron string, e.g. '0 3 * * *' (03:00 every day).")
-    interval_minutes: float | None = Field(None, gt=0, le=MINUTES_PER_YEAR, description="Run every N minutes.")
-    timezone: str = Field("UTC", description="Timezone of the cron schedule.")
+    cron: str | None = Field(description="A cron string, e.g. '0 3 * * *' (03:00 every day); null: none.")
+    interval_minutes: float | None = Field(gt=0, le=MINUTES_PER_YEAR, description="Run every N minutes; null: none.")
+    timezone: str = Field(description="Timezone of the cron schedule.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> "ScheduleParams":
@@ -412,16 +414,16 @@ class OrchestrationParams(_Section):
     """The Prefect flows (flows/): retries, timeout, schedule, sweep concurrency. No stage reads it, so
     changing it re-runs nothing."""
 
-    task_retries: int = Field(2, ge=0, le=100, description="Retries of a stage that failed for a transient reason "
+    task_retries: int = Field(ge=0, le=100, description="Retries of a stage that failed for a transient reason "
                               "(bad params and bad input data are never retried).")
     retry_delay_seconds: float = Field(
-        10, ge=0, le=SECONDS_PER_DAY, description="First retry delay; doubled for each later retry, "
+        ge=0, le=SECONDS_PER_DAY, description="First retry delay; doubled for each later retry, "
         "with +-20% jitter.")
     flow_timeout_minutes: float | None = Field(
-        None, gt=0, le=MINUTES_PER_YEAR, description="Fail a pipeline flow run after this long.")
-    schedule: ScheduleParams = ScheduleParams()
+        gt=0, le=MINUTES_PER_YEAR, description="Fail a pipeline flow run after this long (null: never).")
+    schedule: ScheduleParams
     sweep_max_parallel: int = Field(
-        1, ge=1, le=MAX_PROCESSES, description="DVC experiments of a sweep run at once (queue workers).")
+        ge=1, le=MAX_PROCESSES, description="DVC experiments of a sweep run at once (queue workers).")
 
 
 RESUME_ROOT = ".resume"  # dvc.yaml's --resume folders; gitignored and dvcignored (robust_rlhf/runtime/resume.py)
@@ -439,22 +441,23 @@ def policy_run_name(method: str, seed: int) -> str:
 
 class Params(_Section):
     profile: str = Field(description="Name of this parameter set, shown in reports (e.g. `tiny`).")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the data, the reward models and evaluation sampling.")
+    seed: int = Field(ge=0, le=MAX_SEED, description="Seed of the data, the reward models and evaluation sampling.")
     ppo_seeds: list[Annotated[int, Field(le=MAX_SEED)]] = Field(
-        [0], min_length=1, description="One PPO run per method and seed (DVC stages ppo@<method>-<seed>); "
+        min_length=1, description="One PPO run per method and seed (DVC stages ppo@<method>-<seed>); "
         "the report shows the spread over seeds when there are several.")
     models: ModelsParams
     gold: GoldParams
     methods: dict[str, MethodParams] = Field(
         min_length=1, description="The methods compared, by name; `dvc.yaml` runs one PPO stage per entry.")
-    deepspeed: DeepSpeedParams = DeepSpeedParams()
+    deepspeed: DeepSpeedParams
     prepare: PrepareParams
     train_reward: TrainRewardParams
+    aggregation: AggregationParams
     ppo: PPOParams
     evaluate: EvaluateParams
-    statistics: StatisticsParams = StatisticsParams()
-    launcher: LauncherParams = LauncherParams()
-    orchestration: OrchestrationParams = OrchestrationParams()
+    statistics: StatisticsParams
+    launcher: LauncherParams
+    orchestration: OrchestrationParams
 
     @model_validator(mode="after")
     def _methods_are_runnable(self) -> "Params":

@@ -62,6 +62,15 @@ def tiny_params(**overrides) -> dict:
     return params
 
 
+def tiny_section(dotted: str, **overrides) -> dict:
+    """One section of the tiny profile (e.g. `deepspeed`, `launcher`) with keyword overrides, to build that
+    section's model alone: every field is required, so a test states only what it varies."""
+    section = tiny_params()
+    for key in dotted.split("."):
+        section = section[key]
+    return {**section, **overrides}
+
+
 def write_params(path: Path, params: dict) -> Path:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path

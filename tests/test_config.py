@@ -1,9 +1,12 @@
 import math
+import types
+import typing
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from robust_rlhf.config import ParamsError, load_params
+from robust_rlhf.config import Params, ParamsError, load_params
 from tests.conftest import REPO, run_stage, tiny_params, write_params
 
 
@@ -11,7 +14,7 @@ from tests.conftest import REPO, run_stage, tiny_params, write_params
                          ids=lambda path: path.name)
 def test_shipped_params_validate(path):
     params = load_params(path)
-    assert 0.0 <= params.ppo.robust.lam <= 1.0
+    assert 0.0 <= params.aggregation.brme_lambda <= 1.0
 
 
 def test_unknown_key_is_named(tmp_path):
@@ -21,9 +24,11 @@ def test_unknown_key_is_named(tmp_path):
         load_params(write_params(tmp_path / "p.yaml", raw))
 
 
-def test_out_of_range_value_is_named(tmp_path):
-    with pytest.raises(ParamsError, match=r"ppo\.robust\.lambda: .*less than or equal to 1"):
-        load_params(write_params(tmp_path / "p.yaml", tiny_params(**{"ppo.robust.lambda": 1.5})))
+@pytest.mark.parametrize(("value", "bound"), [(1.5, "less than or equal to 1"), (-0.1, "greater than or equal to 0")])
+def test_out_of_range_value_is_named(tmp_path, value, bound):
+    # lambda's range is checked here only: brme_reward and the sweep rely on this one check.
+    with pytest.raises(ParamsError, match=rf"aggregation\.brme_lambda: .*{bound}"):
+        load_params(write_params(tmp_path / "p.yaml", tiny_params(**{"aggregation.brme_lambda": value})))
 
 
 def test_wrong_literal_is_named(tmp_path):
@@ -89,7 +94,7 @@ BAD_VALUES = {
             ("prepare.temperature", math.inf), ("deepspeed.gradient_clipping", math.inf),
             ("gold.fluency_scale", math.inf), ("orchestration.retry_delay_seconds", math.inf)],
     "nan": [("ppo.learning_rate", math.nan), ("ppo.kl_coef", math.nan), ("ppo.gamma", math.nan),
-            ("ppo.robust.lambda", math.nan), ("ppo.aggregation.uwo_coef", math.nan),
+            ("aggregation.brme_lambda", math.nan), ("aggregation.uwo_coef", math.nan),
             ("train_reward.stage2.noise_floor", math.nan), ("evaluate.temperature", math.nan),
             ("statistics.confidence_level", math.nan)],
     "bool-as-number": [("ppo.steps", True), ("ppo.micro_batch_size", True), ("prepare.num_train_pairs", True),
@@ -212,3 +217,103 @@ def test_every_bad_value_of_a_file_gets_its_own_short_line_and_the_stage_exits_2
         "train_reward.stage2.freeze_backbone"]
     assert all(len(line) < MAX_PROBLEM_CHARS for line in lines), lines
     assert not (tmp_path / "data").exists()
+
+
+# ---------------------------------------------------------------- every value once
+
+PARAMS_YAML = REPO / "params.yaml"
+# The only fields with a code default: the preference-data source, which applies only when
+# prepare.task is preference_data and which no shipped profile sets.
+OPTIONAL_PREFIXES = ("prepare.source",)
+
+
+def _section_model(annotation) -> tuple[type[BaseModel] | None, bool]:
+    """The model class a field holds (through `X | None`), and whether it holds a dict of them."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is dict:
+        return _section_model(args[1])[0], True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        models = [model for model, _ in map(_section_model, args) if model is not None]
+        return (models[0] if models else None), False
+    return (annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None), False
+
+
+def model_fields(model: type[BaseModel], prefix: str = ""):
+    """(dotted path, field) of every field of `model` and its sections; a dict's entries are `*`."""
+    for name, field in model.model_fields.items():
+        path = prefix + (field.alias or name)
+        yield path, field
+        section, is_dict = _section_model(field.annotation)
+        if section is not None:
+            yield from model_fields(section, path + (".*." if is_dict else "."))
+
+
+def key_paths(raw: dict, prefix: str = "") -> list[str]:
+    """Every dotted key a params file writes, sections included; a method's name is `*`."""
+    paths = []
+    for key, value in raw.items():
+        path = prefix + key
+        paths.append(path)
+        if path == "methods":
+            for method in value.values():
+                paths += key_paths(method, "methods.*.")
+        elif isinstance(value, dict):
+            paths += key_paths(value, path + ".")
+    return sorted(set(paths))
+
+
+def test_every_key_params_yaml_sets_has_no_code_default():
+    fields = dict(model_fields(Params))
+    written = key_paths(yaml.safe_load(PARAMS_YAML.read_text()))
+    assert written and set(written) <= set(fields)
+    defaulted = [path for path in written if not fields[path].is_required()]
+    assert defaulted == [], f"set in params.yaml and defaulted in config.py: {defaulted}"
+
+
+def test_only_the_preference_data_source_has_code_defaults():
+    defaulted = sorted(path for path, field in model_fields(Params) if not field.is_required())
+    assert defaulted and all(path.startswith(OPTIONAL_PREFIXES) for path in defaulted), defaulted
+    # ... and params.yaml writes every field that has none
+    required = {path for path, field in model_fields(Params) if field.is_required()}
+    missing = required - set(key_paths(yaml.safe_load(PARAMS_YAML.read_text())))
+    assert not {path for path in missing if not path.startswith(OPTIONAL_PREFIXES)}, missing
+
+
+@pytest.mark.parametrize("profile", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_profile_sets_the_same_keys_as_params_yaml(profile):
+    assert key_paths(yaml.safe_load(profile.read_text())) == key_paths(yaml.safe_load(PARAMS_YAML.read_text()))
+
+
+def test_params_yaml_is_the_only_copy_of_its_profile():
+    profile = yaml.safe_load(PARAMS_YAML.read_text())["profile"]
+    assert not (REPO / "profiles" / f"{profile}.yaml").exists()
+    assert all(yaml.safe_load(path.read_text())["profile"] != profile for path in (REPO / "profiles").glob("*.yaml"))
+
+
+def _without(raw: dict, dotted: str) -> dict:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    del node[leaf]
+    return raw
+
+
+def _written_keys(raw: dict, prefix: str = "") -> list[str]:
+    """Every dotted key of `raw` that a field is named by (under `methods`, a method's own fields)."""
+    keys = []
+    for key, value in raw.items():
+        path = prefix + key
+        keys.append(path)
+        if path == "methods":  # a method's name is not a field; its own fields are
+            keys += [method_key for name, method in value.items() for method_key in
+                     _written_keys(method, f"methods.{name}.")]
+        elif isinstance(value, dict):
+            keys += _written_keys(value, path + ".")
+    return keys
+
+
+@pytest.mark.parametrize("key", _written_keys(yaml.safe_load(PARAMS_YAML.read_text())))
+def test_removing_any_key_of_params_yaml_is_refused_naming_it(tmp_path, key):
+    raw = _without(yaml.safe_load(PARAMS_YAML.read_text()), key)
+    assert refused(tmp_path, raw) == [f"{key}: Field required"]

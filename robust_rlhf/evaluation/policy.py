@@ -8,7 +8,7 @@ import math
 import torch
 from tqdm import tqdm
 
-from robust_rlhf.config import MethodParams, PPOParams
+from robust_rlhf.config import AggregationParams, MethodParams
 from robust_rlhf.generation import decode, encode_prompts, forward_response, sample, truncated
 from robust_rlhf.data.gold import GoldScorer, masked_token_mean
 from robust_rlhf.rl.kl import sequence_kl
@@ -19,8 +19,8 @@ from robust_rlhf.reward.scoring import RewardModels, method_rewards
 @torch.inference_mode()
 def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, prompts: list[str], *,
                     methods: dict[str, MethodParams], samples_per_prompt: int, max_new_tokens: int,
-                    temperature: float, batch_size: int, max_prompt_tokens: int, gold: GoldScorer, ppo_config: PPOParams,
-                    seed: int, desc: str) -> dict:
+                    temperature: float, batch_size: int, max_prompt_tokens: int, gold: GoldScorer,
+                    aggregation: AggregationParams, seed: int, desc: str) -> dict:
     """Sample `samples_per_prompt` responses per prompt and score them. Returns means and the samples.
 
     Rows are prompt-major (sample j of prompt i is row i * samples_per_prompt + j); the samples of a
@@ -66,7 +66,7 @@ def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, p
                                                                            mean_logprobs=fluency).items()}
     gold_reward = facets.pop("gold")
     scores = reward_models.score(expanded, responses, batch_size=batch_size)
-    proxy = method_rewards(scores, methods, ppo_config)
+    proxy = method_rewards(scores, methods, aggregation)
     disagreement = {kind: head_disagreement(mu) for kind, (mu, _) in scores.items() if mu.shape[1] > 1}
     mean_kl = float(kl.mean())
     return {

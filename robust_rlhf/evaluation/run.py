@@ -72,7 +72,7 @@ def run_evaluate(params: Params, paths: EvaluatePaths) -> dict:
                                samples_per_prompt=samples_per_prompt, max_new_tokens=config.max_new_tokens,
                                temperature=config.temperature, batch_size=config.batch_size,
                                max_prompt_tokens=params.prepare.max_prompt_tokens, gold=gold,
-                               ppo_config=params.ppo, seed=params.seed, desc=desc)
+                               aggregation=params.aggregation, seed=params.seed, desc=desc)
 
     spp = config.samples_per_prompt
     initial = evaluate(ref_model, "evaluate initial policy", prompts, spp)
@@ -237,7 +237,7 @@ def disagreement_ratios(results: list[dict], initial: dict, prompts: list[str], 
 def near_identical_objectives(params: Params) -> list[str]:
     """Methods whose objectives agree to second order: kl_dro at beta and uwo at c = 1 / (2 beta) on
     the same reward model (-beta log mean exp(-mu / beta) = mean - var / (2 beta) + O(beta^-2))."""
-    coefficients = params.ppo.aggregation
+    coefficients = params.aggregation
     notes = []
     for dro, dro_method in params.methods.items():
         for uwo, uwo_method in params.methods.items():

@@ -61,27 +61,26 @@ def nominal_reward(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return mu.gather(1, best_head).squeeze(1)
 
 
-def brme_reward(mu: torch.Tensor, sigma: torch.Tensor, *, lam: float) -> torch.Tensor:
+def brme_reward(mu: torch.Tensor, sigma: torch.Tensor, *, brme_lambda: float) -> torch.Tensor:
     """`brme`, the robust reward of docs/method.md#the-robust-objective: lambda * r_nominal + (1 - lambda) * min_i mu_i.
 
-    Our convention: lambda = 1 is nominal-only, lambda = 0 is worst-case-only. (B, k) -> (B,).
+    Our convention: lambda = 1 is nominal-only, lambda = 0 is worst-case-only; its range [0, 1] is
+    checked once, by `aggregation.brme_lambda` in robust_rlhf/config.py. (B, k) -> (B,).
     """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"brme lambda must lie in [0, 1]; got {lam}")
-    return lam * nominal_reward(mu, sigma) + (1.0 - lam) * min_reward(mu, sigma)
+    return brme_lambda * nominal_reward(mu, sigma) + (1.0 - brme_lambda) * min_reward(mu, sigma)
 
 
-def kl_dro_reward(mu: torch.Tensor, sigma: torch.Tensor, *, dro_beta: float) -> torch.Tensor:
+def kl_dro_reward(mu: torch.Tensor, sigma: torch.Tensor, *, kl_dro_beta: float) -> torch.Tensor:
     """`kl_dro`, the pessimistic log-mean-exp over heads (docs/method.md#baselines, KL-DRO lens).
 
     -beta * log (1/k) sum_i exp(-mu_i / beta); -> min_i mu_i as beta -> 0 and -> mean as
     beta -> inf. Computed with logsumexp for stability. (B, k) -> (B,).
     """
     _check(mu, sigma)
-    if dro_beta <= 0:
-        raise ValueError(f"kl_dro beta must be > 0; got {dro_beta}")
+    if kl_dro_beta <= 0:  # a division by zero, not only a range: kept next to the division
+        raise ValueError(f"kl_dro beta must be > 0; got {kl_dro_beta}")
     k = mu.shape[1]
-    return -dro_beta * (torch.logsumexp(-mu / dro_beta, dim=1) - math.log(k))
+    return -kl_dro_beta * (torch.logsumexp(-mu / kl_dro_beta, dim=1) - math.log(k))
 
 
 AGGREGATIONS: dict[str, AggregationFn] = {
@@ -96,10 +95,16 @@ AGGREGATIONS: dict[str, AggregationFn] = {
 
 
 def aggregate_rewards(
-    name: str, mu: torch.Tensor, sigma: torch.Tensor, *, lam: float, uwo_coef: float, dro_beta: float
+    name: str, mu: torch.Tensor, sigma: torch.Tensor, *, brme_lambda: float, uwo_coef: float, kl_dro_beta: float
 ) -> torch.Tensor:
-    """Dispatch to the aggregation `name`, passing only the coefficient it uses. (B, k) -> (B,)."""
+    """Dispatch to the aggregation `name`, passing only the coefficient it uses; the coefficients are
+    params.yaml's `aggregation:` section, by the same names. (B, k) -> (B,)."""
     if name not in AGGREGATIONS:
         raise ValueError(f"unknown reward aggregation {name!r}; known: {sorted(AGGREGATIONS)}")
-    coefficients = {"brme": {"lam": lam}, "uwo": {"uwo_coef": uwo_coef}, "kl_dro": {"dro_beta": dro_beta}}
-    return AGGREGATIONS[name](mu, sigma, **coefficients.get(name, {}))
+    if name == "brme":
+        return brme_reward(mu, sigma, brme_lambda=brme_lambda)
+    if name == "uwo":
+        return uwo_reward(mu, sigma, uwo_coef=uwo_coef)
+    if name == "kl_dro":
+        return kl_dro_reward(mu, sigma, kl_dro_beta=kl_dro_beta)
+    return AGGREGATIONS[name](mu, sigma)

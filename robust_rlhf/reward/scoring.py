@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from robust_rlhf.reward.aggregation import AGGREGATIONS, aggregate_rewards
-from robust_rlhf.config import MethodParams, PPOParams
+from robust_rlhf.config import AggregationParams, MethodParams
 from robust_rlhf.reward.model import BRMERewardModel, load_reward_model, score_texts
 
 ENSEMBLE_MANIFEST = "ensemble.json"
@@ -93,19 +93,20 @@ def applicable_aggregations(kind: str) -> list[str]:
     return names if kind == "brme" else [name for name in names if name not in ("nominal", "brme")]
 
 
-def every_aggregation(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], config: PPOParams) -> dict[str, torch.Tensor]:
+def every_aggregation(scores: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                      coefficients: AggregationParams) -> dict[str, torch.Tensor]:
     """The reward under every applicable aggregation of every reward model, keyed `kind/aggregation`."""
-    return {f"{kind}/{name}": _aggregate(name, mu, sigma, config)
+    return {f"{kind}/{name}": _aggregate(name, mu, sigma, coefficients)
             for kind, (mu, sigma) in scores.items() for name in applicable_aggregations(kind)}
 
 
 def method_rewards(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], methods: dict[str, MethodParams],
-                   config: PPOParams) -> dict[str, torch.Tensor]:
+                   coefficients: AggregationParams) -> dict[str, torch.Tensor]:
     """Each method's sequence reward (B,): its reward model's heads under its aggregation."""
-    return {name: _aggregate(method.aggregation, *scores[method.reward_model], config)
+    return {name: _aggregate(method.aggregation, *scores[method.reward_model], coefficients)
             for name, method in methods.items() if method.reward_model in scores}
 
 
-def _aggregate(name: str, mu: torch.Tensor, sigma: torch.Tensor, config: PPOParams) -> torch.Tensor:
-    return aggregate_rewards(name, mu, sigma, lam=config.robust.lam, uwo_coef=config.aggregation.uwo_coef,
-                             dro_beta=config.aggregation.kl_dro_beta)
+def _aggregate(name: str, mu: torch.Tensor, sigma: torch.Tensor, coefficients: AggregationParams) -> torch.Tensor:
+    return aggregate_rewards(name, mu, sigma, brme_lambda=coefficients.brme_lambda, uwo_coef=coefficients.uwo_coef,
+                             kl_dro_beta=coefficients.kl_dro_beta)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robust_rlhf.config import MethodParams, PPOParams
+from robust_rlhf.config import AggregationParams, MethodParams, PPOParams
 from robust_rlhf.runtime.distributed import gather_from_ranks
 from robust_rlhf.rl.gae import gae
 from robust_rlhf.generation import (decode, encode_prompts, forward_response, response_inputs,
@@ -127,7 +127,8 @@ def check_scores_finite(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], *,
 
 @torch.inference_mode()
 def reference_reward_moments(policy, reward_models: RewardModels, tokenizer, prompts: list[str], method: MethodParams,
-                             *, config: PPOParams, max_prompt_tokens: int) -> tuple[float, float]:
+                             *, config: PPOParams, aggregation: AggregationParams,
+                             max_prompt_tokens: int) -> tuple[float, float]:
     """Mean and std of a method's reward on the initial policy's samples for `prompts` (the
     `reference` normalisation), sampled in rollout-sized batches."""
     device = next(policy.parameters()).device
@@ -140,7 +141,7 @@ def reference_reward_moments(policy, reward_models: RewardModels, tokenizer, pro
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         scores = reward_models.score(batch, decode(tokenizer, response_ids, response_mask), batch_size=len(batch))
         check_scores_finite(scores, step=0)
-        rewards.append(method_rewards(scores, {"reference": method}, config)["reference"])
+        rewards.append(method_rewards(scores, {"reference": method}, aggregation)["reference"])
     reward = torch.cat(rewards)
     return float(reward.mean()), float(reward.std(unbiased=False)) if reward.numel() > 1 else 1.0
 
@@ -160,7 +161,7 @@ def rank_sampling_seed(seed: int, *, rank: int, step: int) -> int:
 
 
 def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, tokenizer, prompts: list[str], *,
-             method: MethodParams, normalizer: RewardNormalizer, config: PPOParams,
+             method: MethodParams, normalizer: RewardNormalizer, config: PPOParams, aggregation: AggregationParams,
              max_prompt_tokens: int) -> dict[str, float]:
     """One PPO iteration on `prompts` optimising `method`'s reward. `actor`, `critic` are DeepSpeed
     engines; `critic` is None when the actor carries the value head (`PolicyWithValueHead`). Returns
@@ -188,7 +189,7 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
     # 2. Score with every reward model's heads, 3. aggregate (this method's, and every other for the log).
     scores = reward_models.score(prompts, responses, batch_size=len(prompts))
     check_scores_finite(scores, step=step)
-    raw_reward = method_rewards(scores, {"optimised": method}, config)["optimised"]
+    raw_reward = method_rewards(scores, {"optimised": method}, aggregation)["optimised"]
     check_finite("reward/optimised", raw_reward, phase="ppo", step=step)
     # `running` moments see every rank's rewards, so all ranks normalise alike; the other modes need none.
     population = gather_from_ranks(raw_reward) if normalizer.mode == "running" else None
@@ -206,7 +207,7 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
     # 8. Log: the reward under every aggregation, not only the one optimised.
     kl_k1_sum = (kl_per_token * mask).sum(dim=1)
     metrics = {
-        **{f"reward/{name}": float(value.mean()) for name, value in every_aggregation(scores, config).items()},
+        **{f"reward/{name}": float(value.mean()) for name, value in every_aggregation(scores, aggregation).items()},
         "reward/optimised": float(raw_reward.mean()),
         "reward/normalised": float(reward.mean()),
         # `objective/kl` is the study's one KL (evaluate's too): the per-token k3 summed over the response.

@@ -32,10 +32,6 @@ from robust_rlhf.runtime.resume import load_state, prune_finished, restore_engin
 
 logger = logging.getLogger(__name__)
 
-# PPO's AdamW: no weight decay (InstructGPT, Coste et al.), the KL penalty is the regulariser.
-PPO_WEIGHT_DECAY = 0.0
-
-
 @dataclass(frozen=True)
 class PPOPaths:
     data: Path          # holds ppo_prompts.jsonl
@@ -63,7 +59,7 @@ def build_ppo_models(params: Params, paths: PPOPaths, *, world_size: int) -> PPO
     def trained(model: torch.nn.Module, learning_rate: float):
         return training_engine(model, deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size,
                                gradient_accumulation_steps=config.gradient_accumulation_steps, world_size=world_size,
-                               learning_rate=learning_rate, weight_decay=PPO_WEIGHT_DECAY)
+                               learning_rate=learning_rate, weight_decay=config.weight_decay)
 
     def frozen(model: torch.nn.Module) -> torch.nn.Module:
         return frozen_model(model, deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size,
@@ -98,6 +94,7 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     prune_finished(paths.resume.parent, keep=paths.resume)
     key = run_key({"seed": seed, "method": method_params.model_dump(),
                    "ppo": config.model_dump(exclude={"resume_every", "guards"}),
+                   "aggregation": params.aggregation.model_dump(),
                    "deepspeed": params.deepspeed.model_dump(), "max_prompt_tokens": max_prompt_tokens,
                    "world_size": world_size},
                   {"prompts": paths.data / "ppo_prompts.jsonl", "policy_init": paths.policy_init,
@@ -110,7 +107,7 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
         if config.reward_normalization == "reference":
             normalizer.reference_mean, normalizer.reference_std = reference_reward_moments(
                 models.ref_model, models.reward_models, models.tokenizer, prompts, method_params, config=config,
-                max_prompt_tokens=max_prompt_tokens)
+                aggregation=params.aggregation, max_prompt_tokens=max_prompt_tokens)
         first_step = 0
     else:
         restore_engines(paths.resume, engines, saved)
@@ -132,7 +129,8 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
             seed_everything(rank_sampling_seed(seed, rank=this_rank, step=step))
         metrics = mean_over_ranks(ppo_step(step, actor, critic, models.ref_model, models.reward_models,
                                            models.tokenizer, batch_prompts, method=method_params,
-                                           normalizer=normalizer, config=config, max_prompt_tokens=max_prompt_tokens))
+                                           normalizer=normalizer, config=config, aggregation=params.aggregation,
+                                           max_prompt_tokens=max_prompt_tokens))
         # A diverged step is never checkpointed: the last checkpoint stays the last good one.
         check_ppo_step(metrics, weight_norm=weight_norm(actor), initial_weight_norm=initial_weight_norm,
                        guards=config.guards, phase=name, step=step)

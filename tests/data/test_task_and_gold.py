@@ -7,6 +7,11 @@ from robust_rlhf.config import GoldParams
 from robust_rlhf.data.gold import EMPTY_RESPONSE_SCORE, GoldScorer, bigram_repetition, fluency_facet, lexicon_gold_score
 from robust_rlhf.data.pairs import label_pair, preference_stats
 from robust_rlhf.data.task import all_prompts, distinct_prompt_counts, split_prompts
+from tests.conftest import tiny_section
+
+
+def _gold(name: str) -> GoldParams:
+    return GoldParams(**tiny_section("gold", name=name))
 
 
 def test_split_prompts_is_disjoint_sized_and_seeded():
@@ -48,11 +53,11 @@ def test_lexicon_gold_hand_values():
 
 def test_unknown_gold_is_refused_by_params():
     with pytest.raises(ValueError, match="name"):
-        GoldParams(name="vibes")
+        _gold("vibes")
 
 
 def test_lexicon_scorer_scores_each_pair():
-    gold = GoldScorer(GoldParams(name="lexicon"))
+    gold = GoldScorer(_gold("lexicon"))
     assert gold(["p", "q"], ["great fun", "awful"]) == [lexicon_gold_score("great fun"), lexicon_gold_score("awful")]
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         gold(["p", "q"], ["x"])
@@ -68,7 +73,7 @@ def test_composite_facets_hand_values():
 
 
 def test_composite_gold_prefers_positive_fluent_text(tiny_policy, tiny_tokenizer):
-    gold = GoldScorer(GoldParams(name="composite"), reference_model=tiny_policy, tokenizer=tiny_tokenizer)
+    gold = GoldScorer(_gold("composite"), reference_model=tiny_policy, tokenizer=tiny_tokenizer)
     positive, negative, empty = gold(["Review the park."] * 3, ["A lovely calm park.", "A dirty awful park.", "..."])
     # Same length and structure: the VADER facet decides, fluency under a random model differs little.
     assert positive > negative
@@ -76,7 +81,7 @@ def test_composite_gold_prefers_positive_fluent_text(tiny_policy, tiny_tokenizer
 
 
 def test_composite_gold_reads_given_log_probs_instead_of_running_the_policy(tiny_policy, tiny_tokenizer):
-    gold = GoldScorer(GoldParams(name="composite"), reference_model=tiny_policy, tokenizer=tiny_tokenizer)
+    gold = GoldScorer(_gold("composite"), reference_model=tiny_policy, tokenizer=tiny_tokenizer)
     # mean log p -2.5 -> fluency 0.5; "good" alone: VADER compound 0.4404, no bigrams
     assert gold(["p"], ["good"], mean_logprobs=[-2.5]) == [pytest.approx(0.4404 + 0.5 * 0.5)]
     computed = gold(["Review the park."], ["A lovely calm park."])
@@ -88,7 +93,7 @@ def test_composite_gold_reads_given_log_probs_instead_of_running_the_policy(tiny
 
 def test_composite_gold_needs_the_initial_policy():
     with pytest.raises(ValueError, match="initial policy"):
-        GoldScorer(GoldParams(name="composite"))
+        GoldScorer(_gold("composite"))
 
 
 def test_label_pair_argmax_flip_rate():

@@ -88,7 +88,7 @@ def test_the_flows_one_dvc_status_names_the_stages_it_may_skip(reproduced_repo):
     assert stages_up_to_date(reproduced_repo, STAGES) == set(STAGES)
     params = reproduced_repo / "params.yaml"
     original = params.read_text()
-    params.write_text(original.replace("lambda: 0.5", "lambda: 0.25"))
+    params.write_text(original.replace("brme_lambda: 0.5", "brme_lambda: 0.25"))
     try:
         # report's own deps have not changed yet: evaluate's re-run will change them, which is why the flow
         # asks DVC about every stage after the first one that goes through `dvc repro`
@@ -108,7 +108,7 @@ def test_the_flows_one_dvc_status_names_the_stages_it_may_skip(reproduced_repo):
 def test_changing_lambda_reruns_exactly_the_ppo_runs_and_evaluate(reproduced_repo):
     params = reproduced_repo / "params.yaml"
     original = params.read_text()
-    params.write_text(original.replace("lambda: 0.5", "lambda: 0.25"))
+    params.write_text(original.replace("brme_lambda: 0.5", "brme_lambda: 0.25"))
     try:
         output = dvc(reproduced_repo, "repro")
     finally:

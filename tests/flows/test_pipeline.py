@@ -79,8 +79,8 @@ def test_retries_skip_bad_params_but_cover_other_failures(tmp_path, prefect_serv
 
 
 def test_flow_refuses_bad_params_before_running_a_stage(tmp_path, prefect_server):
-    repo = with_params(copy_repo(tmp_path), **{"ppo.robust.lambda": 7})
-    with pytest.raises(Exception, match="ppo.robust.lambda"):
+    repo = with_params(copy_repo(tmp_path), **{"aggregation.brme_lambda": 7})
+    with pytest.raises(Exception, match="aggregation.brme_lambda"):
         pipeline(repo=str(repo))
     assert not (repo / "data").exists()
 

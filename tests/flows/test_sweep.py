@@ -24,15 +24,15 @@ def test_lambda_is_swept_only_for_methods_that_read_it():
 def test_bad_methods_and_lambdas_are_refused():
     with pytest.raises(ValueError, match="unknown methods \\['nope'\\]"):
         sweep_points(PARAMS, ["nope"], [0.5], [0])
-    with pytest.raises(ValueError, match="\\[0, 1\\], got \\[1.5\\]"):
-        sweep_points(PARAMS, ["brme"], [1.5], [0])
+    with pytest.raises(ValueError, match="aggregation.brme_lambda must be in \\[0, 1\\], got \\[1.5, -0.1\\]"):
+        sweep_points(PARAMS, ["brme"], [0.5, 1.5, -0.1], [0])
 
 
 def test_overrides_narrow_params_to_one_point():
     overrides = set_param_overrides(PARAMS, SweepPoint("brme", 0.2, 3))
     assert overrides == [f"~methods.{m}" for m in PARAMS.methods if m != "brme"] + ["ppo_seeds=[3]",
-                                                                                    "ppo.robust.lambda=0.2"]
-    assert "ppo.robust.lambda" not in " ".join(set_param_overrides(PARAMS, SweepPoint("single", None, 0)))
+                                                                                    "aggregation.brme_lambda=0.2"]
+    assert "brme_lambda" not in " ".join(set_param_overrides(PARAMS, SweepPoint("single", None, 0)))
 
 
 def test_experiment_names_are_git_ref_safe():
@@ -66,7 +66,7 @@ def test_sweep_runs_each_point_as_a_dvc_experiment(tmp_path, prefect_server):
     shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True,
                                       check=True).stdout)
     rows = experiment_rows(shown, {row["experiment"] for row in table})
-    assert {name: row["params"]["ppo"]["robust"]["lambda"] for name, row in rows.items()} == {
+    assert {name: row["params"]["aggregation"]["brme_lambda"] for name, row in rows.items()} == {
         table[0]["experiment"]: 0.0, table[1]["experiment"]: 1.0}
     assert all(list(row["params"]["methods"]) == ["brme"] for row in rows.values())
     # lambda 0 (worst case) and 1 (nominal) optimise different rewards: different policies

@@ -18,7 +18,7 @@ from robust_rlhf.reward.aggregation import (
     uwo_reward,
 )
 
-COEFS = dict(lam=0.25, uwo_coef=0.5, dro_beta=1.0)
+COEFS = dict(brme_lambda=0.25, uwo_coef=0.5, kl_dro_beta=1.0)
 
 
 def _t(x):
@@ -64,7 +64,7 @@ def test_nominal_all_sigmas_equal_uses_head_zero():
 def test_brme_hand_computed():
     # lam * nominal + (1 - lam) * min with lam = 0.25
     # row 0: 0.25 * 2 + 0.75 * 1 = 1.25; row 1: 0.25 * 0 + 0.75 * (-1) = -0.75
-    assert_close(brme_reward(MU, SIGMA, lam=0.25), _t([1.25, -0.75]))
+    assert_close(brme_reward(MU, SIGMA, brme_lambda=0.25), _t([1.25, -0.75]))
 
 
 def test_kl_dro_hand_computed():
@@ -75,7 +75,7 @@ def test_kl_dro_hand_computed():
             -math.log((1 + math.exp(1) + math.exp(-4)) / 3),
         ]
     )
-    assert_close(kl_dro_reward(MU, SIGMA, dro_beta=1.0), expected)
+    assert_close(kl_dro_reward(MU, SIGMA, kl_dro_beta=1.0), expected)
 
 
 # ---------------------------------------------------------------- invariances and limits
@@ -83,8 +83,8 @@ def test_kl_dro_hand_computed():
 
 def test_brme_endpoints():
     mu, sigma = _random()
-    assert_close(brme_reward(mu, sigma, lam=1.0), nominal_reward(mu, sigma))
-    assert_close(brme_reward(mu, sigma, lam=0.0), min_reward(mu, sigma))
+    assert_close(brme_reward(mu, sigma, brme_lambda=1.0), nominal_reward(mu, sigma))
+    assert_close(brme_reward(mu, sigma, brme_lambda=0.0), min_reward(mu, sigma))
 
 
 def test_uwo_zero_coef_is_mean():
@@ -96,20 +96,20 @@ def test_kl_dro_small_beta_tends_to_min():
     # -beta * log((1/k) sum exp(-mu_i/beta)) = min + beta * log(k) - (exponentially small terms)
     mu, sigma = _random(k=5)
     beta = 1e-3
-    assert_close(kl_dro_reward(mu, sigma, dro_beta=beta), min_reward(mu, sigma), rtol=0, atol=2 * beta * math.log(5))
+    assert_close(kl_dro_reward(mu, sigma, kl_dro_beta=beta), min_reward(mu, sigma), rtol=0, atol=2 * beta * math.log(5))
 
 
 def test_kl_dro_large_beta_tends_to_mean():
     # second-order expansion: mean - var / (2 beta); var of these heads is O(10), so O(1e-3) at beta = 1e4
     mu, sigma = _random(k=5)
-    assert_close(kl_dro_reward(mu, sigma, dro_beta=1e4), mean_reward(mu, sigma), rtol=0, atol=2e-3)
+    assert_close(kl_dro_reward(mu, sigma, kl_dro_beta=1e4), mean_reward(mu, sigma), rtol=0, atol=2e-3)
 
 
 def test_kl_dro_between_min_and_mean_and_monotone_in_beta():
     # Jensen: min <= kl_dro <= mean, and the soft-min relaxes towards the mean as beta grows.
     mu, sigma = _random(seed=3)
     betas = [0.1, 0.5, 1.0, 5.0, 50.0]
-    vals = [kl_dro_reward(mu, sigma, dro_beta=b) for b in betas]
+    vals = [kl_dro_reward(mu, sigma, kl_dro_beta=b) for b in betas]
     for v in vals:
         assert (v >= min_reward(mu, sigma) - 1e-12).all()
         assert (v <= mean_reward(mu, sigma) + 1e-12).all()
@@ -119,7 +119,7 @@ def test_kl_dro_between_min_and_mean_and_monotone_in_beta():
 
 def test_kl_dro_stable_for_large_rewards_and_small_beta():
     mu = _t([[1000.0, 1001.0], [-1000.0, -999.0]])
-    out = kl_dro_reward(mu, torch.ones_like(mu), dro_beta=1e-3)
+    out = kl_dro_reward(mu, torch.ones_like(mu), kl_dro_beta=1e-3)
     assert torch.isfinite(out).all()
     assert_close(out, _t([1000.0, -1000.0]), rtol=0, atol=1e-3)
 
@@ -141,7 +141,7 @@ def test_one_head_every_aggregation_is_mu0(name):
     g = torch.Generator().manual_seed(5)
     mu = torch.randn(6, 1, generator=g, dtype=torch.float64)
     sigma = torch.rand(6, 1, generator=g, dtype=torch.float64) + 0.1
-    out = aggregate_rewards(name, mu, sigma, lam=0.3, uwo_coef=2.0, dro_beta=0.7)
+    out = aggregate_rewards(name, mu, sigma, brme_lambda=0.3, uwo_coef=2.0, kl_dro_beta=0.7)
     assert out.shape == (6,)
     assert_close(out, mu[:, 0])
 
@@ -154,9 +154,9 @@ def test_registry_output_shape(name):
 
 def test_registry_dispatches_the_right_coefficient():
     mu, sigma = _random(seed=6)
-    assert_close(aggregate_rewards("brme", mu, sigma, **COEFS), brme_reward(mu, sigma, lam=0.25))
+    assert_close(aggregate_rewards("brme", mu, sigma, **COEFS), brme_reward(mu, sigma, brme_lambda=0.25))
     assert_close(aggregate_rewards("uwo", mu, sigma, **COEFS), uwo_reward(mu, sigma, uwo_coef=0.5))
-    assert_close(aggregate_rewards("kl_dro", mu, sigma, **COEFS), kl_dro_reward(mu, sigma, dro_beta=1.0))
+    assert_close(aggregate_rewards("kl_dro", mu, sigma, **COEFS), kl_dro_reward(mu, sigma, kl_dro_beta=1.0))
     assert_close(aggregate_rewards("mean", mu, sigma, **COEFS), mean_reward(mu, sigma))
     assert_close(aggregate_rewards("min", mu, sigma, **COEFS), min_reward(mu, sigma))
     assert_close(aggregate_rewards("nominal", mu, sigma, **COEFS), nominal_reward(mu, sigma))
@@ -202,17 +202,8 @@ def test_unknown_name_raises():
         aggregate_rewards("median", mu, sigma, **COEFS)
 
 
-@pytest.mark.parametrize("lam", [-0.1, 1.1])
-def test_brme_lambda_outside_unit_interval_raises(lam):
-    mu, sigma = _random()
-    with pytest.raises(ValueError):
-        brme_reward(mu, sigma, lam=lam)
-    with pytest.raises(ValueError):
-        aggregate_rewards("brme", mu, sigma, lam=lam, uwo_coef=0.5, dro_beta=1.0)
-
-
 @pytest.mark.parametrize("beta", [0.0, -1.0])
 def test_kl_dro_nonpositive_beta_raises(beta):
     mu, sigma = _random()
     with pytest.raises(ValueError):
-        kl_dro_reward(mu, sigma, dro_beta=beta)
+        kl_dro_reward(mu, sigma, kl_dro_beta=beta)

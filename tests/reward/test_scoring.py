@@ -6,7 +6,7 @@ import torch
 from torch.testing import assert_close
 
 from robust_rlhf.reward.aggregation import AGGREGATIONS, aggregate_rewards
-from robust_rlhf.config import MethodParams, PPOParams
+from robust_rlhf.config import AggregationParams, MethodParams
 from robust_rlhf.reward.scoring import applicable_aggregations, every_aggregation, method_rewards
 from tests.conftest import tiny_params
 
@@ -15,11 +15,8 @@ def _t(x):
     return torch.tensor(x, dtype=torch.float64)
 
 
-def _ppo(lam=0.25, uwo_coef=0.5, kl_dro_beta=2.0) -> PPOParams:
-    raw = tiny_params()["ppo"]
-    raw["robust"]["lambda"] = lam
-    raw["aggregation"] = {"uwo_coef": uwo_coef, "kl_dro_beta": kl_dro_beta}
-    return PPOParams.model_validate(raw)
+def _coefficients(brme_lambda=0.25, uwo_coef=0.5, kl_dro_beta=2.0) -> AggregationParams:
+    return AggregationParams(brme_lambda=brme_lambda, uwo_coef=uwo_coef, kl_dro_beta=kl_dro_beta)
 
 
 # B = 2. Each kind has different numbers, so a method reading the wrong kind gets a different reward.
@@ -52,7 +49,7 @@ def test_brme_has_everything_but_single():
 
 
 def test_every_aggregation_keys_are_kind_slash_aggregation():
-    rewards = every_aggregation(SCORES, _ppo())
+    rewards = every_aggregation(SCORES, _coefficients())
     assert set(rewards) == {
         "single/single",
         "ensemble/mean", "ensemble/min", "ensemble/uwo", "ensemble/kl_dro",
@@ -62,16 +59,16 @@ def test_every_aggregation_keys_are_kind_slash_aggregation():
 
 
 def test_every_aggregation_values_equal_direct_calls_with_the_config_coefficients():
-    config = _ppo(lam=0.25, uwo_coef=0.5, kl_dro_beta=2.0)
+    config = _coefficients(brme_lambda=0.25, uwo_coef=0.5, kl_dro_beta=2.0)
     rewards = every_aggregation(SCORES, config)
     for key, reward in rewards.items():
         kind, name = key.split("/")
         mu, sigma = SCORES[kind]
-        assert_close(reward, aggregate_rewards(name, mu, sigma, lam=0.25, uwo_coef=0.5, dro_beta=2.0))
+        assert_close(reward, aggregate_rewards(name, mu, sigma, brme_lambda=0.25, uwo_coef=0.5, kl_dro_beta=2.0))
 
 
 def test_every_aggregation_hand_values():
-    rewards = every_aggregation(SCORES, _ppo(lam=0.25, uwo_coef=0.5))
+    rewards = every_aggregation(SCORES, _coefficients(brme_lambda=0.25, uwo_coef=0.5))
     assert_close(rewards["single/single"], _t([7.0, -7.0]))
     assert_close(rewards["ensemble/mean"], _t([11.0, 0.0]))
     # uwo = mean - 0.5 * population var: var([10, 12]) = 1, var([-2, 2]) = 4 -> [11 - 0.5, 0 - 2]
@@ -83,7 +80,7 @@ def test_every_aggregation_hand_values():
 
 def test_every_aggregation_without_ensemble_scores():
     scores = {kind: SCORES[kind] for kind in ("brme", "single")}
-    assert not any(key.startswith("ensemble/") for key in every_aggregation(scores, _ppo()))
+    assert not any(key.startswith("ensemble/") for key in every_aggregation(scores, _coefficients()))
 
 
 # ---------------------------------------------------------------- method_rewards
@@ -96,7 +93,7 @@ def _methods(**entries) -> dict[str, MethodParams]:
 def test_method_rewards_pick_reward_model_and_aggregation():
     methods = _methods(single=("single", "single"), mean=("ensemble", "mean"), wco=("ensemble", "min"),
                        brme=("brme", "brme"), brme_mean=("brme", "mean"))
-    rewards = method_rewards(SCORES, methods, _ppo(lam=0.25))
+    rewards = method_rewards(SCORES, methods, _coefficients(brme_lambda=0.25))
     assert list(rewards) == ["single", "mean", "wco", "brme", "brme_mean"]
     assert_close(rewards["single"], _t([7.0, -7.0]))
     assert_close(rewards["mean"], _t([(10 + 12) / 2, (-2 + 2) / 2]))
@@ -110,7 +107,7 @@ def test_method_rewards_use_the_config_coefficients():
     methods = _methods(kl_dro=("ensemble", "kl_dro"))
     mu, sigma = SCORES["ensemble"]
     for beta in (1.0, 2.0):
-        reward = method_rewards(SCORES, methods, _ppo(kl_dro_beta=beta))["kl_dro"]
+        reward = method_rewards(SCORES, methods, _coefficients(kl_dro_beta=beta))["kl_dro"]
         expected = -beta * torch.log((torch.exp(-mu[:, 0] / beta) + torch.exp(-mu[:, 1] / beta)) / 2)
         assert_close(reward, expected)
 
@@ -118,7 +115,7 @@ def test_method_rewards_use_the_config_coefficients():
 def test_method_rewards_skip_methods_without_scores():
     methods = {name: MethodParams.model_validate(raw) for name, raw in tiny_params()["methods"].items()}
     scores = {kind: SCORES[kind] for kind in ("brme", "single")}
-    rewards = method_rewards(scores, methods, _ppo())
+    rewards = method_rewards(scores, methods, _coefficients())
     expected = [name for name, method in methods.items() if method.reward_model != "ensemble"]
     assert expected and len(expected) < len(methods)  # params.yaml has both kinds of method
     assert list(rewards) == expected

@@ -2,11 +2,13 @@ import pytest
 
 from robust_rlhf.config import DeepSpeedParams
 from robust_rlhf.runtime.distributed import deepspeed_config
+from tests.conftest import tiny_section
 
 
 def test_deepspeed_config_batch_identity_and_optimizer():
-    config = deepspeed_config(deepspeed=DeepSpeedParams(zero_stage=2, precision="bf16"), micro_batch_size=4,
-                              gradient_accumulation_steps=3, world_size=2, learning_rate=1e-5, weight_decay=0.1)
+    deepspeed = DeepSpeedParams(**tiny_section("deepspeed", zero_stage=2, precision="bf16"))
+    config = deepspeed_config(deepspeed=deepspeed, micro_batch_size=4, gradient_accumulation_steps=3, world_size=2,
+                              learning_rate=1e-5, weight_decay=0.1)
     assert config["train_batch_size"] == 4 * 3 * 2
     assert config["zero_optimization"] == {"stage": 2}
     assert config["bf16"] == {"enabled": True} and config["fp16"] == {"enabled": False}
@@ -16,15 +18,15 @@ def test_deepspeed_config_batch_identity_and_optimizer():
 
 
 def test_inference_config_has_no_optimizer():
-    config = deepspeed_config(deepspeed=DeepSpeedParams(), micro_batch_size=8, gradient_accumulation_steps=1,
-                              world_size=1, learning_rate=None)
+    config = deepspeed_config(deepspeed=DeepSpeedParams(**tiny_section("deepspeed")), micro_batch_size=8,
+                              gradient_accumulation_steps=1, world_size=1, learning_rate=None)
     assert "optimizer" not in config and "gradient_clipping" not in config
     assert config["bf16"]["enabled"] is False
 
 
 def test_zero_stage_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="zero_stage"):
-        DeepSpeedParams(zero_stage=4)
+        DeepSpeedParams(**tiny_section("deepspeed", zero_stage=4))
 
 
 def test_a_stale_torch_build_lock_left_by_a_killed_stage_is_cleared(tmp_path, monkeypatch):
@@ -53,7 +55,8 @@ def test_engines_step_with_torchs_fused_adamw(tmp_path):
         from robust_rlhf.runtime.distributed import init_distributed, training_engine
         init_distributed()
         for zero_stage in (0, 2):
-            engine = training_engine(torch.nn.Linear(3, 1), deepspeed=DeepSpeedParams(zero_stage=zero_stage),
+            engine = training_engine(torch.nn.Linear(3, 1), deepspeed=DeepSpeedParams(
+                                         zero_stage=zero_stage, precision='fp32', gradient_clipping=1.0),
                                      micro_batch_size=2, gradient_accumulation_steps=1, world_size=1,
                                      learning_rate=0.1, weight_decay=0.0)
             before = engine.module.weight.detach().clone()

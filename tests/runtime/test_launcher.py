@@ -8,19 +8,24 @@ from robust_rlhf.runtime.distributed import gather_from_ranks, mean_over_ranks
 from robust_rlhf.runtime.launcher import deepspeed_launch_command, launch_environment, launched_by_launcher
 from robust_rlhf.rl.ppo import rank_sampling_seed, rollout_prompts
 from robust_rlhf.rl.normalization import RewardNormalizer
+from tests.conftest import tiny_section
 
 STAGE_ARGV = ["--params", "params.yaml", "--method", "brme"]
 
 
+def _launcher(**fields) -> LauncherParams:
+    return LauncherParams(**tiny_section("launcher", **fields))
+
+
 def test_one_node_command_runs_the_stage_module_on_num_gpus_processes():
-    command = deepspeed_launch_command(LauncherParams(num_gpus=2), "stages.ppo", STAGE_ARGV, python="/venv/python",
+    command = deepspeed_launch_command(_launcher(num_gpus=2), "stages.ppo", STAGE_ARGV, python="/venv/python",
                                        master_port=29511)
     assert command == ["/venv/python", "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29511",
                        "--module", "stages.ppo", *STAGE_ARGV]
 
 
 def test_multi_node_command_names_the_hostfile_nodes_and_master():
-    launcher = LauncherParams(num_gpus=8, num_nodes=2, hostfile="/etc/hosts.ds", master_addr="10.0.0.1")
+    launcher = _launcher(num_gpus=8, num_nodes=2, hostfile="/etc/hosts.ds", master_addr="10.0.0.1")
     command = deepspeed_launch_command(launcher, "stages.ppo", STAGE_ARGV, python="py", master_port=29500)
     assert command[:5] == ["py", "-m", "deepspeed.launcher.runner", "--num_gpus", "8"]
     assert command[5:11] == ["--hostfile", "/etc/hosts.ds", "--num_nodes", "2", "--master_addr", "10.0.0.1"]
@@ -30,12 +35,12 @@ def test_multi_node_command_names_the_hostfile_nodes_and_master():
 
 def test_nodes_without_a_hostfile_are_refused():
     with pytest.raises(ValueError, match="hostfile"):
-        LauncherParams(num_nodes=2)
+        _launcher(num_nodes=2)
 
 
 def test_cpu_accelerator_is_told_how_many_ranks_a_node_runs():
-    assert launch_environment(LauncherParams(num_gpus=3), {"DS_ACCELERATOR": "cpu"})["LOCAL_SIZE"] == "3"
-    assert "LOCAL_SIZE" not in launch_environment(LauncherParams(num_gpus=3), {"DS_ACCELERATOR": "cuda"})
+    assert launch_environment(_launcher(num_gpus=3), {"DS_ACCELERATOR": "cpu"})["LOCAL_SIZE"] == "3"
+    assert "LOCAL_SIZE" not in launch_environment(_launcher(num_gpus=3), {"DS_ACCELERATOR": "cuda"})
 
 
 def test_a_rank_started_by_a_launcher_does_not_launch_again():
