@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 TINY_PROFILE = REPO / "profiles" / "tiny.yaml"
+# Every test in these folders runs a stage's CLI or the whole pipeline in subprocesses (seconds to
+# minutes each): all are `slow`, so a new file there cannot be forgotten by `make test-fast`. Slow tests
+# elsewhere carry @pytest.mark.slow themselves.
+SLOW_FOLDERS = ("e2e", "stages")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(item.path).resolve().relative_to(REPO / "tests").parts[0] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
 
 
 class PlainEngine:
@@ -68,21 +77,12 @@ def write_params(path: Path, params: dict) -> Path:
 
 
 def copy_repo(destination: Path) -> Path:
-    """Copy the files git knows (tracked and untracked-not-ignored) into a new git repo with one commit,
-    with the tiny profile as its params.yaml: `dvc repro` rewrites dvc.lock, metrics and plots, so
-    end-to-end tests never run in the checkout."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    shutil.copy2(TINY_PROFILE, destination / "params.yaml")
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        subprocess.run(command, cwd=destination, check=True, capture_output=True)
-    return destination
+    """A new git repo in `destination` holding this checkout's files with the tiny profile as its
+    params.yaml (bench/checkout.py): `dvc repro` rewrites dvc.lock, metrics and plots, so end-to-end
+    tests never run in the checkout."""
+    from bench.checkout import copy_checkout
+
+    return copy_checkout(destination, TINY_PROFILE)
 
 
 def run_stage(stage: str, params: Path, **paths: Path) -> subprocess.CompletedProcess:

@@ -41,6 +41,7 @@ def test_a_stale_torch_build_lock_left_by_a_killed_stage_is_cleared(tmp_path, mo
     assert (tmp_path / ".some_op.robust_rlhf.flock").exists()
 
 
+@pytest.mark.slow
 def test_engines_step_with_torchs_fused_adamw(tmp_path):
     # In a subprocess: a DeepSpeed engine joins a process group, which must not outlive the test.
     import subprocess
