@@ -44,8 +44,8 @@ class PlainEngine:
         self.module, self.device = module, torch.device("cpu")
         self.optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
 
-    def __call__(self, *args):
-        return self.module(*args)
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
 
     def train(self):
         self.module.train()
