@@ -1,5 +1,5 @@
-"""Shared fixtures: the tiny profile's params, a tiny tokenizer and policy, and one run of the four
-stages' CLIs (in subprocesses, as DVC runs them) that the per-stage tests inspect."""
+"""Shared fixtures: the tiny profile's params, a tiny tokenizer and policy, and one `dvc repro` of the
+tiny profile (every stage's CLI in a subprocess) that the per-stage and the DVC end-to-end tests inspect."""
 
 from __future__ import annotations
 
@@ -128,10 +128,21 @@ def run_stage_ok(stage: str, params: Path, **paths: Path) -> subprocess.Complete
 
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> dict[str, Path]:
-    """Run prepare -> train_reward -> ppo@<every method>-0 -> evaluate -> report once on the tiny profile."""
-    root = tmp_path_factory.mktemp("pipeline")
-    paths = {
-        "params": write_params(root / "params.yaml", tiny_params()),
+    """One `dvc repro` of the tiny profile (prepare -> train_reward -> ppo@<every method>-0 -> evaluate ->
+    report, each stage's CLI in a subprocess as dvc.yaml writes it) in a copy of the repo, once per
+    session: the per-stage tests inspect its outputs, tests/e2e/test_dvc_pipeline.py its DVC state (and
+    puts back what it changes). One run for both: they used to run the pipeline twice."""
+    from flows.pipeline import dvc_executable, pipeline_stages
+
+    root = copy_repo(tmp_path_factory.mktemp("pipeline"))
+    result = subprocess.run([dvc_executable(), "repro"], cwd=root, capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert result.returncode == 0, f"dvc repro failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    for stage in pipeline_stages(root):
+        assert f"Running stage '{stage}'" in result.stdout, f"{stage} did not run:\n{result.stdout[-4000:]}"
+    # The paths dvc.yaml gives each stage, relative to the copy.
+    return {
+        "root": root, "params": root / "params.yaml",
         "data": root / "data", "policy_init": root / "models/policy_init", "reward": root / "models/reward",
         "ensemble": root / "models/reward_ensemble", "policies": root / "models/policy",
         "reliability": root / "plots/reward_reliability", "steps": root / "plots/ppo",
@@ -139,27 +150,6 @@ def pipeline_run(tmp_path_factory) -> dict[str, Path]:
         "samples": root / "reports/eval_samples.jsonl", "metrics": root / "metrics",
         "report": root / "reports/report.html",
     }
-    metrics = paths["metrics"]
-    run_stage_ok("prepare", paths["params"], data=paths["data"], policy=paths["policy_init"],
-                 metrics=metrics / "prepare.json")
-    run_stage_ok("train_reward", paths["params"], data=paths["data"], policy=paths["policy_init"],
-                 reward=paths["reward"], ensemble=paths["ensemble"], reliability=paths["reliability"],
-                 metrics=metrics / "train_reward.json", resume=root / ".resume/train_reward")
-    for method in tiny_params()["methods"]:
-        run = f"{method}-seed0"
-        run_stage_ok("ppo", paths["params"], method=method, seed="0", data=paths["data"],
-                     policy_init=paths["policy_init"], reward=paths["reward"], ensemble=paths["ensemble"],
-                     policy=paths["policies"] / run, steps=paths["steps"] / f"{run}.csv",
-                     metrics=metrics / "ppo" / f"{run}.json", resume=root / f".resume/ppo@{method}-0")
-    run_stage_ok("evaluate", paths["params"], data=paths["data"], policy_init=paths["policy_init"],
-                 policies=paths["policies"], reward=paths["reward"], ensemble=paths["ensemble"], table=paths["table"],
-                 curves=paths["curves"], best_of_n=paths["best_of_n"], samples=paths["samples"],
-                 metrics=metrics / "eval.json")
-    run_stage_ok("report", paths["params"], table=paths["table"], eval_metrics=metrics / "eval.json",
-                 curves=paths["curves"], best_of_n=paths["best_of_n"], reward_metrics=metrics / "train_reward.json",
-                 samples=paths["samples"], stage_metrics=metrics, report=paths["report"],
-                 metrics=metrics / "report.json")
-    return paths
 
 
 @pytest.fixture(scope="session")
