@@ -35,9 +35,9 @@ def merged(base: dict, overrides: dict) -> dict:
 def bench_repo(destination: Path, profile: str, methods: list[str]) -> Path:
     """A temp copy of this checkout whose params.yaml is the `tiny` profile or the default models
     cut small (`default`), with only `methods`."""
-    from tests.conftest import REPO, copy_repo
+    from bench.checkout import REPO, copy_checkout
 
-    repo = copy_repo(destination)  # its params.yaml is the tiny profile
+    repo = copy_checkout(destination, REPO / "profiles" / "tiny.yaml")
     if profile == "default":
         default = yaml.safe_load((REPO / "params.yaml").read_text())
         (repo / "params.yaml").write_text(yaml.safe_dump(merged(default, DEFAULT_MODELS_SMALL), sort_keys=False))

@@ -1,11 +1,10 @@
-"""Shared fixtures: the tiny profile's params, a tiny tokenizer and policy, and one run of the four
-stages' CLIs (in subprocesses, as DVC runs them) that the per-stage tests inspect."""
+"""Shared fixtures: the tiny profile's params, a tiny tokenizer and policy, and one `dvc repro` of the
+tiny profile (every stage's CLI in a subprocess) that the per-stage and the DVC end-to-end tests inspect."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 TINY_PROFILE = REPO / "profiles" / "tiny.yaml"
+# Every test in these folders runs a stage's CLI or the whole pipeline in subprocesses (seconds to
+# minutes each): all are `slow`, so a new file there cannot be forgotten by `make test-fast`. Slow tests
+# elsewhere carry @pytest.mark.slow themselves.
+SLOW_FOLDERS = ("e2e", "stages")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(item.path).resolve().relative_to(REPO / "tests").parts[0] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
 
 
 class PlainEngine:
@@ -35,8 +44,8 @@ class PlainEngine:
         self.module, self.device = module, torch.device("cpu")
         self.optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
 
-    def __call__(self, *args):
-        return self.module(*args)
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
 
     def train(self):
         self.module.train()
@@ -77,21 +86,12 @@ def write_params(path: Path, params: dict) -> Path:
 
 
 def copy_repo(destination: Path) -> Path:
-    """Copy the files git knows (tracked and untracked-not-ignored) into a new git repo with one commit,
-    with the tiny profile as its params.yaml: `dvc repro` rewrites dvc.lock, metrics and plots, so
-    end-to-end tests never run in the checkout."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (destination / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, destination / name)
-    shutil.copy2(TINY_PROFILE, destination / "params.yaml")
-    for command in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        subprocess.run(command, cwd=destination, check=True, capture_output=True)
-    return destination
+    """A new git repo in `destination` holding this checkout's files with the tiny profile as its
+    params.yaml (bench/checkout.py): `dvc repro` rewrites dvc.lock, metrics and plots, so end-to-end
+    tests never run in the checkout."""
+    from bench.checkout import copy_checkout
+
+    return copy_checkout(destination, TINY_PROFILE)
 
 
 def run_stage(stage: str, params: Path, **paths: Path) -> subprocess.CompletedProcess:
@@ -137,10 +137,21 @@ def run_stage_ok(stage: str, params: Path, **paths: Path) -> subprocess.Complete
 
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> dict[str, Path]:
-    """Run prepare -> train_reward -> ppo@<every method>-0 -> evaluate -> report once on the tiny profile."""
-    root = tmp_path_factory.mktemp("pipeline")
-    paths = {
-        "params": write_params(root / "params.yaml", tiny_params()),
+    """One `dvc repro` of the tiny profile (prepare -> train_reward -> ppo@<every method>-0 -> evaluate ->
+    report, each stage's CLI in a subprocess as dvc.yaml writes it) in a copy of the repo, once per
+    session: the per-stage tests inspect its outputs, tests/e2e/test_dvc_pipeline.py its DVC state (and
+    puts back what it changes). One run for both: they used to run the pipeline twice."""
+    from flows.pipeline import dvc_executable, pipeline_stages
+
+    root = copy_repo(tmp_path_factory.mktemp("pipeline"))
+    result = subprocess.run([dvc_executable(), "repro"], cwd=root, capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert result.returncode == 0, f"dvc repro failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    for stage in pipeline_stages(root):
+        assert f"Running stage '{stage}'" in result.stdout, f"{stage} did not run:\n{result.stdout[-4000:]}"
+    # The paths dvc.yaml gives each stage, relative to the copy.
+    return {
+        "root": root, "params": root / "params.yaml",
         "data": root / "data", "policy_init": root / "models/policy_init", "reward": root / "models/reward",
         "ensemble": root / "models/reward_ensemble", "policies": root / "models/policy",
         "reliability": root / "plots/reward_reliability", "steps": root / "plots/ppo",
@@ -148,27 +159,6 @@ def pipeline_run(tmp_path_factory) -> dict[str, Path]:
         "samples": root / "reports/eval_samples.jsonl", "metrics": root / "metrics",
         "report": root / "reports/report.html",
     }
-    metrics = paths["metrics"]
-    run_stage_ok("prepare", paths["params"], data=paths["data"], policy=paths["policy_init"],
-                 metrics=metrics / "prepare.json")
-    run_stage_ok("train_reward", paths["params"], data=paths["data"], policy=paths["policy_init"],
-                 reward=paths["reward"], ensemble=paths["ensemble"], reliability=paths["reliability"],
-                 metrics=metrics / "train_reward.json", resume=root / ".resume/train_reward")
-    for method in tiny_params()["methods"]:
-        run = f"{method}-seed0"
-        run_stage_ok("ppo", paths["params"], method=method, seed="0", data=paths["data"],
-                     policy_init=paths["policy_init"], reward=paths["reward"], ensemble=paths["ensemble"],
-                     policy=paths["policies"] / run, steps=paths["steps"] / f"{run}.csv",
-                     metrics=metrics / "ppo" / f"{run}.json", resume=root / f".resume/ppo@{method}-0")
-    run_stage_ok("evaluate", paths["params"], data=paths["data"], policy_init=paths["policy_init"],
-                 policies=paths["policies"], reward=paths["reward"], ensemble=paths["ensemble"], table=paths["table"],
-                 curves=paths["curves"], best_of_n=paths["best_of_n"], samples=paths["samples"],
-                 metrics=metrics / "eval.json")
-    run_stage_ok("report", paths["params"], table=paths["table"], eval_metrics=metrics / "eval.json",
-                 curves=paths["curves"], best_of_n=paths["best_of_n"], reward_metrics=metrics / "train_reward.json",
-                 samples=paths["samples"], stage_metrics=metrics, report=paths["report"],
-                 metrics=metrics / "report.json")
-    return paths
 
 
 @pytest.fixture(scope="session")

@@ -42,6 +42,7 @@ def test_rollout_batch_must_split_into_optimizer_steps(tmp_path):
                                                                       "ppo.micro_batch_size": 4})))
 
 
+@pytest.mark.slow
 def test_stage_refuses_bad_params_before_any_work(tmp_path):
     params = write_params(tmp_path / "p.yaml", tiny_params(**{"prepare.label_noise": 0.9}))
     result = run_stage("prepare", params, data=tmp_path / "data", policy=tmp_path / "policy",
@@ -201,6 +202,7 @@ def test_a_long_bad_value_is_shortened(tmp_path):
     assert len(line) < MAX_PROBLEM_CHARS
 
 
+@pytest.mark.slow
 def test_every_bad_value_of_a_file_gets_its_own_short_line_and_the_stage_exits_2(tmp_path):
     raw = tiny_params(**{"ppo.learning_rate": math.inf, "prepare.batch_size": True, "evaluate.temperature": 1000.0,
                          "train_reward.stage2.freeze_backbone": "yes",

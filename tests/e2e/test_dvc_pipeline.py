@@ -1,4 +1,6 @@
-"""`dvc repro` end to end on the tiny profile, in a temp copy of the repo (repro rewrites dvc.lock)."""
+"""`dvc repro` end to end on the tiny profile, in the temp copy of the repo where the session's
+`pipeline_run` ran it (repro rewrites dvc.lock): caching, invalidation, the flow's status query, a
+killed stage."""
 
 import json
 import os
@@ -13,11 +15,11 @@ import yaml
 from flows.pipeline import dvc_executable, stages_up_to_date
 from robust_rlhf.config import RESUME_ROOT, resume_folder_of
 from robust_rlhf.runtime.resume import prune_finished
-from tests.conftest import REPO, copy_repo, tiny_params
+from tests.conftest import REPO, tiny_params
 
-# Two methods (two ppo@ stages) show DVC's matrix, caching and invalidation; the session's `pipeline_run`
-# fixture and the Prefect e2e test run the stages for every method.
-METHODS = ("single", "brme")
+# The session's `pipeline_run` (tests/conftest.py) is this module's `dvc repro`: every method, seed 0. A test
+# that changes the copy's params or outputs puts both back before it ends, for the per-stage tests.
+METHODS = tuple(tiny_params()["methods"])
 PPO_STAGES = tuple(f"ppo@{method}-0" for method in METHODS)
 STAGES = ("prepare", "train_reward", *PPO_STAGES, "evaluate", "report")
 
@@ -45,16 +47,9 @@ def kill_once_state_is_written(repo: Path, args: list[str], state: Path) -> None
 
 
 @pytest.fixture(scope="module")
-def reproduced_repo(tmp_path_factory) -> Path:
-    repo = copy_repo(tmp_path_factory.mktemp("repo"))
-    params = repo / "params.yaml"
-    dropped = set(tiny_params()["methods"]) - set(METHODS)
-    params.write_text("".join(line for line in params.read_text().splitlines(keepends=True)
-                              if not (line.startswith("  ") and line.split(":")[0].strip() in dropped)))
-    output = dvc(repo, "repro")
-    for stage in STAGES:
-        assert f"Running stage '{stage}'" in output
-    return repo
+def reproduced_repo(pipeline_run) -> Path:
+    """The copy of the repo in which `pipeline_run` ran `dvc repro` once, every stage running (it checks)."""
+    return pipeline_run["root"]
 
 
 def test_repro_runs_every_stage_and_writes_metrics(reproduced_repo):
@@ -113,6 +108,7 @@ def test_changing_lambda_reruns_exactly_the_ppo_runs_and_evaluate(reproduced_rep
         output = dvc(reproduced_repo, "repro")
     finally:
         params.write_text(original)
+        dvc(reproduced_repo, "repro")  # the lambda-0.5 outputs back, from the run cache
     # Every PPO run logs the brme reward (which lambda defines), so every ppo@ stage depends on it.
     for stage in (*PPO_STAGES, "evaluate", "report"):
         assert f"Running stage '{stage}'" in output

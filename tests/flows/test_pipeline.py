@@ -48,6 +48,7 @@ def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a/b": 1, "a/c/d": 2, "e": 3}
 
 
+@pytest.mark.slow
 def test_bad_params_fail_the_stage_naming_the_key(tmp_path):
     # out of range: prepare refuses it before any work, with exit code 2
     repo = with_params(copy_repo(tmp_path), **{"prepare.label_noise": 0.9})
@@ -58,6 +59,7 @@ def test_bad_params_fail_the_stage_naming_the_key(tmp_path):
     assert raised.value.stage_exit_code == 2 and raised.value.dvc_exit_code != 0
 
 
+@pytest.mark.slow
 def test_retries_skip_bad_params_but_cover_other_failures(tmp_path, prefect_server):
     """Prefect's own retry machinery: exit code 2 runs once, a DVC-level failure runs 1 + 2 retries."""
     repo = with_params(copy_repo(tmp_path), **{"prepare.label_noise": 0.9})
@@ -78,6 +80,7 @@ def test_retries_skip_bad_params_but_cover_other_failures(tmp_path, prefect_serv
     assert run_counts == [1, 3]
 
 
+@pytest.mark.slow
 def test_flow_refuses_bad_params_before_running_a_stage(tmp_path, prefect_server):
     repo = with_params(copy_repo(tmp_path), **{"aggregation.brme_lambda": 7})
     with pytest.raises(Exception, match="aggregation.brme_lambda"):
@@ -90,6 +93,7 @@ def test_retry_delays_double():
     assert retry_delays(5, 0) == []
 
 
+@pytest.mark.slow
 def test_a_stage_running_past_the_deadline_is_stopped(tmp_path, monkeypatch):
     repo = copy_repo(tmp_path)
     # The stage blocks on a FIFO nobody writes (tests/flows/blocking_site): it cannot finish first, on any machine.
@@ -107,6 +111,7 @@ def test_a_stage_running_past_the_deadline_is_stopped(tmp_path, monkeypatch):
                 and p.info["cwd"] == str(repo)]  # the stage dvc ran is gone too
 
 
+@pytest.mark.slow
 def test_flow_timeout_from_params_fails_the_run_without_retries(tmp_path, prefect_server):
     repo = with_params(copy_repo(tmp_path), **{"orchestration.flow_timeout_minutes": 0.01,
                                                "orchestration.retry_delay_seconds": 0})
@@ -120,6 +125,7 @@ def test_flow_timeout_from_params_fails_the_run_without_retries(tmp_path, prefec
     assert [(run.name, run.run_count) for run in task_runs] == [("prepare", 1)]
 
 
+@pytest.mark.slow
 def test_a_stage_found_up_to_date_loses_a_killed_runs_resume_state(tmp_path, prefect_server):
     # DVC restored the stage from its cache (or it finished): the state can never be resumed.
     repo = copy_repo(tmp_path)

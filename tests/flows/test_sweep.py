@@ -56,6 +56,7 @@ def test_queue_status_and_exp_show_parsing():
     assert row["gold"] == 0.5 and row["win_rate"] == 0.75 and row["proxy"] == "-" and row["lambda"] == 0.5
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_point_as_a_dvc_experiment(tmp_path, prefect_server):
     repo = copy_repo(tmp_path)
     table = sweep(repo=str(repo), methods=["brme"], lambdas=[0.0, 1.0], seeds=[0], max_parallel=1)

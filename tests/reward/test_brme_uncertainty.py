@@ -137,6 +137,7 @@ def test_stage2_trained_every_head_parameter(trained):
         assert (changed.amax(dim=1) > 1e-4).all(), f"a head's {name} did not move"
 
 
+@pytest.mark.slow
 def test_sigma_rises_on_pairs_whose_labels_were_flipped_against_the_same_pairs_unflipped():
     generator = torch.Generator().manual_seed(3)
     features, noisy, _ = labelled_pairs(3000, generator, noisy_flip=0.0, clean_flip=0.0)

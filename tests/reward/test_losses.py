@@ -164,6 +164,13 @@ def test_bt_sampled_a_larger_sigma_can_lower_the_loss_of_a_misranked_pair():
     small = bt_sampled_loss(mu_c, _t([[1e-6]]), mu_r, _t([[1e-6]]), eps_c, eps_r, w)
     large = bt_sampled_loss(mu_c, _t([[5.0]]), mu_r, _t([[5.0]]), eps_c, eps_r, w)
     assert small.item() == pytest.approx(math.log(1 + math.exp(2)), rel=1e-4)
+    # At sigma 5 the margin is N(-2, 50): the loss is -log E[sigmoid(-2 + sqrt(50) z)], z ~ N(0, 1), here by
+    # quadrature (0.937); 4000 draws estimate P ~ 0.39 to a standard error of ~0.007, 0.017 in the log, so
+    # 0.06 is ~3.5 of them. The Jensen-biased mean of per-sample losses would be 4.02, above `small`.
+    z = torch.linspace(-12.0, 12.0, 240_001, dtype=torch.float64)
+    density = torch.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
+    exact = -math.log(torch.trapezoid(density * torch.sigmoid(-2.0 + math.sqrt(50.0) * z), z).item())
+    assert large.item() == pytest.approx(exact, abs=0.06)
     assert large.item() < small.item() - 0.8
 
 

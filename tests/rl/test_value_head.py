@@ -49,7 +49,13 @@ def test_one_backward_of_the_summed_loss_reaches_head_and_backbone(tiny_tokenize
     actor = PolicyWithValueHead(policy)
     logprobs, _, values = response_logprobs_and_values(actor, *batch)
     (logprobs.mean() + 0.1 * (values - 1.0).pow(2).mean()).backward()
-    assert actor.value_head.weight.grad.abs().sum() > 0 and actor.value_head.bias.grad.abs().sum() > 0
+    # By hand, at the zero-initialised head (V = 0 at all N = B * T positions): d/dV = 0.1 * 2 (0 - 1) / N
+    # at each, so the bias gets -0.2 and the weight -0.2 * the mean final hidden state the head reads.
+    with torch.no_grad():
+        hidden = policy(**response_inputs(*batch), output_hidden_states=True).hidden_states[-1]
+        read = hidden[:, batch[0].shape[1] - 1:-1]  # (B, T, H): the state before each response token
+    torch.testing.assert_close(actor.value_head.bias.grad, torch.tensor([-0.2]))
+    torch.testing.assert_close(actor.value_head.weight.grad[0], -0.2 * read.mean(dim=(0, 1)), atol=1e-6, rtol=1e-5)
     assert all(p.grad is not None for p in policy.model.layers[-1].parameters())
 
 

@@ -43,6 +43,7 @@ def test_a_stale_torch_build_lock_left_by_a_killed_stage_is_cleared(tmp_path, mo
     assert (tmp_path / ".some_op.robust_rlhf.flock").exists()
 
 
+@pytest.mark.slow
 def test_engines_step_with_torchs_fused_adamw(tmp_path):
     # In a subprocess: a DeepSpeed engine joins a process group, which must not outlive the test.
     import subprocess
@@ -59,12 +60,16 @@ def test_engines_step_with_torchs_fused_adamw(tmp_path):
                                          zero_stage=zero_stage, precision='fp32', gradient_clipping=1.0),
                                      micro_batch_size=2, gradient_accumulation_steps=1, world_size=1,
                                      learning_rate=0.1, weight_decay=0.0)
-            before = engine.module.weight.detach().clone()
+            weight, bias = (p.detach().clone() for p in (engine.module.weight, engine.module.bias))
             engine.backward(engine(torch.ones(2, 3)).sum())
             engine.step()
             optimizer = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO wraps torch's
             assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["fused"], optimizer.defaults
-            assert not torch.equal(before, engine.module.weight), "the step did not move the weights"
+            # By hand: the gradient is 2 for each of the 4 parameters, clipped (norm 4 > 1.0) to 0.5; Adam's
+            # first step is lr * g / (|g| + eps), so every weight moves down by the learning rate, 0.1
+            # (SGD would move it 0.05, an unclipped SGD 0.2).
+            torch.testing.assert_close(engine.module.weight.detach(), weight - 0.1, atol=1e-6, rtol=0)
+            torch.testing.assert_close(engine.module.bias.detach(), bias - 0.1, atol=1e-6, rtol=0)
         print("ok")
     ''')
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,

@@ -133,6 +133,7 @@ def test_dvc_force_flag_reads_repro_and_exp_run(argv, forced):
     assert dvc_force_flag(argv) is forced
 
 
+@pytest.mark.slow
 def test_force_is_read_from_the_ancestors_argv(tmp_path):
     # DVC runs a stage through a shell, as a child of its own process: a fake `dvc` does the same.
     fake = tmp_path / "dvc"
@@ -182,6 +183,7 @@ def test_phased_resume_records_finished_phases_and_goes_on_after_them(tmp_path):
     assert other.saved is None and other.phase == "stage1" and not folder.exists()  # another run: started over
 
 
+@pytest.mark.slow
 def test_deepspeed_checkpoints_of_every_zero_stage_load_without_unpickling(tmp_path):
     # In a subprocess: engines join a process group, which must not outlive the test. Every file
     # DeepSpeed writes must pass the weights_only reader, and restoring through it gives the weights back.
