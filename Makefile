@@ -1,4 +1,4 @@
-# `make run`: set up and run the default pipeline. `make test`: set up and run the tests.
+# `make run`: set up and run the default pipeline. `make test`: set up, lint and run the tests.
 # `make test-fast`: the tests not marked `slow` (no stage, engine, Prefect server or pipeline run).
 # `make bench`: set up, add the benchmark extra (TRL) and run the benchmarks (about 10 min on 2 cores).
 PYTHON ?= python3.11
@@ -10,7 +10,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # machine do not rebuild it for each other in the shared ~/.cache/torch_extensions.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: setup run test test-fast bench
+.PHONY: setup run lint test test-fast bench
 setup: $(VENV)/.installed
 
 # torch first (the pinned CPU build), then deepspeed built against it, then this package.
@@ -28,7 +28,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: setup
 	. $(BIN)/activate && dvc repro && rm -rf .resume
 
-test: setup
+# Lint and format are checked before the tests: `ruff format .` and `ruff check --fix .` mend most of it.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
 	. $(BIN)/activate && python -m pytest -q
 
 # One intra-op thread: the fast tests' tensors are tiny, and on a busy 2-core machine torch's default
