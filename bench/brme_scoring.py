@@ -9,12 +9,15 @@ from bench.timing import median_seconds
 from bench.workload import bench_prompts, new_reward_model
 
 # A response of about the default generation length (32 tokens) for every prompt.
-RESPONSE = ("The food was really good and the service was friendly, but the place was too loud and we "
-            "waited a long time for the table, so I think we would go back on a quiet day.")
+RESPONSE = (
+    "The food was really good and the service was friendly, but the place was too loud and we "
+    "waited a long time for the table, so I think we would go back on a quiet day."
+)
 
 
-def scoring_times(backbone_spec: str, head_counts: list[int], *, batch_size: int, max_length: int,
-                  repeats: int) -> dict[str, dict[int, float]]:
+def scoring_times(
+    backbone_spec: str, head_counts: list[int], *, batch_size: int, max_length: int, repeats: int
+) -> dict[str, dict[int, float]]:
     """Seconds to score one batch: `heads[k]` with k heads on one backbone, `models[k]` with k
     separate one-head reward models scored one after another (as an ensemble is)."""
     from robust_rlhf.models import load_tokenizer

@@ -30,8 +30,14 @@ class Measured:
     output_tail: str
 
 
-def run_measured(command: list[str], *, cwd: Path, env: dict[str, str] | None = None, log: Path | None = None,
-                 timeout: float | None = None) -> Measured:
+def run_measured(
+    command: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float | None = None,
+) -> Measured:
     """Run `command` in `cwd`, its output to `log` (discarded when None); killed with its process
     group after `timeout` seconds."""
     with tempfile.TemporaryDirectory(prefix="bench_measure_") as tmp:
@@ -41,10 +47,12 @@ def run_measured(command: list[str], *, cwd: Path, env: dict[str, str] | None = 
         with open(log or os.devnull, "w") as out:
             # The wrapper imports `bench` from this checkout, wherever the command runs.
             wrapper_env = dict(env if env is not None else os.environ)
-            wrapper_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                      wrapper_env.get("PYTHONPATH")]))
-            process = subprocess.Popen(wrapper, cwd=cwd, env=wrapper_env, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+            wrapper_env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(Path(__file__).resolve().parents[1]), wrapper_env.get("PYTHONPATH")])
+            )
+            process = subprocess.Popen(
+                wrapper, cwd=cwd, env=wrapper_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
             try:
                 returncode = process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

@@ -12,12 +12,17 @@ import yaml
 
 from bench.measure import Measured, run_measured
 
-
 # `default`: the default profile's models (SmolLM2-135M, MiniLM) with every size cut, so that each
 # stage's peak memory is that of the default models in a few minutes instead of the 36-minute run.
 DEFAULT_MODELS_SMALL = {
-    "prepare": {"num_train_pairs": 16, "num_val_pairs": 8, "num_test_pairs": 8, "num_ppo_prompts": 8,
-                "num_eval_prompts": 4, "max_new_tokens": 16},
+    "prepare": {
+        "num_train_pairs": 16,
+        "num_val_pairs": 8,
+        "num_test_pairs": 8,
+        "num_ppo_prompts": 8,
+        "num_eval_prompts": 4,
+        "max_new_tokens": 16,
+    },
     "train_reward": {"ensemble_size": 2, "stage1": {"epochs": 1}, "stage2": {"epochs": 1}},
     "ppo": {"steps": 1, "checkpoint_every": 1, "max_new_tokens": 16},
     "evaluate": {"samples_per_prompt": 1, "max_new_tokens": 16, "best_of_n": 2},
@@ -53,8 +58,9 @@ def run_stages(repo: Path, env: dict[str, str], logs: Path) -> dict[str, Measure
 
     measured = {}
     for stage in pipeline_stages(repo):
-        result = run_measured([dvc_executable(), "repro", "-s", stage], cwd=repo, env=env,
-                              log=logs / f"{stage.replace('@', '_')}.log")
+        result = run_measured(
+            [dvc_executable(), "repro", "-s", stage], cwd=repo, env=env, log=logs / f"{stage.replace('@', '_')}.log"
+        )
         if result.returncode:
             raise RuntimeError(f"dvc repro -s {stage} failed ({result.returncode}):\n{result.output_tail}")
         measured[stage] = result
@@ -72,13 +78,21 @@ def cached_repro_seconds(repo: Path, env: dict[str, str], repeats: int = 3) -> f
 def flow_seconds(repo: Path, env: dict[str, str], logs: Path) -> tuple[float, float]:
     """(the flow run over cached stages against a running Prefect server, the whole
     `python -m flows.pipeline` command, which also starts Prefect's ephemeral server)."""
-    in_server = run_measured([sys.executable, "-m", "bench.flow_run", "--repo", str(repo)],
-                             cwd=Path.cwd(), env=env, log=logs / "flow_run.log")
+    in_server = run_measured(
+        [sys.executable, "-m", "bench.flow_run", "--repo", str(repo)],
+        cwd=Path.cwd(),
+        env=env,
+        log=logs / "flow_run.log",
+    )
     if in_server.returncode:
         raise RuntimeError(f"flow run failed:\n{in_server.output_tail}")
     flow_run = float(in_server.output_tail.strip().splitlines()[-1].split()[-1])
-    cli = run_measured([sys.executable, "-m", "flows.pipeline", "--repo", str(repo)], cwd=Path.cwd(), env=env,
-                       log=logs / "flow_cli.log")
+    cli = run_measured(
+        [sys.executable, "-m", "flows.pipeline", "--repo", str(repo)],
+        cwd=Path.cwd(),
+        env=env,
+        log=logs / "flow_cli.log",
+    )
     if cli.returncode:
         raise RuntimeError(f"python -m flows.pipeline failed:\n{cli.output_tail}")
     return flow_run, cli.wall_seconds
@@ -89,5 +103,8 @@ def bench_env(prefect_home: Path) -> dict[str, str]:
     `python` is this interpreter), with a throwaway PREFECT_HOME and no telemetry."""
     from flows.pipeline import stage_environment
 
-    return stage_environment() | {"PREFECT_HOME": str(prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                                  "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    return stage_environment() | {
+        "PREFECT_HOME": str(prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    }

@@ -12,8 +12,17 @@ from pathlib import Path
 
 import torch
 
-from bench.ppo_workload import (CRITIC, GENERATION, LOGPROB_FORWARD, SCORING, PPOWorkload, StepRecord, child_parser,
-                                top_ops_table, workload_from_args)
+from bench.ppo_workload import (
+    CRITIC,
+    GENERATION,
+    LOGPROB_FORWARD,
+    SCORING,
+    PPOWorkload,
+    StepRecord,
+    child_parser,
+    top_ops_table,
+    workload_from_args,
+)
 from bench.timing import PhaseTimer, phase_split
 from bench.workload import POLICY_DIR, bench_prompts, build_reward_models, default_params
 
@@ -42,30 +51,47 @@ def build_engines(params, work: Path):
     from robust_rlhf.runtime.distributed import init_distributed
 
     reward, ensemble = build_reward_models(params, work)
-    paths = PPOPaths(data=work, policy_init=work / POLICY_DIR, reward=reward, ensemble=ensemble, policy=work / "policy",
-                     steps=work / "steps.csv", resume=work / "resume")
+    paths = PPOPaths(
+        data=work,
+        policy_init=work / POLICY_DIR,
+        reward=reward,
+        ensemble=ensemble,
+        policy=work / "policy",
+        steps=work / "steps.csv",
+        resume=work / "resume",
+    )
     models = build_ppo_models(params, paths, world_size=init_distributed())
     return models.tokenizer, models.actor, models.critic, models.ref_model, models.reward_models
 
 
 def with_workload(params, workload: PPOWorkload, value_model: str):
     """The default params with the bench's PPO sizes and critic (validated like params.yaml)."""
-    ppo = params.ppo.model_copy(update={
-        "steps": workload.steps + 1, "rollout_batch_size": workload.batch_size,
-        "micro_batch_size": workload.micro_batch_size,
-        "gradient_accumulation_steps": workload.gradient_accumulation_steps, "ppo_epochs": workload.epochs,
-        "max_new_tokens": workload.max_new_tokens, "value_model": value_model})
+    ppo = params.ppo.model_copy(
+        update={
+            "steps": workload.steps + 1,
+            "rollout_batch_size": workload.batch_size,
+            "micro_batch_size": workload.micro_batch_size,
+            "gradient_accumulation_steps": workload.gradient_accumulation_steps,
+            "ppo_epochs": workload.epochs,
+            "max_new_tokens": workload.max_new_tokens,
+            "value_model": value_model,
+        }
+    )
     return params.model_copy(update={"ppo": type(params.ppo).model_validate(ppo.model_dump(by_alias=True))})
 
 
 def main(argv: list[str] | None = None) -> None:
-    from robust_rlhf.rl.ppo import ppo_step
     from robust_rlhf.rl.normalization import RewardNormalizer
+    from robust_rlhf.rl.ppo import ppo_step
     from robust_rlhf.runtime.distributed import seed_everything
 
     parser = child_parser("python -m bench.ppo_ours")
-    parser.add_argument("--value-model", choices=("separate", "shared"), default="separate",
-                        help="ppo.value_model: a separate critic model, or a value head on the actor's backbone")
+    parser.add_argument(
+        "--value-model",
+        choices=("separate", "shared"),
+        default="separate",
+        help="ppo.value_model: a separate critic model, or a value head on the actor's backbone",
+    )
     args = parser.parse_args(argv)
     workload = workload_from_args(args)
     params = with_workload(default_params(Path.cwd()), workload, args.value_model)
@@ -84,11 +110,22 @@ def main(argv: list[str] | None = None) -> None:
             profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
             profiler.__enter__()
         timer.reset()
-        batch = prompts[step * workload.batch_size:(step + 1) * workload.batch_size]
+        batch = prompts[step * workload.batch_size : (step + 1) * workload.batch_size]
         started = time.perf_counter()
-        metrics = ppo_step(step, actor, critic, ref_model, reward_models, tokenizer, batch, method=method,
-                           normalizer=normalizer, config=params.ppo, aggregation=params.aggregation,
-                           max_prompt_tokens=params.prepare.max_prompt_tokens)
+        metrics = ppo_step(
+            step,
+            actor,
+            critic,
+            ref_model,
+            reward_models,
+            tokenizer,
+            batch,
+            method=method,
+            normalizer=normalizer,
+            config=params.ppo,
+            aggregation=params.aggregation,
+            max_prompt_tokens=params.prepare.max_prompt_tokens,
+        )
         wall = time.perf_counter() - started
         if step == 0:
             continue  # warm-up: first-call allocations and lazy inits

@@ -20,10 +20,18 @@ from pathlib import Path
 
 import torch
 
-from bench.ppo_workload import (GENERATION, LOGPROB_FORWARD, SCORING, StepRecord, child_parser, top_ops_table,
-                                workload_from_args)
+from bench.ppo_workload import (
+    GENERATION,
+    LOGPROB_FORWARD,
+    SCORING,
+    StepRecord,
+    child_parser,
+    top_ops_table,
+    workload_from_args,
+)
 from bench.timing import PhaseTimer, phase_split
 from bench.workload import POLICY_DIR, bench_prompts, build_reward_models, default_params
+
 GROUP_SIZE = 2  # GRPO's completions per prompt; the smallest group, so the batch has the most prompts
 
 
@@ -54,8 +62,9 @@ def instrument(trainer, timer: PhaseTimer, generated_tokens: list[int]) -> None:
 
     trainer._generate = timer.wrap(counted_generate, GENERATION)
     trainer._calculate_rewards = timer.wrap(trainer._calculate_rewards, SCORING)
-    trainer._get_per_token_logps_and_entropies = timer.wrap(trainer._get_per_token_logps_and_entropies,
-                                                            LOGPROB_FORWARD, when=no_grad)
+    trainer._get_per_token_logps_and_entropies = timer.wrap(
+        trainer._get_per_token_logps_and_entropies, LOGPROB_FORWARD, when=no_grad
+    )
 
 
 def step_recorder(timer: PhaseTimer, record: StepRecord, generated_tokens: list[int], args):
@@ -107,18 +116,39 @@ def main(argv: list[str] | None = None) -> None:
     timer, generated_tokens = PhaseTimer(), []
     with tempfile.TemporaryDirectory() as output_dir:
         config = GRPOConfig(
-            output_dir=output_dir, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+            output_dir=output_dir,
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
             per_device_train_batch_size=workload.micro_batch_size,
-            gradient_accumulation_steps=workload.gradient_accumulation_steps, num_generations=GROUP_SIZE,
-            num_iterations=workload.epochs, max_completion_length=workload.max_new_tokens, temperature=1.0,
-            top_k=0, top_p=1.0, beta=params.ppo.kl_coef, learning_rate=params.ppo.learning_rate,
-            max_grad_norm=params.deepspeed.gradient_clipping, max_steps=workload.steps + 1, seed=workload.seed,
-            shuffle_dataset=False, report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True,
-            dataloader_num_workers=0)
-        trainer = GRPOTrainer(model=load_causal_lm(policy_init), args=config, train_dataset=dataset,
-                              processing_class=load_tokenizer(policy_init),
-                              reward_funcs=reward_function(reward_models, params.methods["brme"], params.aggregation),
-                              callbacks=[step_recorder(timer, record, generated_tokens, args)])
+            gradient_accumulation_steps=workload.gradient_accumulation_steps,
+            num_generations=GROUP_SIZE,
+            num_iterations=workload.epochs,
+            max_completion_length=workload.max_new_tokens,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            beta=params.ppo.kl_coef,
+            learning_rate=params.ppo.learning_rate,
+            max_grad_norm=params.deepspeed.gradient_clipping,
+            max_steps=workload.steps + 1,
+            seed=workload.seed,
+            shuffle_dataset=False,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=10**6,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+        )
+        trainer = GRPOTrainer(
+            model=load_causal_lm(policy_init),
+            args=config,
+            train_dataset=dataset,
+            processing_class=load_tokenizer(policy_init),
+            reward_funcs=reward_function(reward_models, params.methods["brme"], params.aggregation),
+            callbacks=[step_recorder(timer, record, generated_tokens, args)],
+        )
         instrument(trainer, timer, generated_tokens)
         trainer.train()
     record.write(args.out)

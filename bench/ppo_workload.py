@@ -9,7 +9,6 @@ import resource
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-
 # Phase names shared by both implementations, so the table lines them up.
 GENERATION, SCORING, LOGPROB_FORWARD = "generation", "reward scoring", "logprob/ref forward"
 CRITIC = "critic forward+update"  # ours only: PPO's value model, which GRPO does not have
@@ -19,10 +18,10 @@ CRITIC = "critic forward+update"  # ours only: PPO's value model, which GRPO doe
 class PPOWorkload:
     """Same policy, prompts, batch, generation length and epochs on both sides."""
 
-    steps: int = 3                # measured steps; one more warm-up step runs first and is not counted
-    batch_size: int = 8           # rollouts per step (= samples per optimizer step)
-    micro_batch_size: int = 4     # batch_size / micro_batch_size micro-batches accumulate into one step
-    epochs: int = 1               # optimisation epochs over each rollout
+    steps: int = 3  # measured steps; one more warm-up step runs first and is not counted
+    batch_size: int = 8  # rollouts per step (= samples per optimizer step)
+    micro_batch_size: int = 4  # batch_size / micro_batch_size micro-batches accumulate into one step
+    epochs: int = 1  # optimisation epochs over each rollout
     max_new_tokens: int = 32
     seed: int = 0
 
@@ -43,15 +42,29 @@ def add_workload_args(parser: argparse.ArgumentParser) -> None:
 def workload_from_args(args: argparse.Namespace) -> PPOWorkload:
     if args.ppo_batch % args.ppo_micro_batch:
         raise SystemExit(f"--ppo-batch {args.ppo_batch} must be a multiple of --ppo-micro-batch {args.ppo_micro_batch}")
-    return PPOWorkload(steps=args.ppo_steps, batch_size=args.ppo_batch, micro_batch_size=args.ppo_micro_batch,
-                       epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens)
+    return PPOWorkload(
+        steps=args.ppo_steps,
+        batch_size=args.ppo_batch,
+        micro_batch_size=args.ppo_micro_batch,
+        epochs=args.ppo_epochs,
+        max_new_tokens=args.max_new_tokens,
+    )
 
 
 def workload_argv(workload: PPOWorkload) -> list[str]:
     """The flags that hand `workload` to a child process."""
-    return ["--ppo-steps", str(workload.steps), "--ppo-batch", str(workload.batch_size),
-            "--ppo-micro-batch", str(workload.micro_batch_size), "--ppo-epochs", str(workload.epochs),
-            "--max-new-tokens", str(workload.max_new_tokens)]
+    return [
+        "--ppo-steps",
+        str(workload.steps),
+        "--ppo-batch",
+        str(workload.batch_size),
+        "--ppo-micro-batch",
+        str(workload.micro_batch_size),
+        "--ppo-epochs",
+        str(workload.epochs),
+        "--max-new-tokens",
+        str(workload.max_new_tokens),
+    ]
 
 
 def child_parser(prog: str) -> argparse.ArgumentParser:
@@ -59,8 +72,9 @@ def child_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--work", type=Path, required=True, help="folder with the built models (bench/workload.py)")
     parser.add_argument("--out", type=Path, required=True, help="JSON record of the measured steps")
-    parser.add_argument("--torch-profile", type=Path, default=None,
-                        help="write torch.profiler's top ops over the measured steps here")
+    parser.add_argument(
+        "--torch-profile", type=Path, default=None, help="write torch.profiler's top ops over the measured steps here"
+    )
     add_workload_args(parser)
     return parser
 

@@ -14,7 +14,7 @@ class Row:
     ours: str
     baseline: str = ""
     ratio: float | None = None
-    target: str = ""      # e.g. ">= 2.00x" or "<= 1.10x"; empty when there is none
+    target: str = ""  # e.g. ">= 2.00x" or "<= 1.10x"; empty when there is none
     note: str = ""
 
 

@@ -10,8 +10,8 @@ import functools
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 TRAINING_REST = "training (rest)"
 
@@ -41,12 +41,14 @@ class PhaseTimer:
     def wrap(self, fn: Callable, name: str, when: Callable[[], bool] = lambda: True) -> Callable:
         """`fn` timed as phase `name` on the calls where `when()` holds (else it runs untimed, i.e.
         charged to whatever phase encloses it)."""
+
         @functools.wraps(fn)
         def timed(*args, **kwargs):
             if not when():
                 return fn(*args, **kwargs)
             with self.phase(name):
                 return fn(*args, **kwargs)
+
         return timed
 
     def reset(self) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from robust_rlhf.runtime.atomic import atomic_directory
 from robust_rlhf.config import load_params
 from robust_rlhf.data.task import all_prompts
+from robust_rlhf.runtime.atomic import atomic_directory
 
 POLICY_DIR = "policy_init"
 REWARD_DIR = "reward"
@@ -32,14 +32,19 @@ def bench_prompts(count: int) -> list[str]:
 
 def build_policy(params, work: Path) -> Path:
     """The initial policy as safetensors (GGUF de-quantised once, as `prepare` does)."""
-    from robust_rlhf.models import materialise_policy
     from robust_rlhf.data.task import tokenizer_corpus
+    from robust_rlhf.models import materialise_policy
 
     out = work / POLICY_DIR
     if not (out / "config.json").exists():
         with atomic_directory(out) as tmp:
-            materialise_policy(params.models.policy, tmp, seed=params.seed, corpus=tokenizer_corpus(),
-                               trust_remote_code=params.models.trust_remote_code)
+            materialise_policy(
+                params.models.policy,
+                tmp,
+                seed=params.seed,
+                corpus=tokenizer_corpus(),
+                trust_remote_code=params.models.trust_remote_code,
+            )
     return out
 
 
@@ -49,8 +54,9 @@ def new_reward_model(backbone_spec: str, num_heads: int, *, max_length: int, see
     from robust_rlhf.reward.model import BRMERewardModel, RewardModelConfig, resolve_pooling
 
     backbone = load_backbone(backbone_spec)
-    config = RewardModelConfig(num_heads=num_heads, sigma_min=0.01, max_length=max_length,
-                               pooling=resolve_pooling("auto", backbone.config))
+    config = RewardModelConfig(
+        num_heads=num_heads, sigma_min=0.01, max_length=max_length, pooling=resolve_pooling("auto", backbone.config)
+    )
     return BRMERewardModel(backbone, config, seed=seed).eval()
 
 

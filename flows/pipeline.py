@@ -47,8 +47,10 @@ class StageFailed(RuntimeError):
     DVC failed before or around it (a lock held, an unknown stage)."""
 
     def __init__(self, stage: str, dvc_exit_code: int, stage_exit_code: int | None, tail: str) -> None:
-        super().__init__(f"stage {stage} failed: dvc repro exited with {dvc_exit_code}, the stage command "
-                         f"with {stage_exit_code}; last output lines:\n{tail}")
+        super().__init__(
+            f"stage {stage} failed: dvc repro exited with {dvc_exit_code}, the stage command "
+            f"with {stage_exit_code}; last output lines:\n{tail}"
+        )
         self.stage, self.dvc_exit_code, self.stage_exit_code = stage, dvc_exit_code, stage_exit_code
 
 
@@ -75,8 +77,13 @@ def pipeline_stages(repo: Path, methods: list[str] | None = None) -> list[str]:
     unknown = sorted(set(chosen) - set(params.methods))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; params.yaml has {sorted(params.methods)}")
-    return ["prepare", "train_reward", *(f"ppo@{method}-{seed}" for method in chosen for seed in params.ppo_seeds),
-            "evaluate", "report"]
+    return [
+        "prepare",
+        "train_reward",
+        *(f"ppo@{method}-{seed}" for method in chosen for seed in params.ppo_seeds),
+        "evaluate",
+        "report",
+    ]
 
 
 def stage_metrics_paths(repo: Path, stage: str) -> list[str]:
@@ -122,8 +129,14 @@ def stages_up_to_date(repo: Path, stages: list[str], timeout_seconds: float = 12
     once for the whole pipeline: one DVC start instead of one per stage. Empty when dvc status fails,
     so every stage then goes through `dvc repro -s` and DVC reports the problem there."""
     try:
-        result = subprocess.run([dvc_executable(), "status", "--json"], cwd=repo, env=stage_environment(),
-                                capture_output=True, text=True, timeout=timeout_seconds)
+        result = subprocess.run(
+            [dvc_executable(), "status", "--json"],
+            cwd=repo,
+            env=stage_environment(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_seconds,
+        )
         changed = json.loads(result.stdout or "null") if result.returncode == 0 else None
     except (subprocess.TimeoutExpired, json.JSONDecodeError):
         changed = None
@@ -173,8 +186,14 @@ def run_logger():
         return logging.getLogger(__name__)
 
 
-@task(task_run_name="{stage}", retries=2, retry_delay_seconds=retry_delays(10, 2), retry_jitter_factor=0.2,
-      retry_condition_fn=_retry_unless_bad_input, cache_policy=NO_CACHE)
+@task(
+    task_run_name="{stage}",
+    retries=2,
+    retry_delay_seconds=retry_delays(10, 2),
+    retry_jitter_factor=0.2,
+    retry_condition_fn=_retry_unless_bad_input,
+    cache_policy=NO_CACHE,
+)
 def run_stage(stage: str, repo: str, deadline: float | None = None, up_to_date: bool = False) -> dict:
     """`dvc repro -s <stage>` in `repo`, its output streamed to the run log. Returns
     {"stage", "skipped" (DVC found it up to date), "metrics"}; raises StageFailed on failure and
@@ -192,8 +211,15 @@ def run_stage(stage: str, repo: str, deadline: float | None = None, up_to_date: 
     logger.info("running %s", " ".join(command))
     tail: deque[str] = deque(maxlen=40)
     skipped = False  # DVC found the stage up to date (or restored it from its run cache)
-    with subprocess.Popen(command, cwd=repo, env=stage_environment(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
+    with subprocess.Popen(
+        command,
+        cwd=repo,
+        env=stage_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as process:
         watchdog, timed_out = None, threading.Event()
 
         def stop_at_deadline() -> None:
@@ -216,8 +242,10 @@ def run_stage(stage: str, repo: str, deadline: float | None = None, up_to_date: 
     output = "\n".join(tail)
     # Decided by the watchdog, not the exit code: dvc may exit 0 after forwarding SIGTERM to the stage.
     if timed_out.is_set():
-        raise FlowTimedOut(f"flow timeout reached while stage {stage} ran; it was stopped (its outputs are "
-                           f"written atomically, a re-run resumes or starts it over)")
+        raise FlowTimedOut(
+            f"flow timeout reached while stage {stage} ran; it was stopped (its outputs are "
+            f"written atomically, a re-run resumes or starts it over)"
+        )
     if process.returncode != 0:
         # DVC reports "failed to reproduce '<stage>': failed to run: <cmd>, exited with <code>"; the
         # last such line is DVC's, earlier ones could be the stage's own output.
@@ -246,16 +274,26 @@ def _flow_run_name() -> str:
 def report_markdown(repo: Path) -> str:
     """A markdown artifact for the UI: where the HTML report is and the headline table of the study."""
     report = (repo / "reports" / "report.html").resolve()
-    lines = [f"# robust-rlhf report", "", f"The full report (plots, samples, reward-model metrics): "
-             f"[{report}]({report.as_uri()})", ""]
+    lines = [
+        "# robust-rlhf report",
+        "",
+        f"The full report (plots, samples, reward-model metrics): [{report}]({report.as_uri()})",
+        "",
+    ]
     table = sorted((repo / "metrics" / "eval").glob("*.json"))
     if table:
-        lines += ["| method | gold | gold gain | win rate | proxy gain | sqrt KL | seeds |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| method | gold | gold gain | win rate | proxy gain | sqrt KL | seeds |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for path in table:
             row = json.loads(path.read_text())
             cells = [row.get(key) for key in ("gold", "gold_gain", "win_rate", "proxy_gain", "sqrt_kl")]
-            lines.append(f"| {path.stem} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells)
-                         + f" | {row.get('seeds', '-')} |")
+            lines.append(
+                f"| {path.stem} | "
+                + " | ".join("-" if v is None else f"{v:.3f}" for v in cells)
+                + f" | {row.get('seeds', '-')} |"
+            )
     return "\n".join(lines)
 
 
@@ -270,11 +308,13 @@ def pipeline(repo: str = ".", methods: list[str] | None = None) -> dict[str, dic
     """
     stages = pipeline_stages(Path(repo), methods)
     orchestration = load_params(Path(repo) / "params.yaml").orchestration
-    deadline = (None if orchestration.flow_timeout_minutes is None
-                else time.time() + 60 * orchestration.flow_timeout_minutes)
+    deadline = (
+        None if orchestration.flow_timeout_minutes is None else time.time() + 60 * orchestration.flow_timeout_minutes
+    )
     stage_task = run_stage.with_options(
         retries=orchestration.task_retries,
-        retry_delay_seconds=retry_delays(orchestration.retry_delay_seconds, orchestration.task_retries) or 0)
+        retry_delay_seconds=retry_delays(orchestration.retry_delay_seconds, orchestration.task_retries) or 0,
+    )
     # One `dvc status` up front: a stage it found up to date needs no `dvc repro` of its own, until a stage
     # before it goes through `dvc repro` (which may run it or restore it from the run cache, changing a later
     # stage's deps); from then on DVC is asked stage by stage.
@@ -285,8 +325,11 @@ def pipeline(repo: str = ".", methods: list[str] | None = None) -> dict[str, dic
         results[stage] = stage_task(stage, repo, deadline, up_to_date=known_up_to_date)
         ask_dvc |= not known_up_to_date
     if "report" in results:
-        create_markdown_artifact(key="robust-rlhf-report", markdown=report_markdown(Path(repo)),
-                                 description="The study's report and headline table")
+        create_markdown_artifact(
+            key="robust-rlhf-report",
+            markdown=report_markdown(Path(repo)),
+            description="The study's report and headline table",
+        )
     return results
 
 

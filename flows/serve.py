@@ -41,8 +41,9 @@ def pipeline_schedules(schedule: ScheduleParams) -> list[Schedule]:
     return []
 
 
-def schedule_from_flags(schedule: ScheduleParams, cron: str | None, interval_minutes: float | None,
-                        unscheduled: bool) -> ScheduleParams:
+def schedule_from_flags(
+    schedule: ScheduleParams, cron: str | None, interval_minutes: float | None, unscheduled: bool
+) -> ScheduleParams:
     """Command-line flags over params: --cron or --interval-minutes replaces the params' schedule,
     --no-schedule removes it."""
     if unscheduled:
@@ -61,8 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     when.add_argument("--no-schedule", action="store_true", help="the pipeline runs on demand only")
     parser.add_argument("--methods", default=None, help="comma-separated methods the scheduled pipeline runs")
     parser.add_argument("--work-pool", default=None, help="register on this work pool instead of serving here")
-    parser.add_argument("--source", default=None, help="with --work-pool: where workers get the code (a git URL "
-                        "or a path they can read; default: --repo)")
+    parser.add_argument(
+        "--source",
+        default=None,
+        help="with --work-pool: where workers get the code (a git URL or a path they can read; default: --repo)",
+    )
     args = parser.parse_args(argv)
 
     repo = Path(args.repo).resolve()
@@ -74,19 +78,41 @@ def main(argv: list[str] | None = None) -> None:
     pipeline_parameters = {"repo": run_in, "methods": methods}
     description = f"robust-rlhf on {repo}; schedule from orchestration.schedule in params.yaml"
     if args.work_pool is None:
-        serve(pipeline.to_deployment(PIPELINE_DEPLOYMENT, schedules=pipeline_schedules(schedule),
-                                     parameters=pipeline_parameters, description=description, tags=["robust-rlhf"]),
-              sweep.to_deployment(SWEEP_DEPLOYMENT, parameters={"repo": run_in}, tags=["robust-rlhf"],
-                                  description="One DVC experiment per (method, lambda, seed), run on demand"))
+        serve(
+            pipeline.to_deployment(
+                PIPELINE_DEPLOYMENT,
+                schedules=pipeline_schedules(schedule),
+                parameters=pipeline_parameters,
+                description=description,
+                tags=["robust-rlhf"],
+            ),
+            sweep.to_deployment(
+                SWEEP_DEPLOYMENT,
+                parameters={"repo": run_in},
+                tags=["robust-rlhf"],
+                description="One DVC experiment per (method, lambda, seed), run on demand",
+            ),
+        )
         return
     source = args.source or str(repo)
     for flow_object, entrypoint, name, parameters, schedules in (
-            (pipeline, "flows/pipeline.py:pipeline", PIPELINE_DEPLOYMENT, pipeline_parameters,
-             pipeline_schedules(schedule)),
-            (sweep, "flows/sweep.py:sweep", SWEEP_DEPLOYMENT, {"repo": run_in}, [])):
+        (
+            pipeline,
+            "flows/pipeline.py:pipeline",
+            PIPELINE_DEPLOYMENT,
+            pipeline_parameters,
+            pipeline_schedules(schedule),
+        ),
+        (sweep, "flows/sweep.py:sweep", SWEEP_DEPLOYMENT, {"repo": run_in}, []),
+    ):
         flow_object.from_source(source=source, entrypoint=entrypoint).deploy(
-            name=name, work_pool_name=args.work_pool, parameters=parameters, schedules=schedules,
-            tags=["robust-rlhf"], print_next_steps=False)
+            name=name,
+            work_pool_name=args.work_pool,
+            parameters=parameters,
+            schedules=schedules,
+            tags=["robust-rlhf"],
+            print_next_steps=False,
+        )
         print(f"deployed {flow_object.name}/{name} on work pool {args.work_pool} (source {source})")
 
 

@@ -110,8 +110,13 @@ def experiment_rows(exp_show: list[dict], names: set[str]) -> dict[str, dict]:
 
 def comparison_row(point: SweepPoint, name: str, status: str, experiment: dict | None) -> dict:
     """One table row: the point, its DVC status and the method's gold/proxy/KL from evaluate."""
-    row: dict[str, object] = {"experiment": name, "method": point.method,
-                              "lambda": "-" if point.lam is None else point.lam, "seed": point.seed, "status": status}
+    row: dict[str, object] = {
+        "experiment": name,
+        "method": point.method,
+        "lambda": "-" if point.lam is None else point.lam,
+        "seed": point.seed,
+        "status": status,
+    }
     metrics = (experiment or {}).get("metrics", {}).get(f"metrics/eval/{point.method}.json", {})
     for key in TABLE_METRICS:
         value = metrics.get(key)
@@ -120,9 +125,13 @@ def comparison_row(point: SweepPoint, name: str, status: str, experiment: dict |
 
 
 def _dvc(repo: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([dvc_executable(), *args], cwd=repo, env=stage_environment(), capture_output=True, text=True)
+    result = subprocess.run(
+        [dvc_executable(), *args], cwd=repo, env=stage_environment(), capture_output=True, text=True
+    )
     if check and result.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
+        raise RuntimeError(
+            f"dvc {' '.join(args)} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -141,8 +150,12 @@ def run_queue(repo: str, max_parallel: int) -> dict[str, str]:
     """Run every queued experiment, `max_parallel` at a time (DVC's queue workers), until none is
     left; return each experiment's final status."""
     result = _dvc(repo, "exp", "run", "--run-all", "--jobs", str(max_parallel), check=False)
-    run_logger().info("dvc exp run --run-all --jobs %d exited with %d\n%s", max_parallel, result.returncode,
-                   (result.stdout + result.stderr)[-3000:])
+    run_logger().info(
+        "dvc exp run --run-all --jobs %d exited with %d\n%s",
+        max_parallel,
+        result.returncode,
+        (result.stdout + result.stderr)[-3000:],
+    )
     return parse_queue_status(_dvc(repo, "queue", "status").stdout)
 
 
@@ -162,16 +175,25 @@ def _sweep_id() -> str:
 
 
 @flow(name="robust-rlhf-sweep", flow_run_name=lambda: _sweep_id())
-def sweep(repo: str = ".", methods: list[str] | None = None, lambdas: list[float] | None = None,
-          seeds: list[int] | None = None, max_parallel: int | None = None) -> list[dict]:
+def sweep(
+    repo: str = ".",
+    methods: list[str] | None = None,
+    lambdas: list[float] | None = None,
+    seeds: list[int] | None = None,
+    max_parallel: int | None = None,
+) -> list[dict]:
     """Queue one DVC experiment per (method, lambda, seed), run the queue with at most `max_parallel`
     at once (default: orchestration.sweep_max_parallel), and publish the comparison table.
 
     Defaults: every method in params.yaml, lambda = the params' value, seeds = `ppo_seeds`.
     """
     params = load_params(Path(repo) / "params.yaml")
-    points = sweep_points(params, methods or list(params.methods), lambdas or [params.aggregation.brme_lambda],
-                          seeds or list(params.ppo_seeds))
+    points = sweep_points(
+        params,
+        methods or list(params.methods),
+        lambdas or [params.aggregation.brme_lambda],
+        seeds or list(params.ppo_seeds),
+    )
     sweep_id = _sweep_id()
     names = {point: point.experiment_name(sweep_id) for point in points}
     for point, name in names.items():
@@ -181,11 +203,16 @@ def sweep(repo: str = ".", methods: list[str] | None = None, lambdas: list[float
         collect_experiment(repo, name, statuses.get(name, "Missing"))
     shown = json.loads(_dvc(repo, "exp", "show", "--json", "--no-pager").stdout)
     experiments = experiment_rows(shown, set(names.values()))
-    table = [comparison_row(point, name, statuses.get(name, "Missing"), experiments.get(name))
-             for point, name in names.items()]
-    create_table_artifact(key=re.sub(r"[^a-z0-9-]", "-", f"{sweep_id}-comparison"), table=table,
-                          description=f"Sweep {sweep_id}: gold and proxy reward per DVC experiment "
-                                      "(metrics/eval/<method>.json); `dvc exp show` has every metric.")
+    table = [
+        comparison_row(point, name, statuses.get(name, "Missing"), experiments.get(name))
+        for point, name in names.items()
+    ]
+    create_table_artifact(
+        key=re.sub(r"[^a-z0-9-]", "-", f"{sweep_id}-comparison"),
+        table=table,
+        description=f"Sweep {sweep_id}: gold and proxy reward per DVC experiment "
+        "(metrics/eval/<method>.json); `dvc exp show` has every metric.",
+    )
     failed = [row["experiment"] for row in table if row["status"] != "Success"]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(table)} experiments failed: {failed}; see `dvc queue logs <name>`")
@@ -208,8 +235,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default=None, help="comma-separated PPO seeds; default: ppo_seeds")
     parser.add_argument("--max-parallel", type=int, default=None, help="experiments at once (DVC queue workers)")
     args = parser.parse_args(argv)
-    table = sweep(repo=str(Path(args.repo).resolve()), methods=args.methods.split(",") if args.methods else None,
-                  lambdas=_floats(args.lambdas), seeds=_ints(args.seeds), max_parallel=args.max_parallel)
+    table = sweep(
+        repo=str(Path(args.repo).resolve()),
+        methods=args.methods.split(",") if args.methods else None,
+        lambdas=_floats(args.lambdas),
+        seeds=_ints(args.seeds),
+        max_parallel=args.max_parallel,
+    )
     columns = list(table[0]) if table else []
     print("\t".join(columns))
     for row in table:

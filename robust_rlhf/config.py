@@ -31,20 +31,20 @@ class _Section(BaseModel):
 
 # Upper bounds: generous limits that no real run (a multi-GPU one included) comes near, so a value past
 # one is a typo (an extra zero, 1e4 for 1e-4), refused before any work rather than run for days or OOM.
-MAX_TOKENS = 65_536            # token lengths: prompts, responses, RM inputs (64k, past any model here)
-MAX_BATCH = 65_536             # any batch size (per micro-batch, rollout or generation batch)
-MAX_ACCUMULATION = 4_096       # gradient accumulation steps
-MAX_PPO_STEPS = 1_000_000      # PPO iterations (InstructGPT-scale runs use ~10^3-10^4)
-MAX_EPOCHS = 10_000            # epochs over a dataset (reward models) or over a rollout (PPO)
-MAX_LEARNING_RATE = 1.0        # Adam(W) steps; real runs use 1e-6 .. 1e-2
-MAX_TEMPERATURE = 10.0         # sampling temperature; past ~2 samples are noise
-MAX_COUNT = 10_000_000         # pairs, prompts, samples, resamples
-MAX_COEF = 1_000.0             # weights and scales of loss terms, penalties and priors
-MAX_HEADS = 1_024              # reward heads or ensemble members
-MAX_SEED = 2**31 - 1           # numpy seeds must be < 2**32; derived seeds (seed * 1000 + i) stay in torch's range
-MAX_PROCESSES = 65_536         # GPUs per node, nodes, parallel workers
-SECONDS_PER_DAY = 86_400.0     # the longest retry delay
-MINUTES_PER_YEAR = 525_600.0   # the longest schedule interval or flow timeout
+MAX_TOKENS = 65_536  # token lengths: prompts, responses, RM inputs (64k, past any model here)
+MAX_BATCH = 65_536  # any batch size (per micro-batch, rollout or generation batch)
+MAX_ACCUMULATION = 4_096  # gradient accumulation steps
+MAX_PPO_STEPS = 1_000_000  # PPO iterations (InstructGPT-scale runs use ~10^3-10^4)
+MAX_EPOCHS = 10_000  # epochs over a dataset (reward models) or over a rollout (PPO)
+MAX_LEARNING_RATE = 1.0  # Adam(W) steps; real runs use 1e-6 .. 1e-2
+MAX_TEMPERATURE = 10.0  # sampling temperature; past ~2 samples are noise
+MAX_COUNT = 10_000_000  # pairs, prompts, samples, resamples
+MAX_COEF = 1_000.0  # weights and scales of loss terms, penalties and priors
+MAX_HEADS = 1_024  # reward heads or ensemble members
+MAX_SEED = 2**31 - 1  # numpy seeds must be < 2**32; derived seeds (seed * 1000 + i) stay in torch's range
+MAX_PROCESSES = 65_536  # GPUs per node, nodes, parallel workers
+SECONDS_PER_DAY = 86_400.0  # the longest retry delay
+MINUTES_PER_YEAR = 525_600.0  # the longest schedule interval or flow timeout
 
 CROSS_FIELD = "cross_field"  # pydantic error type of a check across fields (see cross_field_error)
 
@@ -88,30 +88,38 @@ class ColumnMapping(_Section):
 class SourceParams(_Section):
     """Preference data from a hub dataset or local files (prepare.task: preference_data)."""
 
-    kind: Literal["hub", "files"] = Field(description="hub: datasets.load_dataset (or a save_to_disk folder); "
-                                          "files: local JSONL/JSON/CSV/Parquet files.")
+    kind: Literal["hub", "files"] = Field(
+        description="hub: datasets.load_dataset (or a save_to_disk folder); files: local JSONL/JSON/CSV/Parquet files."
+    )
     name: str | None = Field(None, description="hub: the dataset name, or a folder written by save_to_disk.")
     config: str | None = Field(None, description="hub: the dataset config (subset).")
     split: str = Field("train", description="hub: the split to read.")
     revision: str | None = Field(None, description="hub: a git revision (tag, branch or commit) to pin.")
     files: list[str] = Field([], description="files: paths of the files, read in order.")
     layout: Literal["columns", "conversation_pair", "messages"] = Field(
-        "columns", description="columns: prompt/chosen/rejected text columns; conversation_pair: HH-RLHF "
-        "style conversations sharing the prompt; messages: role/content message lists.")
+        "columns",
+        description="columns: prompt/chosen/rejected text columns; conversation_pair: HH-RLHF "
+        "style conversations sharing the prompt; messages: role/content message lists.",
+    )
     columns: ColumnMapping = ColumnMapping()
     max_text_tokens: int = Field(512, ge=1, le=MAX_TOKENS, description="Token limit of a prompt or response.")
     too_long: Literal["reject", "truncate"] = Field("reject", description="What happens to a text over the limit.")
-    max_reject_fraction: float = Field(0.1, ge=0.0, le=1.0,
-                                       description="Above this fraction of rejected rows the stage fails.")
+    max_reject_fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="Above this fraction of rejected rows the stage fails."
+    )
 
     @model_validator(mode="after")
-    def _source_named(self) -> "SourceParams":
+    def _source_named(self) -> SourceParams:
         if self.kind == "hub" and not self.name:
-            raise cross_field_error("a hub source needs the dataset name (or a save_to_disk folder)", "name",
-                                    {"kind": self.kind, "name": self.name})
+            raise cross_field_error(
+                "a hub source needs the dataset name (or a save_to_disk folder)",
+                "name",
+                {"kind": self.kind, "name": self.name},
+            )
         if self.kind == "files" and not self.files:
-            raise cross_field_error("a files source needs at least one file", "files",
-                                    {"kind": self.kind, "files": self.files})
+            raise cross_field_error(
+                "a files source needs at least one file", "files", {"kind": self.kind, "files": self.files}
+            )
         return self
 
 
@@ -125,10 +133,12 @@ class StatisticsParams(_Section):
 class PrepareParams(_Section):
     task: Literal["synthetic_gold", "preference_data"] = Field(
         description="synthetic_gold: the offline task of docs/study.md#task-and-gold (pairs sampled "
-        "from the policy, labelled by the gold scorer); preference_data: pairs read from `source`.")
+        "from the policy, labelled by the gold scorer); preference_data: pairs read from `source`."
+    )
     source: SourceParams | None = Field(None, description="Where preference_data reads its pairs.")
     num_train_pairs: int = Field(
-        ge=2, le=MAX_COUNT, description="Preference pairs in the train split (preference_data: at most).")
+        ge=2, le=MAX_COUNT, description="Preference pairs in the train split (preference_data: at most)."
+    )
     num_val_pairs: int = Field(ge=2, le=MAX_COUNT, description="Preference pairs in the val split.")
     num_test_pairs: int = Field(ge=2, le=MAX_COUNT, description="Preference pairs in the test split.")
     num_ppo_prompts: int = Field(ge=1, le=MAX_COUNT, description="Prompts for PPO rollouts.")
@@ -143,17 +153,21 @@ class PrepareParams(_Section):
     temperature: float = Field(gt=0, le=MAX_TEMPERATURE, description="Sampling temperature of the initial policy.")
     batch_size: int = Field(ge=1, le=MAX_BATCH, description="Generation batch size.")
     num_shift_samples: int = Field(
-        ge=0, le=MAX_COUNT,
+        ge=0,
+        le=MAX_COUNT,
         description="synthetic_gold: responses sampled at `shift_temperature` for the val prompts, an "
-        "off-distribution set on which train_reward measures head disagreement (0: none).")
+        "off-distribution set on which train_reward measures head disagreement (0: none).",
+    )
     shift_temperature: float = Field(
-        gt=0, le=MAX_TEMPERATURE, description="Sampling temperature of the shifted responses.")
+        gt=0, le=MAX_TEMPERATURE, description="Sampling temperature of the shifted responses."
+    )
 
     @model_validator(mode="after")
-    def _source_for_preference_data(self) -> "PrepareParams":
+    def _source_for_preference_data(self) -> PrepareParams:
         if self.task == "preference_data" and self.source is None:
-            raise cross_field_error("task preference_data needs a source (hub or files)", "source",
-                                    {"task": self.task, "source": None})
+            raise cross_field_error(
+                "task preference_data needs a source (hub or files)", "source", {"task": self.task, "source": None}
+            )
         return self
 
 
@@ -162,12 +176,15 @@ class GoldParams(_Section):
 
     name: Literal["lexicon", "composite"] = Field(
         description="lexicon: word-list sentiment - repetition (no model); composite: VADER sentiment + "
-        "fluency under the initial policy - bigram repetition.")
+        "fluency under the initial policy - bigram repetition."
+    )
     fluency_weight: float = Field(ge=0, le=MAX_COEF, description="composite: weight of the fluency facet.")
     fluency_scale: float = Field(
-        gt=0, le=MAX_COEF, description="composite: fluency = clamp(mean logprob / scale + 1, -1, 1).")
+        gt=0, le=MAX_COEF, description="composite: fluency = clamp(mean logprob / scale + 1, -1, 1)."
+    )
     repetition_weight: float = Field(
-        ge=0, le=MAX_COEF, description="composite: weight of the bigram-repetition penalty.")
+        ge=0, le=MAX_COEF, description="composite: weight of the bigram-repetition penalty."
+    )
 
 
 class Stage1Params(_Section):
@@ -177,10 +194,12 @@ class Stage1Params(_Section):
     gradient_accumulation_steps: int = Field(ge=1, le=MAX_ACCUMULATION, description="Micro-batches per optimizer step.")
     weight_decay: float = Field(ge=0, le=MAX_COEF, description="AdamW's decoupled weight decay.")
     l2_coef: float = Field(
-        ge=0, le=MAX_COEF,
+        ge=0,
+        le=MAX_COEF,
         description="lambda of the L2 penalty 0.5 lambda ||w||^2 (per pair) on the reward heads' weights "
         "with a frozen backbone (stage 1 and the ensemble's members): fewer noisy pairs than twice the feature "
-        "dimension are linearly separable, so an unpenalised linear head fits the flipped labels.")
+        "dimension are linearly separable, so an unpenalised linear head fits the flipped labels.",
+    )
 
 
 class Stage2Params(_Section):
@@ -191,15 +210,20 @@ class Stage2Params(_Section):
         "frozen backbone: every head becomes the stage-1 head; kept to show it)."
     )
     prior_scale: float = Field(
-        ge=0, le=MAX_COEF,
+        ge=0,
+        le=MAX_COEF,
         description="Anchored-ensemble prior (Pearce et al. 2018): each head starts at, and is pulled "
         "toward, its own random anchor around the stage-1 head, whose spread moves a head's reward on the training "
-        "responses by prior_scale x the stage-1 reward's std. 0: no anchors (random init with head_init_std).")
+        "responses by prior_scale x the stage-1 reward's std. 0: no anchors (random init with head_init_std).",
+    )
     noise_floor: float = Field(
-        gt=0, le=10.0, description="s0 in the Thurstone likelihood Phi((mu_c - mu_r) / sqrt(sigma_c^2 + "
+        gt=0,
+        le=10.0,
+        description="s0 in the Thurstone likelihood Phi((mu_c - mu_r) / sqrt(sigma_c^2 + "
         "sigma_r^2 + s0^2)). 1.702, where Phi(x / 1.702) ~ sigmoid(x): at sigma = 0 a head is a Bradley-Terry "
         "model, and sigma > 0 says a response's label is noisier than that (it cannot make a head sharper, so "
-        "sigma cannot collapse to buy confidence the anchored prior refuses the means).")
+        "sigma cannot collapse to buy confidence the anchored prior refuses the means).",
+    )
     epochs: int = Field(ge=1, le=MAX_EPOCHS)
     learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE)
     micro_batch_size: int = Field(ge=1, le=MAX_BATCH, description="Pairs per micro-batch.")
@@ -212,21 +236,27 @@ class Stage2Params(_Section):
 
 class TrainRewardParams(_Section):
     seed: int = Field(
-        ge=0, le=MAX_SEED, description="Seed of the reward models (head inits and anchors, bootstrap resamples, "
-        "batch order), apart from the data seed, so a reward model's draw can be varied alone.")
+        ge=0,
+        le=MAX_SEED,
+        description="Seed of the reward models (head inits and anchors, bootstrap resamples, "
+        "batch order), apart from the data seed, so a reward model's draw can be varied alone.",
+    )
     finetune_backbone: bool = Field(
         description="true: stage 1 and every ensemble member fine-tune the backbone (members seeds apart, as "
         "Coste et al.). false: the backbone stays as pretrained; its features of the training pairs are computed "
         "once and stage 1, the BRME's heads and the members (each on its own bootstrap resample) are linear "
-        "heads on them.")
+        "heads on them."
+    )
     member_normalization: Literal["standardize", "center", "none"] = Field(
         description="Each ensemble member's rewards mapped to mean 0 (center) and std 1 "
-        "(standardize) on the training responses before any aggregation; the BRME's heads are always centred.")
+        "(standardize) on the training responses before any aggregation; the BRME's heads are always centred."
+    )
     num_heads: int = Field(ge=1, le=MAX_HEADS, description="k, the Gaussian heads of the BRME (the paper: 5).")
     ensemble_size: int = Field(
-        ge=0, le=MAX_HEADS,
+        ge=0,
+        le=MAX_HEADS,
         description="Independent Bradley-Terry reward models that differ only by seed (Coste et al.: "
-        "5), for the `ensemble` reward model; 0 trains none."
+        "5), for the `ensemble` reward model; 0 trains none.",
     )
     sigma_min: float = Field(gt=0, le=MAX_COEF, description="sigma_i = softplus(s_i) + sigma_min.")
     head_init_std: float = Field(gt=0, le=MAX_COEF, description="Std of each head's own random init.")
@@ -235,14 +265,18 @@ class TrainRewardParams(_Section):
     )
     max_length: int = Field(ge=8, le=MAX_TOKENS, description="Tokens of prompt + response seen by the RM.")
     checkpoint_every: int = Field(
-        ge=1, le=MAX_COUNT,
+        ge=1,
+        le=MAX_COUNT,
         description="Save a resume checkpoint every N optimizer steps of each training phase (stage 1, "
-        "stage 2, each ensemble member) and at the end of each phase; a killed run goes on from the last one."
+        "stage 2, each ensemble member) and at the end of each phase; a killed run goes on from the last one.",
     )
     min_val_accuracy: float = Field(
-        ge=0, lt=1, description="Stop (exit 2) when the single RM's, the BRME's or the ensemble's mean val accuracy "
+        ge=0,
+        lt=1,
+        description="Stop (exit 2) when the single RM's, the BRME's or the ensemble's mean val accuracy "
         "on the labels is at or below this after training (0.5 is chance): such a reward model gives PPO nothing "
-        "to learn from. A check, not a param of what is trained.")
+        "to learn from. A check, not a param of what is trained.",
+    )
     stage1: Stage1Params
     stage2: Stage2Params
 
@@ -252,7 +286,8 @@ class AggregationParams(_Section):
     has one; ppo optimises and logs them, evaluate scores with them. Validated here only."""
 
     brme_lambda: float = Field(
-        ge=0.0, le=1.0,
+        ge=0.0,
+        le=1.0,
         description="lambda of brme = lambda * nominal + (1 - lambda) * min; 1 = nominal-only, 0 = worst case.",
     )
     uwo_coef: float = Field(ge=0, le=MAX_COEF, description="c in uwo = mean - c * var (Coste et al.: 0.5, 0.1).")
@@ -269,30 +304,41 @@ class MethodParams(_Section):
         description="brme: the BRME's k Gaussian heads; single: the BRME's stage-1 Bradley-Terry RM (one "
         "head, ordinary RLHF); ensemble: the independent reward models (Coste et al.)."
     )
-    aggregation: AggregationName = Field(description="Aggregation of the reward model's heads (robust_rlhf/reward/aggregation.py).")
+    aggregation: AggregationName = Field(
+        description="Aggregation of the reward model's heads (robust_rlhf/reward/aggregation.py)."
+    )
 
     @model_validator(mode="after")
-    def _aggregation_fits_reward_model(self) -> "MethodParams":
+    def _aggregation_fits_reward_model(self) -> MethodParams:
         # The pair is wrong, not one field: the error names the method and shows both values.
         pair = {"reward_model": self.reward_model, "aggregation": self.aggregation}
         if (self.aggregation == "single") != (self.reward_model == "single"):
             raise cross_field_error("aggregation `single` goes with reward_model `single`, and only with it", "", pair)
         if self.aggregation in ("nominal", "brme") and self.reward_model != "brme":
-            raise cross_field_error(f"aggregation `{self.aggregation}` needs the BRME's sigmas: reward_model `brme`",
-                                    "", pair)
+            raise cross_field_error(
+                f"aggregation `{self.aggregation}` needs the BRME's sigmas: reward_model `brme`", "", pair
+            )
         return self
 
 
 class PPOGuards(_Section):
-    """What a diverged PPO run looks like (robust_rlhf/runtime/guards.py): crossing one stops the stage with exit code 2,
-    naming the step and the quantity, and keeps the last good checkpoint. Checks, not params of what
-    is trained."""
+    """What a diverged PPO run looks like (robust_rlhf/runtime/guards.py): crossing one stops the stage
+    with exit code 2, naming the step and the quantity, and keeps the last good checkpoint. Checks, not
+    params of what is trained."""
 
-    max_kl: float = Field(gt=0, le=MAX_COEF * MAX_TOKENS, description="Largest sequence KL to the reference (nats, k3 summed) a step's "
-                          "rollout may have.")
-    min_entropy: float = Field(ge=0, le=MAX_COEF, description="Smallest mean per-token entropy (nats) of the policy on a rollout.")
-    max_weight_norm_ratio: float = Field(gt=1, le=MAX_COEF, description="Largest ratio of the actor's weight norm to its "
-                                         "initial norm after an optimizer step.")
+    max_kl: float = Field(
+        gt=0,
+        le=MAX_COEF * MAX_TOKENS,
+        description="Largest sequence KL to the reference (nats, k3 summed) a step's rollout may have.",
+    )
+    min_entropy: float = Field(
+        ge=0, le=MAX_COEF, description="Smallest mean per-token entropy (nats) of the policy on a rollout."
+    )
+    max_weight_norm_ratio: float = Field(
+        gt=1,
+        le=MAX_COEF,
+        description="Largest ratio of the actor's weight norm to its initial norm after an optimizer step.",
+    )
 
 
 class PPOParams(_Section):
@@ -303,18 +349,26 @@ class PPOParams(_Section):
     ppo_epochs: int = Field(ge=1, le=MAX_EPOCHS, description="Optimisation epochs over each rollout.")
     learning_rate: float = Field(gt=0, le=MAX_LEARNING_RATE, description="Actor learning rate.")
     critic_learning_rate: float = Field(
-        gt=0, le=MAX_LEARNING_RATE, description="Learning rate of the separate critic (value_model: separate).")
+        gt=0, le=MAX_LEARNING_RATE, description="Learning rate of the separate critic (value_model: separate)."
+    )
     weight_decay: float = Field(
-        ge=0, le=MAX_COEF, description="AdamW's decoupled weight decay of the actor and the critic (InstructGPT and "
-        "Coste et al.: none, the KL penalty is the regulariser).")
+        ge=0,
+        le=MAX_COEF,
+        description="AdamW's decoupled weight decay of the actor and the critic (InstructGPT and "
+        "Coste et al.: none, the KL penalty is the regulariser).",
+    )
     value_model: Literal["separate", "shared"] = Field(
         description="The critic. `separate`: a second copy of the policy's backbone with a value head and its "
-        "own optimizer (critic_learning_rate), as InstructGPT and Coste et al. `shared`: a value head on the actor's own "
-        "backbone, trained through the actor's loss (policy loss + value_loss_coef * value loss): one model, one "
-        "forward and one backward instead of two, at the price of the value loss's gradient also moving the policy.")
+        "own optimizer (critic_learning_rate), as InstructGPT and Coste et al. `shared`: a value head on the "
+        "actor's own backbone, trained through the actor's loss (policy loss + value_loss_coef * value loss): "
+        "one model, one forward and one backward instead of two, at the price of the value loss's gradient also "
+        "moving the policy."
+    )
     value_loss_coef: float = Field(
-        gt=0, le=MAX_COEF, description="Weight of the value loss in the actor's loss when "
-        "value_model is shared (unused when separate).")
+        gt=0,
+        le=MAX_COEF,
+        description="Weight of the value loss in the actor's loss when value_model is shared (unused when separate).",
+    )
     kl_coef: float = Field(ge=0, le=MAX_COEF, description="beta of the per-token KL penalty to the reference.")
     clip_range: float = Field(gt=0, le=MAX_COEF, description="epsilon of the clipped policy ratio.")
     clip_range_value: float = Field(gt=0, le=MAX_COEF, description="Clip of the value update around the old values.")
@@ -327,11 +381,16 @@ class PPOParams(_Section):
         "`reference` by the initial policy's reward mean/std on the PPO prompts, `running` by running moments."
     )
     checkpoint_every: int = Field(
-        ge=1, le=MAX_PPO_STEPS, description="Save the policy every N PPO steps (and after the last): the "
-        "points of the study's curves.")
+        ge=1,
+        le=MAX_PPO_STEPS,
+        description="Save the policy every N PPO steps (and after the last): the points of the study's curves.",
+    )
     resume_every: int = Field(
-        ge=1, le=MAX_PPO_STEPS, description="Save a resume state (actor, critic, optimizer states, RNGs) every N "
-        "PPO steps; a killed run goes on from the last one. Not a param of what is trained.")
+        ge=1,
+        le=MAX_PPO_STEPS,
+        description="Save a resume state (actor, critic, optimizer states, RNGs) every N "
+        "PPO steps; a killed run goes on from the last one. Not a param of what is trained.",
+    )
     guards: PPOGuards
 
     @property
@@ -340,34 +399,48 @@ class PPOParams(_Section):
         return self.micro_batch_size * self.gradient_accumulation_steps
 
     @model_validator(mode="after")
-    def _rollout_splits_into_optimizer_steps(self) -> "PPOParams":
+    def _rollout_splits_into_optimizer_steps(self) -> PPOParams:
         # Otherwise the last micro-batches of an epoch would leave a partial gradient accumulation.
         if self.rollout_batch_size % self.minibatch_size:
             raise cross_field_error(
                 f"rollout_batch_size must be a multiple of micro_batch_size * gradient_accumulation_steps "
-                f"({self.minibatch_size})", "rollout_batch_size",
-                {"rollout_batch_size": self.rollout_batch_size, "micro_batch_size": self.micro_batch_size,
-                 "gradient_accumulation_steps": self.gradient_accumulation_steps})
+                f"({self.minibatch_size})",
+                "rollout_batch_size",
+                {
+                    "rollout_batch_size": self.rollout_batch_size,
+                    "micro_batch_size": self.micro_batch_size,
+                    "gradient_accumulation_steps": self.gradient_accumulation_steps,
+                },
+            )
         return self
 
 
 class EvaluateParams(_Section):
     samples_per_prompt: int = Field(
-        ge=1, le=MAX_BATCH, description="Responses sampled per held-out prompt, for the initial "
-        "policy and every final checkpoint (the headline, paired comparisons).")
+        ge=1,
+        le=MAX_BATCH,
+        description="Responses sampled per held-out prompt, for the initial "
+        "policy and every final checkpoint (the headline, paired comparisons).",
+    )
     curve_prompts: int = Field(
-        ge=1, le=MAX_COUNT, description="The first N held-out prompts evaluate every earlier checkpoint "
+        ge=1,
+        le=MAX_COUNT,
+        description="The first N held-out prompts evaluate every earlier checkpoint "
         "(the PPO curves); the final checkpoint and the initial policy's points of the curves "
-        "are their rows on the same prompts.")
+        "are their rows on the same prompts.",
+    )
     max_new_tokens: int = Field(ge=1, le=MAX_TOKENS)
     temperature: float = Field(gt=0, le=MAX_TEMPERATURE, description="Sampling temperature.")
     batch_size: int = Field(ge=1, le=MAX_BATCH, description="Generation and scoring batch size.")
     best_of_n: int = Field(
-        ge=1, le=MAX_BATCH,
+        ge=1,
+        le=MAX_BATCH,
         description="N of the best-of-n study: samples per prompt from the initial policy, picked by each "
-        "method's reward for n on a grid up to N.")
+        "method's reward for n on a grid up to N.",
+    )
     best_of_n_prompts: int = Field(
-        ge=1, le=MAX_COUNT, description="The first N held-out prompts of the best-of-n study.")
+        ge=1, le=MAX_COUNT, description="The first N held-out prompts of the best-of-n study."
+    )
 
 
 class LauncherParams(_Section):
@@ -375,11 +448,16 @@ class LauncherParams(_Section):
     through the `deepspeed` launcher, which starts them with RANK/WORLD_SIZE set."""
 
     num_gpus: int = Field(
-        ge=1, le=MAX_PROCESSES, description="Processes per node: one per GPU (CPU processes on DeepSpeed's "
-        "CPU accelerator, where it also sets LOCAL_SIZE).")
+        ge=1,
+        le=MAX_PROCESSES,
+        description="Processes per node: one per GPU (CPU processes on DeepSpeed's "
+        "CPU accelerator, where it also sets LOCAL_SIZE).",
+    )
     num_nodes: int = Field(ge=1, le=MAX_PROCESSES, description="Nodes to use; > 1 needs `hostfile`.")
-    hostfile: str | None = Field(description="A DeepSpeed hostfile (`host slots=N` per line) for multi-node "
-                                 "runs (null: one node); the launcher reaches the other hosts over ssh (pdsh).")
+    hostfile: str | None = Field(
+        description="A DeepSpeed hostfile (`host slots=N` per line) for multi-node "
+        "runs (null: one node); the launcher reaches the other hosts over ssh (pdsh)."
+    )
     master_addr: str | None = Field(description="Rank 0's address for multi-node runs (null: the first host).")
     master_port: int | None = Field(ge=1024, le=65535, description="Rendezvous port; null picks a free one.")
 
@@ -388,10 +466,13 @@ class LauncherParams(_Section):
         return self.num_gpus * self.num_nodes
 
     @model_validator(mode="after")
-    def _nodes_need_a_hostfile(self) -> "LauncherParams":
+    def _nodes_need_a_hostfile(self) -> LauncherParams:
         if self.num_nodes > 1 and self.hostfile is None:
-            raise cross_field_error("num_nodes > 1 needs a hostfile (the hosts to launch on)", "hostfile",
-                                    {"num_nodes": self.num_nodes, "hostfile": None})
+            raise cross_field_error(
+                "num_nodes > 1 needs a hostfile (the hosts to launch on)",
+                "hostfile",
+                {"num_nodes": self.num_nodes, "hostfile": None},
+            )
         return self
 
 
@@ -403,10 +484,13 @@ class ScheduleParams(_Section):
     timezone: str = Field(description="Timezone of the cron schedule.")
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "ScheduleParams":
+    def _one_kind(self) -> ScheduleParams:
         if self.cron is not None and self.interval_minutes is not None:
-            raise cross_field_error("set cron or interval_minutes, not both", "interval_minutes",
-                                    {"cron": self.cron, "interval_minutes": self.interval_minutes})
+            raise cross_field_error(
+                "set cron or interval_minutes, not both",
+                "interval_minutes",
+                {"cron": self.cron, "interval_minutes": self.interval_minutes},
+            )
         return self
 
 
@@ -414,16 +498,22 @@ class OrchestrationParams(_Section):
     """The Prefect flows (flows/): retries, timeout, schedule, sweep concurrency. No stage reads it, so
     changing it re-runs nothing."""
 
-    task_retries: int = Field(ge=0, le=100, description="Retries of a stage that failed for a transient reason "
-                              "(bad params and bad input data are never retried).")
+    task_retries: int = Field(
+        ge=0,
+        le=100,
+        description="Retries of a stage that failed for a transient reason "
+        "(bad params and bad input data are never retried).",
+    )
     retry_delay_seconds: float = Field(
-        ge=0, le=SECONDS_PER_DAY, description="First retry delay; doubled for each later retry, "
-        "with +-20% jitter.")
+        ge=0, le=SECONDS_PER_DAY, description="First retry delay; doubled for each later retry, with +-20% jitter."
+    )
     flow_timeout_minutes: float | None = Field(
-        gt=0, le=MINUTES_PER_YEAR, description="Fail a pipeline flow run after this long (null: never).")
+        gt=0, le=MINUTES_PER_YEAR, description="Fail a pipeline flow run after this long (null: never)."
+    )
     schedule: ScheduleParams
     sweep_max_parallel: int = Field(
-        ge=1, le=MAX_PROCESSES, description="DVC experiments of a sweep run at once (queue workers).")
+        ge=1, le=MAX_PROCESSES, description="DVC experiments of a sweep run at once (queue workers)."
+    )
 
 
 RESUME_ROOT = ".resume"  # dvc.yaml's --resume folders; gitignored and dvcignored (robust_rlhf/runtime/resume.py)
@@ -443,12 +533,15 @@ class Params(_Section):
     profile: str = Field(description="Name of this parameter set, shown in reports (e.g. `tiny`).")
     seed: int = Field(ge=0, le=MAX_SEED, description="Seed of the data, the reward models and evaluation sampling.")
     ppo_seeds: list[Annotated[int, Field(le=MAX_SEED)]] = Field(
-        min_length=1, description="One PPO run per method and seed (DVC stages ppo@<method>-<seed>); "
-        "the report shows the spread over seeds when there are several.")
+        min_length=1,
+        description="One PPO run per method and seed (DVC stages ppo@<method>-<seed>); "
+        "the report shows the spread over seeds when there are several.",
+    )
     models: ModelsParams
     gold: GoldParams
     methods: dict[str, MethodParams] = Field(
-        min_length=1, description="The methods compared, by name; `dvc.yaml` runs one PPO stage per entry.")
+        min_length=1, description="The methods compared, by name; `dvc.yaml` runs one PPO stage per entry."
+    )
     deepspeed: DeepSpeedParams
     prepare: PrepareParams
     train_reward: TrainRewardParams
@@ -460,20 +553,24 @@ class Params(_Section):
     orchestration: OrchestrationParams
 
     @model_validator(mode="after")
-    def _methods_are_runnable(self) -> "Params":
+    def _methods_are_runnable(self) -> Params:
         # Checks across sections: the keys are dotted from the top level.
         if len(set(self.ppo_seeds)) != len(self.ppo_seeds) or min(self.ppo_seeds) < 0:
             raise cross_field_error("seeds must be distinct and >= 0", "ppo_seeds", {"ppo_seeds": self.ppo_seeds})
         for name, method in self.methods.items():
             if not name.replace("_", "").isalnum():
-                raise cross_field_error("a method name is letters, digits and _ (it names files)", f"methods.{name}",
-                                        {})
+                raise cross_field_error(
+                    "a method name is letters, digits and _ (it names files)", f"methods.{name}", {}
+                )
             if method.reward_model == "ensemble" and self.train_reward.ensemble_size < 2:
                 raise cross_field_error(
                     f"methods.{name} uses the ensemble; set train_reward.ensemble_size >= 2",
                     "train_reward.ensemble_size",
-                    {f"methods.{name}.reward_model": method.reward_model,
-                     "train_reward.ensemble_size": self.train_reward.ensemble_size})
+                    {
+                        f"methods.{name}.reward_model": method.reward_model,
+                        "train_reward.ensemble_size": self.train_reward.ensemble_size,
+                    },
+                )
         return self
 
 
@@ -492,16 +589,16 @@ class _ParamsLoader(yaml.SafeLoader):
     here they are floats too. A quoted "1e-4" stays a string (and is refused)."""
 
 
-_ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                                    list("-+0123456789"))
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 ERROR_VALUE_CHARS = 60  # a value quoted in an error is cut to this many characters
 
 
 def _shown(value: object) -> str:
     text = repr(value)
-    return text if len(text) <= ERROR_VALUE_CHARS else text[:ERROR_VALUE_CHARS - 3] + "..."
+    return text if len(text) <= ERROR_VALUE_CHARS else text[: ERROR_VALUE_CHARS - 3] + "..."
 
 
 def _dotted(*parts: object) -> str:

@@ -25,8 +25,15 @@ def format_prompt(tokenizer, prompt: str) -> str:
 def encode_prompts(tokenizer, prompts: list[str], *, max_prompt_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenise formatted prompts, left-padded and left-truncated. Returns ids, mask: (B, Tq)."""
     tokenizer.truncation_side = "left"  # keep the end of a long prompt, next to the response
-    batch = tokenizer([format_prompt(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
-                      padding_side="left", truncation=True, max_length=max_prompt_tokens, add_special_tokens=False)
+    batch = tokenizer(
+        [format_prompt(tokenizer, p) for p in prompts],
+        return_tensors="pt",
+        padding=True,
+        padding_side="left",
+        truncation=True,
+        max_length=max_prompt_tokens,
+        add_special_tokens=False,
+    )
     return batch["input_ids"], batch["attention_mask"]
 
 
@@ -46,16 +53,24 @@ def truncated(response_ids: torch.Tensor, response_mask: torch.Tensor, eos_token
 class SampledResponses:
     """What one batched sampling pass yields. Token tensors are (B, T)."""
 
-    ids: torch.Tensor                      # response tokens; pad after the first EOS
-    mask: torch.Tensor                     # 1 up to and including the first EOS
-    logprobs: torch.Tensor | None = None   # log pi(token) under the sampling model, from generate's own logits
+    ids: torch.Tensor  # response tokens; pad after the first EOS
+    mask: torch.Tensor  # 1 up to and including the first EOS
+    logprobs: torch.Tensor | None = None  # log pi(token) under the sampling model, from generate's own logits
     last_hidden: torch.Tensor | None = None  # (B, T, H) final hidden state of the state before each token
 
 
 @torch.inference_mode()
 def sample(
-    model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int, temperature: float,
-    eos_token_id: int, pad_token_id: int, with_logprobs: bool = False, with_hidden: bool = False,
+    model,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id: int,
+    pad_token_id: int,
+    with_logprobs: bool = False,
+    with_hidden: bool = False,
     samples_per_query: int = 1,
 ) -> SampledResponses:
     """Sample `samples_per_query` responses per query with the KV cache; rows are query-major
@@ -79,11 +94,21 @@ def sample(
         query_ids = query_ids.repeat_interleave(samples_per_query, dim=0)
         query_mask = query_mask.repeat_interleave(samples_per_query, dim=0)
     output = model.generate(
-        input_ids=query_ids, attention_mask=query_mask, do_sample=True, temperature=temperature,
-        top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-        return_dict_in_generate=True, output_logits=with_logprobs, output_hidden_states=with_hidden, **extra,
+        input_ids=query_ids,
+        attention_mask=query_mask,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        return_dict_in_generate=True,
+        output_logits=with_logprobs,
+        output_hidden_states=with_hidden,
+        **extra,
     )
-    response_ids = output.sequences[:, query_ids.shape[1]:]
+    response_ids = output.sequences[:, query_ids.shape[1] :]
     response_mask = response_mask_from_ids(response_ids, eos_token_id)
     response_ids = response_ids.masked_fill(response_mask == 0, pad_token_id)
     sampled = SampledResponses(response_ids, response_mask)
@@ -105,25 +130,51 @@ def _prefilled_cache(model, query_ids: torch.Tensor, query_mask: torch.Tensor, r
 
     cache = DynamicCache(config=model.config)
     positions = (query_mask.cumsum(dim=1) - 1).clamp_min(0)
-    model(input_ids=query_ids[:, :-1], attention_mask=query_mask[:, :-1], position_ids=positions[:, :-1],
-          cache=cache, use_cache=True)
+    model(
+        input_ids=query_ids[:, :-1],
+        attention_mask=query_mask[:, :-1],
+        position_ids=positions[:, :-1],
+        cache=cache,
+        use_cache=True,
+    )
     cache.batch_repeat_interleave(repeats)
     return cache
 
 
 def sample_responses(
-    model, query_ids: torch.Tensor, query_mask: torch.Tensor, *, max_new_tokens: int, temperature: float,
-    eos_token_id: int, pad_token_id: int, samples_per_query: int = 1,
+    model,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id: int,
+    pad_token_id: int,
+    samples_per_query: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`sample` for callers that need only the tokens. Returns response ids and mask, (B, T)."""
-    sampled = sample(model, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                     eos_token_id=eos_token_id, pad_token_id=pad_token_id, samples_per_query=samples_per_query)
+    sampled = sample(
+        model,
+        query_ids,
+        query_mask,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        samples_per_query=samples_per_query,
+    )
     return sampled.ids, sampled.mask
 
 
 def forward_response(
-    model, query_ids: torch.Tensor, query_mask: torch.Tensor, response_ids: torch.Tensor,
-    response_mask: torch.Tensor, *, with_entropy: bool = False, temperature: float = 1.0,
+    model,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities (and optionally entropies) of the response tokens under `model` at
     `temperature` (softmax(logits / T), the distribution a sampler at T draws from, as TRL does).
@@ -132,8 +183,10 @@ def forward_response(
     Position ids follow the attention mask so left padding does not shift positions (as in
     `generate`). Returns logprobs (B, T) and entropy (B, T) or None.
     """
-    logits = model(**response_inputs(query_ids, query_mask, response_ids, response_mask),
-                   logits_to_keep=response_logits_to_keep(response_ids)).logits
+    logits = model(
+        **response_inputs(query_ids, query_mask, response_ids, response_mask),
+        logits_to_keep=response_logits_to_keep(response_ids),
+    ).logits
     return response_logprobs(logits, response_ids, with_entropy=with_entropy, temperature=temperature)
 
 
@@ -144,8 +197,9 @@ def response_logits_to_keep(response_ids: torch.Tensor) -> int:
     return response_ids.shape[1] + 1
 
 
-def response_logprobs(kept_logits: torch.Tensor, response_ids: torch.Tensor, *, with_entropy: bool = False,
-                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+def response_logprobs(
+    kept_logits: torch.Tensor, response_ids: torch.Tensor, *, with_entropy: bool = False, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (B, T) of the response tokens at `temperature`, and entropies or None, from the logits
     of the last `response_logits_to_keep` positions."""
     logits = kept_logits[:, :-1, :].float() / temperature  # (B, T, V): column t predicts response token t
@@ -163,5 +217,7 @@ def response_inputs(query_ids, query_mask, response_ids, response_mask) -> dict[
 
 def decode(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
     """Response texts without padding or special tokens."""
-    return [tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip()
-            for ids, mask in zip(response_ids, response_mask)]
+    return [
+        tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip()
+        for ids, mask in zip(response_ids, response_mask)
+    ]

@@ -22,8 +22,14 @@ logger = logging.getLogger(__name__)
 TINY_POLICY = "tiny-random"
 PACKAGE_PREFIX = "package:"
 # Small enough that a PPO step takes well under a second on one CPU core.
-TINY_LLAMA_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+TINY_LLAMA_SHAPE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
 TINY_VOCAB_SIZE = 384
 
 
@@ -36,12 +42,15 @@ def build_tiny_tokenizer(corpus: list[str]):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB_SIZE, special_tokens=["<pad>", "<eos>", "<bos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=["<pad>", "<eos>", "<bos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<bos>", padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", padding_side="left"
+    )
 
 
 def build_tiny_policy(tokenizer, seed: int):
@@ -49,9 +58,14 @@ def build_tiny_policy(tokenizer, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-                         tie_word_embeddings=True, **TINY_LLAMA_SHAPE)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        tie_word_embeddings=True,
+        **TINY_LLAMA_SHAPE,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -122,8 +136,9 @@ def load_causal_lm(name_or_dir: str | Path, *, trust_remote_code: bool = False):
 
     _log_remote_code(name_or_dir, trust_remote_code)
     source, weights = _weights(name_or_dir)
-    return AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32,
-                                                **weights)
+    return AutoModelForCausalLM.from_pretrained(
+        source, trust_remote_code=trust_remote_code, dtype=torch.float32, **weights
+    )
 
 
 def load_backbone(name_or_dir: str | Path, *, trust_remote_code: bool = False):

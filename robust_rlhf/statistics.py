@@ -7,8 +7,8 @@ Davison & Hinkley 1997 §3.8). Percentile intervals at the given level.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
@@ -61,8 +61,9 @@ def percentile_interval(estimate: float, replicates: torch.Tensor, *, level: flo
     return Interval(estimate, low, high)
 
 
-def bootstrap_mean(values: torch.Tensor, clusters: torch.Tensor, *, num_resamples: int, seed: int,
-                   level: float = 0.95) -> Interval:
+def bootstrap_mean(
+    values: torch.Tensor, clusters: torch.Tensor, *, num_resamples: int, seed: int, level: float = 0.95
+) -> Interval:
     """Mean of `values` (N,) with a cluster-bootstrap interval: each replicate is the weighted mean
     sum_n w_rn v_n / sum_n w_rn under that resample's row weights."""
     values = values.double()
@@ -71,8 +72,15 @@ def bootstrap_mean(values: torch.Tensor, clusters: torch.Tensor, *, num_resample
     return percentile_interval(float(values.mean()), replicates, level=level)
 
 
-def bootstrap_ratio_of_means(numerator: torch.Tensor, denominator: torch.Tensor, clusters: torch.Tensor, *,
-                             num_resamples: int, seed: int, level: float = 0.95) -> Interval:
+def bootstrap_ratio_of_means(
+    numerator: torch.Tensor,
+    denominator: torch.Tensor,
+    clusters: torch.Tensor,
+    *,
+    num_resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> Interval:
     """mean(numerator) / mean(denominator) over the same rows (N,), resampled together by cluster."""
     numerator, denominator = numerator.double(), denominator.double()
     weights = cluster_bootstrap_weights(clusters, num_resamples=num_resamples, seed=seed)
@@ -80,15 +88,22 @@ def bootstrap_ratio_of_means(numerator: torch.Tensor, denominator: torch.Tensor,
     return percentile_interval(float(numerator.mean() / denominator.mean()), replicates, level=level)
 
 
-def bootstrap_statistic(statistic: Callable[[torch.Tensor], float], clusters: torch.Tensor, *, num_resamples: int,
-                        seed: int, level: float = 0.95) -> Interval:
+def bootstrap_statistic(
+    statistic: Callable[[torch.Tensor], float],
+    clusters: torch.Tensor,
+    *,
+    num_resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> Interval:
     """Any statistic of the rows with a cluster-bootstrap interval. `statistic(rows)` takes a (M,)
     long tensor of row indices (repeats allowed) and returns a float; the estimate is its value on
     every row once."""
     weights = cluster_bootstrap_weights(clusters, num_resamples=num_resamples, seed=seed).long()
     all_rows = torch.arange(clusters.numel())
-    replicates = torch.tensor([statistic(torch.repeat_interleave(all_rows, row_weights))
-                               for row_weights in weights], dtype=torch.float64)
+    replicates = torch.tensor(
+        [statistic(torch.repeat_interleave(all_rows, row_weights)) for row_weights in weights], dtype=torch.float64
+    )
     return percentile_interval(statistic(all_rows), replicates, level=level)
 
 
@@ -117,9 +132,16 @@ def _midranks(values: torch.Tensor) -> torch.Tensor:
     return (sums / counts)[inverse]
 
 
-def bootstrap_ratio_two_samples(numerator: torch.Tensor, numerator_clusters: torch.Tensor, denominator: torch.Tensor,
-                                denominator_clusters: torch.Tensor, *, num_resamples: int, seed: int,
-                                level: float = 0.95) -> Interval:
+def bootstrap_ratio_two_samples(
+    numerator: torch.Tensor,
+    numerator_clusters: torch.Tensor,
+    denominator: torch.Tensor,
+    denominator_clusters: torch.Tensor,
+    *,
+    num_resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> Interval:
     """mean(numerator) / mean(denominator) for two independent samples (e.g. off- and
     in-distribution responses), each resampled by its own clusters."""
     numerator, denominator = numerator.double(), denominator.double()
@@ -140,18 +162,31 @@ class ClusterBootstrap:
     seed: int
 
     def mean(self, values: torch.Tensor, labels: Sequence) -> Interval:
-        return bootstrap_mean(values, cluster_ids(labels), num_resamples=self.num_resamples, seed=self.seed,
-                              level=self.level)
+        return bootstrap_mean(
+            values, cluster_ids(labels), num_resamples=self.num_resamples, seed=self.seed, level=self.level
+        )
 
     def statistic(self, statistic: Callable[[torch.Tensor], float], labels: Sequence) -> Interval:
-        return bootstrap_statistic(statistic, cluster_ids(labels), num_resamples=self.num_resamples, seed=self.seed,
-                                   level=self.level)
+        return bootstrap_statistic(
+            statistic, cluster_ids(labels), num_resamples=self.num_resamples, seed=self.seed, level=self.level
+        )
 
-    def ratio_two_samples(self, numerator: torch.Tensor, numerator_labels: Sequence, denominator: torch.Tensor,
-                          denominator_labels: Sequence) -> Interval:
-        return bootstrap_ratio_two_samples(numerator, cluster_ids(numerator_labels), denominator,
-                                           cluster_ids(denominator_labels), num_resamples=self.num_resamples,
-                                           seed=self.seed, level=self.level)
+    def ratio_two_samples(
+        self,
+        numerator: torch.Tensor,
+        numerator_labels: Sequence,
+        denominator: torch.Tensor,
+        denominator_labels: Sequence,
+    ) -> Interval:
+        return bootstrap_ratio_two_samples(
+            numerator,
+            cluster_ids(numerator_labels),
+            denominator,
+            cluster_ids(denominator_labels),
+            num_resamples=self.num_resamples,
+            seed=self.seed,
+            level=self.level,
+        )
 
 
 @dataclass(frozen=True)
@@ -182,8 +217,9 @@ def bootstrap_p_value(replicates: torch.Tensor, *, null: float = 0.0) -> float:
     return min(1.0, 2.0 * min(below, above))
 
 
-def paired_difference(treatment: torch.Tensor, control: torch.Tensor, *, num_resamples: int, seed: int,
-                      level: float = 0.95) -> Comparison:
+def paired_difference(
+    treatment: torch.Tensor, control: torch.Tensor, *, num_resamples: int, seed: int, level: float = 0.95
+) -> Comparison:
     """Mean of treatment - control paired by (seed, prompt, sample), with a two-level bootstrap:
     prompts resampled as clusters (every sample of a drawn prompt stays), and PPO seeds resampled as
     replicates when there are two or more.
@@ -199,16 +235,19 @@ def paired_difference(treatment: torch.Tensor, control: torch.Tensor, *, num_res
     generator = torch.Generator().manual_seed(seed)
     prompt_draws = torch.randint(0, num_prompts, (num_resamples, num_prompts), generator=generator)
     prompt_weights = torch.zeros(num_resamples, num_prompts, dtype=torch.float64).scatter_add_(
-        1, prompt_draws, torch.ones_like(prompt_draws, dtype=torch.float64))
+        1, prompt_draws, torch.ones_like(prompt_draws, dtype=torch.float64)
+    )
     if num_seeds > 1:
         seed_draws = torch.randint(0, num_seeds, (num_resamples, num_seeds), generator=generator)
         seed_weights = torch.zeros(num_resamples, num_seeds, dtype=torch.float64).scatter_add_(
-            1, seed_draws, torch.ones_like(seed_draws, dtype=torch.float64))
+            1, seed_draws, torch.ones_like(seed_draws, dtype=torch.float64)
+        )
     else:
         seed_weights = torch.ones(num_resamples, 1, dtype=torch.float64)
     # replicate r: sum_k sum_p w_rk v_rp d_kp / (sum_k w_rk * sum_p v_rp)
     replicates = torch.einsum("rk,kp,rp->r", seed_weights, difference, prompt_weights) / (
-        seed_weights.sum(dim=1) * prompt_weights.sum(dim=1))
+        seed_weights.sum(dim=1) * prompt_weights.sum(dim=1)
+    )
     interval = percentile_interval(float(difference.mean()), replicates, level=level)
     return Comparison(interval.estimate, interval.low, interval.high, bootstrap_p_value(replicates))
 

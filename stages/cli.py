@@ -7,8 +7,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -18,8 +18,14 @@ from robust_rlhf.runtime.launcher import launched_by_launcher, relaunch_under_de
 from robust_rlhf.runtime.metrics import write_metrics
 
 
-def stage_main(name: str, run: Callable[..., dict], path_args: list[str], argv: list[str] | None = None,
-               extra_args: Callable[[argparse.ArgumentParser], None] | None = None, data_parallel: bool = False) -> None:
+def stage_main(
+    name: str,
+    run: Callable[..., dict],
+    path_args: list[str],
+    argv: list[str] | None = None,
+    extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
+    data_parallel: bool = False,
+) -> None:
     """Parse `--params`, `--metrics` and the stage's own path arguments, validate params before any
     work, run the stage, write its metrics atomically and print a one-line summary.
 
@@ -48,8 +54,11 @@ def stage_main(name: str, run: Callable[..., dict], path_args: list[str], argv: 
         if data_parallel:
             stage_argv = list(sys.argv[1:] if argv is None else argv)
             raise SystemExit(relaunch_under_deepspeed(params.launcher, f"stages.{name}", stage_argv))
-        logging.getLogger(__name__).info("stage %s shards no work across ranks; it runs as one process "
-                                         "(launcher.world_size=%d applies to ppo)", name, params.launcher.world_size)
+        logging.getLogger(__name__).info(
+            "stage %s shards no work across ranks; it runs as one process (launcher.world_size=%d applies to ppo)",
+            name,
+            params.launcher.world_size,
+        )
     seed_everything(params.seed)
 
     started = time.perf_counter()
@@ -75,7 +84,9 @@ def summary_line(metrics: dict, limit: int = 8) -> str:
             for key, item in value.items():
                 walk(f"{prefix}{key}/", item)
         elif isinstance(value, (int, float)) and len(flat) < limit:
-            flat.append(f"{prefix.rstrip('/')}={value:.4g}" if isinstance(value, float) else f"{prefix.rstrip('/')}={value}")
+            flat.append(
+                f"{prefix.rstrip('/')}={value:.4g}" if isinstance(value, float) else f"{prefix.rstrip('/')}={value}"
+            )
 
     for key, value in metrics.items():
         if key != "wall_seconds":

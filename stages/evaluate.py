@@ -18,15 +18,31 @@ from robust_rlhf.evaluation.run import EvaluatePaths, run_evaluate
 from stages.cli import stage_main
 
 
-def run(params: Params, *, data: Path, policy_init: Path, policies: Path, reward: Path, ensemble: Path,
-        table: Path, curves: Path, best_of_n: Path, samples: Path) -> dict:
-    return run_evaluate(params, EvaluatePaths(data, policy_init, policies, reward, ensemble, table, curves, best_of_n,
-                                              samples))
+def run(
+    params: Params,
+    *,
+    data: Path,
+    policy_init: Path,
+    policies: Path,
+    reward: Path,
+    ensemble: Path,
+    table: Path,
+    curves: Path,
+    best_of_n: Path,
+    samples: Path,
+) -> dict:
+    return run_evaluate(
+        params, EvaluatePaths(data, policy_init, policies, reward, ensemble, table, curves, best_of_n, samples)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    stage_main("evaluate", run, ["data", "policy_init", "policies", "reward", "ensemble", "table", "curves",
-                                 "best_of_n", "samples"], argv)
+    stage_main(
+        "evaluate",
+        run,
+        ["data", "policy_init", "policies", "reward", "ensemble", "table", "curves", "best_of_n", "samples"],
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -18,15 +18,37 @@ from robust_rlhf.rl.run import PPOPaths, run_ppo
 from stages.cli import stage_main
 
 
-def run(params: Params, *, method: str, seed: int, data: Path, policy_init: Path, reward: Path, ensemble: Path,
-        policy: Path, steps: Path, resume: Path) -> dict:
+def run(
+    params: Params,
+    *,
+    method: str,
+    seed: int,
+    data: Path,
+    policy_init: Path,
+    reward: Path,
+    ensemble: Path,
+    policy: Path,
+    steps: Path,
+    resume: Path,
+) -> dict:
     if method not in params.methods:
         raise ParamsError(f"--method {method!r} is not under `methods:` in params (known: {sorted(params.methods)})")
     if seed not in params.ppo_seeds:
         raise ParamsError(f"--seed {seed} is not in `ppo_seeds:` in params ({params.ppo_seeds})")
-    return run_ppo(params, method=method, seed=seed, paths=PPOPaths(data=data, policy_init=policy_init, reward=reward,
-                                                                     ensemble=ensemble, policy=policy, steps=steps,
-                                                                     resume=resume))
+    return run_ppo(
+        params,
+        method=method,
+        seed=seed,
+        paths=PPOPaths(
+            data=data,
+            policy_init=policy_init,
+            reward=reward,
+            ensemble=ensemble,
+            policy=policy,
+            steps=steps,
+            resume=resume,
+        ),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,8 +56,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument("--method", required=True, help="a name under `methods:` in params.yaml")
         parser.add_argument("--seed", required=True, type=int, help="this run's PPO seed (one of `ppo_seeds`)")
 
-    stage_main("ppo", run, ["data", "policy_init", "reward", "ensemble", "policy", "steps", "resume"], argv,
-               extra_args=method_arg, data_parallel=True)
+    stage_main(
+        "ppo",
+        run,
+        ["data", "policy_init", "reward", "ensemble", "policy", "steps", "resume"],
+        argv,
+        extra_args=method_arg,
+        data_parallel=True,
+    )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from robust_rlhf.reward.run import RewardPaths, run_train_reward
 from stages.cli import stage_main
 
 
-def run(params: Params, *, data: Path, policy: Path, reward: Path, ensemble: Path, reliability: Path,
-        resume: Path) -> dict:
+def run(
+    params: Params, *, data: Path, policy: Path, reward: Path, ensemble: Path, reliability: Path, resume: Path
+) -> dict:
     return run_train_reward(params, RewardPaths(data, policy, reward, ensemble, reliability, resume))
 
 

@@ -10,9 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -38,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
 class PlainEngine:
     """The slice of a DeepSpeed engine the training loops use, on plain torch (no process group needed)."""
 
-    def __init__(self, module: "torch.nn.Module", *, lr: float = 1e-2) -> None:
+    def __init__(self, module: torch.nn.Module, *, lr: float = 1e-2) -> None:
         import torch
 
         self.module, self.device = module, torch.device("cpu")
@@ -144,27 +148,41 @@ def pipeline_run(tmp_path_factory) -> dict[str, Path]:
     from flows.pipeline import dvc_executable, pipeline_stages
 
     root = copy_repo(tmp_path_factory.mktemp("pipeline"))
-    result = subprocess.run([dvc_executable(), "repro"], cwd=root, capture_output=True, text=True, timeout=1800,
-                            env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    result = subprocess.run(
+        [dvc_executable(), "repro"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
     assert result.returncode == 0, f"dvc repro failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     for stage in pipeline_stages(root):
         assert f"Running stage '{stage}'" in result.stdout, f"{stage} did not run:\n{result.stdout[-4000:]}"
     # The paths dvc.yaml gives each stage, relative to the copy.
     return {
-        "root": root, "params": root / "params.yaml",
-        "data": root / "data", "policy_init": root / "models/policy_init", "reward": root / "models/reward",
-        "ensemble": root / "models/reward_ensemble", "policies": root / "models/policy",
-        "reliability": root / "plots/reward_reliability", "steps": root / "plots/ppo",
-        "table": root / "metrics/eval", "curves": root / "plots/eval_curves", "best_of_n": root / "plots/best_of_n",
-        "samples": root / "reports/eval_samples.jsonl", "metrics": root / "metrics",
+        "root": root,
+        "params": root / "params.yaml",
+        "data": root / "data",
+        "policy_init": root / "models/policy_init",
+        "reward": root / "models/reward",
+        "ensemble": root / "models/reward_ensemble",
+        "policies": root / "models/policy",
+        "reliability": root / "plots/reward_reliability",
+        "steps": root / "plots/ppo",
+        "table": root / "metrics/eval",
+        "curves": root / "plots/eval_curves",
+        "best_of_n": root / "plots/best_of_n",
+        "samples": root / "reports/eval_samples.jsonl",
+        "metrics": root / "metrics",
         "report": root / "reports/report.html",
     }
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from robust_rlhf.models import build_tiny_tokenizer
     from robust_rlhf.data.task import tokenizer_corpus
+    from robust_rlhf.models import build_tiny_tokenizer
 
     return build_tiny_tokenizer(tokenizer_corpus())
 

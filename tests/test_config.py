@@ -10,8 +10,9 @@ from robust_rlhf.config import Params, ParamsError, load_params
 from tests.conftest import REPO, run_stage, tiny_params, write_params
 
 
-@pytest.mark.parametrize("path", [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))],
-                         ids=lambda path: path.name)
+@pytest.mark.parametrize(
+    "path", [REPO / "params.yaml", *sorted((REPO / "profiles").glob("*.yaml"))], ids=lambda path: path.name
+)
 def test_shipped_params_validate(path):
     params = load_params(path)
     assert 0.0 <= params.aggregation.brme_lambda <= 1.0
@@ -38,15 +39,17 @@ def test_wrong_literal_is_named(tmp_path):
 
 def test_rollout_batch_must_split_into_optimizer_steps(tmp_path):
     with pytest.raises(ParamsError, match=r"ppo.*rollout_batch_size"):
-        load_params(write_params(tmp_path / "p.yaml", tiny_params(**{"ppo.rollout_batch_size": 6,
-                                                                      "ppo.micro_batch_size": 4})))
+        load_params(
+            write_params(tmp_path / "p.yaml", tiny_params(**{"ppo.rollout_batch_size": 6, "ppo.micro_batch_size": 4}))
+        )
 
 
 @pytest.mark.slow
 def test_stage_refuses_bad_params_before_any_work(tmp_path):
     params = write_params(tmp_path / "p.yaml", tiny_params(**{"prepare.label_noise": 0.9}))
-    result = run_stage("prepare", params, data=tmp_path / "data", policy=tmp_path / "policy",
-                       metrics=tmp_path / "m.json")
+    result = run_stage(
+        "prepare", params, data=tmp_path / "data", policy=tmp_path / "policy", metrics=tmp_path / "m.json"
+    )
     assert result.returncode == 2
     assert "prepare.label_noise" in result.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "policy").exists()
@@ -90,36 +93,87 @@ def test_shipped_params_load_with_exactly_the_values_written(path):
 # Each class of bad value over representative keys of every kind (learning rates, coefficients,
 # temperatures, lengths, batch sizes, steps, epochs, seeds, flags), as a params file writes them.
 BAD_VALUES = {
-    "inf": [("ppo.learning_rate", math.inf), ("ppo.critic_learning_rate", math.inf), ("ppo.kl_coef", math.inf),
-            ("ppo.kl_coef", -math.inf), ("train_reward.stage1.learning_rate", math.inf),
-            ("prepare.temperature", math.inf), ("deepspeed.gradient_clipping", math.inf),
-            ("gold.fluency_scale", math.inf), ("orchestration.retry_delay_seconds", math.inf)],
-    "nan": [("ppo.learning_rate", math.nan), ("ppo.kl_coef", math.nan), ("ppo.gamma", math.nan),
-            ("aggregation.brme_lambda", math.nan), ("aggregation.uwo_coef", math.nan),
-            ("train_reward.stage2.noise_floor", math.nan), ("evaluate.temperature", math.nan),
-            ("statistics.confidence_level", math.nan)],
-    "bool-as-number": [("ppo.steps", True), ("ppo.micro_batch_size", True), ("prepare.num_train_pairs", True),
-                       ("train_reward.num_heads", True), ("evaluate.best_of_n", True), ("seed", False),
-                       ("deepspeed.zero_stage", True), ("ppo.kl_coef", True), ("ppo.learning_rate", False)],
-    "float-as-int": [("ppo.steps", 6.5), ("ppo.rollout_batch_size", 8.0), ("prepare.max_new_tokens", 12.5),
-                     ("train_reward.stage1.epochs", 2.0), ("launcher.num_gpus", 1.5), ("seed", 0.5)],
-    "string-as-bool": [("models.trust_remote_code", "yes"), ("train_reward.finetune_backbone", "no"),
-                       ("train_reward.stage2.freeze_backbone", "true"), ("train_reward.stage2.bootstrap", 1)],
+    "inf": [
+        ("ppo.learning_rate", math.inf),
+        ("ppo.critic_learning_rate", math.inf),
+        ("ppo.kl_coef", math.inf),
+        ("ppo.kl_coef", -math.inf),
+        ("train_reward.stage1.learning_rate", math.inf),
+        ("prepare.temperature", math.inf),
+        ("deepspeed.gradient_clipping", math.inf),
+        ("gold.fluency_scale", math.inf),
+        ("orchestration.retry_delay_seconds", math.inf),
+    ],
+    "nan": [
+        ("ppo.learning_rate", math.nan),
+        ("ppo.kl_coef", math.nan),
+        ("ppo.gamma", math.nan),
+        ("aggregation.brme_lambda", math.nan),
+        ("aggregation.uwo_coef", math.nan),
+        ("train_reward.stage2.noise_floor", math.nan),
+        ("evaluate.temperature", math.nan),
+        ("statistics.confidence_level", math.nan),
+    ],
+    "bool-as-number": [
+        ("ppo.steps", True),
+        ("ppo.micro_batch_size", True),
+        ("prepare.num_train_pairs", True),
+        ("train_reward.num_heads", True),
+        ("evaluate.best_of_n", True),
+        ("seed", False),
+        ("deepspeed.zero_stage", True),
+        ("ppo.kl_coef", True),
+        ("ppo.learning_rate", False),
+    ],
+    "float-as-int": [
+        ("ppo.steps", 6.5),
+        ("ppo.rollout_batch_size", 8.0),
+        ("prepare.max_new_tokens", 12.5),
+        ("train_reward.stage1.epochs", 2.0),
+        ("launcher.num_gpus", 1.5),
+        ("seed", 0.5),
+    ],
+    "string-as-bool": [
+        ("models.trust_remote_code", "yes"),
+        ("train_reward.finetune_backbone", "no"),
+        ("train_reward.stage2.freeze_backbone", "true"),
+        ("train_reward.stage2.bootstrap", 1),
+    ],
     "string-as-number": [("ppo.steps", "6"), ("ppo.learning_rate", "0.0001"), ("ppo.kl_coef", "0.05")],
-    "over-upper-bound": [("ppo.temperature", 1000.0), ("prepare.temperature", 11), ("evaluate.temperature", 10.5),
-                         ("ppo.max_new_tokens", 10**6), ("prepare.max_new_tokens", 10**6),
-                         ("evaluate.max_new_tokens", 10**6), ("ppo.steps", 10**7), ("ppo.rollout_batch_size", 10**6),
-                         ("prepare.batch_size", 10**6), ("train_reward.stage1.micro_batch_size", 10**6),
-                         ("ppo.learning_rate", 2.0), ("ppo.critic_learning_rate", 10.0),
-                         ("train_reward.stage2.learning_rate", 1e3), ("ppo.ppo_epochs", 10**5),
-                         ("train_reward.stage1.epochs", 10**6), ("ppo.kl_coef", 1e4), ("seed", 2**40),
-                         ("ppo.gradient_accumulation_steps", 10**5)],
-    "below-lower-bound": [("ppo.steps", 0), ("ppo.learning_rate", 0.0), ("ppo.kl_coef", -0.1),
-                          ("prepare.temperature", 0.0), ("evaluate.max_new_tokens", 0),
-                          ("train_reward.stage1.micro_batch_size", 0), ("ppo.gamma", -0.5), ("seed", -1)],
+    "over-upper-bound": [
+        ("ppo.temperature", 1000.0),
+        ("prepare.temperature", 11),
+        ("evaluate.temperature", 10.5),
+        ("ppo.max_new_tokens", 10**6),
+        ("prepare.max_new_tokens", 10**6),
+        ("evaluate.max_new_tokens", 10**6),
+        ("ppo.steps", 10**7),
+        ("ppo.rollout_batch_size", 10**6),
+        ("prepare.batch_size", 10**6),
+        ("train_reward.stage1.micro_batch_size", 10**6),
+        ("ppo.learning_rate", 2.0),
+        ("ppo.critic_learning_rate", 10.0),
+        ("train_reward.stage2.learning_rate", 1e3),
+        ("ppo.ppo_epochs", 10**5),
+        ("train_reward.stage1.epochs", 10**6),
+        ("ppo.kl_coef", 1e4),
+        ("seed", 2**40),
+        ("ppo.gradient_accumulation_steps", 10**5),
+    ],
+    "below-lower-bound": [
+        ("ppo.steps", 0),
+        ("ppo.learning_rate", 0.0),
+        ("ppo.kl_coef", -0.1),
+        ("prepare.temperature", 0.0),
+        ("evaluate.max_new_tokens", 0),
+        ("train_reward.stage1.micro_batch_size", 0),
+        ("ppo.gamma", -0.5),
+        ("seed", -1),
+    ],
 }
-BAD_CASES = [pytest.param(key, value, id=f"{kind}-{key}={value!r}")
-             for kind, cases in BAD_VALUES.items() for key, value in cases]
+BAD_CASES = [
+    pytest.param(key, value, id=f"{kind}-{key}={value!r}") for kind, cases in BAD_VALUES.items() for key, value in cases
+]
 
 
 @pytest.mark.parametrize(("key", "value"), BAD_CASES)
@@ -130,8 +184,10 @@ def test_a_bad_value_is_refused_naming_its_dotted_key_and_value(tmp_path, key, v
     assert len(line) < MAX_PROBLEM_CHARS
 
 
-@pytest.mark.parametrize(("key", "value"), [("ppo.kl_coef", 1), ("ppo.gamma", 1), ("gold.fluency_scale", 5),
-                                            ("train_reward.stage2.prior_scale", 0)])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("ppo.kl_coef", 1), ("ppo.gamma", 1), ("gold.fluency_scale", 5), ("train_reward.stage2.prior_scale", 0)],
+)
 def test_an_int_is_a_float(tmp_path, key, value):
     params = load_params(write_params(tmp_path / "p.yaml", tiny_params(**{key: value})))
     section, *rest = key.split(".")
@@ -160,25 +216,49 @@ def test_exponents_without_a_dot_are_floats_and_quoted_ones_are_not(tmp_path):
 
 # Checks across fields: (overrides, the key to change, the keys and values shown beside it).
 CROSS_FIELD = [
-    pytest.param({"ppo.rollout_batch_size": 6, "ppo.micro_batch_size": 4}, "ppo.rollout_batch_size",
-                 ["ppo.rollout_batch_size = 6", "ppo.micro_batch_size = 4", "ppo.gradient_accumulation_steps = 1"],
-                 id="ppo-batches"),
-    pytest.param({"methods.wco": {"reward_model": "ensemble", "aggregation": "nominal"}}, "methods.wco",
-                 ["methods.wco.reward_model = 'ensemble'", "methods.wco.aggregation = 'nominal'"], id="method-pair"),
-    pytest.param({"train_reward.ensemble_size": 1}, "train_reward.ensemble_size",
-                 ["methods.mean.reward_model = 'ensemble'", "train_reward.ensemble_size = 1"], id="ensemble-size"),
+    pytest.param(
+        {"ppo.rollout_batch_size": 6, "ppo.micro_batch_size": 4},
+        "ppo.rollout_batch_size",
+        ["ppo.rollout_batch_size = 6", "ppo.micro_batch_size = 4", "ppo.gradient_accumulation_steps = 1"],
+        id="ppo-batches",
+    ),
+    pytest.param(
+        {"methods.wco": {"reward_model": "ensemble", "aggregation": "nominal"}},
+        "methods.wco",
+        ["methods.wco.reward_model = 'ensemble'", "methods.wco.aggregation = 'nominal'"],
+        id="method-pair",
+    ),
+    pytest.param(
+        {"train_reward.ensemble_size": 1},
+        "train_reward.ensemble_size",
+        ["methods.mean.reward_model = 'ensemble'", "train_reward.ensemble_size = 1"],
+        id="ensemble-size",
+    ),
     pytest.param({"ppo_seeds": [0, 0]}, "ppo_seeds", ["ppo_seeds = [0, 0]"], id="ppo-seeds"),
-    pytest.param({"methods.brme-05": {"reward_model": "brme", "aggregation": "brme"}}, "methods.brme-05", [],
-                 id="method-name"),
-    pytest.param({"launcher.num_nodes": 2}, "launcher.hostfile", ["launcher.num_nodes = 2", "launcher.hostfile = None"],
-                 id="hostfile"),
-    pytest.param({"orchestration.schedule.interval_minutes": 5.0}, "orchestration.schedule.interval_minutes",
-                 ["orchestration.schedule.cron = '0 3 * * *'", "orchestration.schedule.interval_minutes = 5.0"],
-                 id="schedule"),
-    pytest.param({"prepare.task": "preference_data"}, "prepare.source", ["prepare.task = 'preference_data'"],
-                 id="prepare-source"),
-    pytest.param({"prepare.task": "preference_data", "prepare.source": {"kind": "hub"}}, "prepare.source.name",
-                 ["prepare.source.kind = 'hub'", "prepare.source.name = None"], id="hub-name"),
+    pytest.param(
+        {"methods.brme-05": {"reward_model": "brme", "aggregation": "brme"}}, "methods.brme-05", [], id="method-name"
+    ),
+    pytest.param(
+        {"launcher.num_nodes": 2},
+        "launcher.hostfile",
+        ["launcher.num_nodes = 2", "launcher.hostfile = None"],
+        id="hostfile",
+    ),
+    pytest.param(
+        {"orchestration.schedule.interval_minutes": 5.0},
+        "orchestration.schedule.interval_minutes",
+        ["orchestration.schedule.cron = '0 3 * * *'", "orchestration.schedule.interval_minutes = 5.0"],
+        id="schedule",
+    ),
+    pytest.param(
+        {"prepare.task": "preference_data"}, "prepare.source", ["prepare.task = 'preference_data'"], id="prepare-source"
+    ),
+    pytest.param(
+        {"prepare.task": "preference_data", "prepare.source": {"kind": "hub"}},
+        "prepare.source.name",
+        ["prepare.source.kind = 'hub'", "prepare.source.name = None"],
+        id="hub-name",
+    ),
 ]
 
 
@@ -204,19 +284,30 @@ def test_a_long_bad_value_is_shortened(tmp_path):
 
 @pytest.mark.slow
 def test_every_bad_value_of_a_file_gets_its_own_short_line_and_the_stage_exits_2(tmp_path):
-    raw = tiny_params(**{"ppo.learning_rate": math.inf, "prepare.batch_size": True, "evaluate.temperature": 1000.0,
-                         "train_reward.stage2.freeze_backbone": "yes",
-                         "methods.wco": {"reward_model": "ensemble", "aggregation": "nominal"}})
+    raw = tiny_params(
+        **{
+            "ppo.learning_rate": math.inf,
+            "prepare.batch_size": True,
+            "evaluate.temperature": 1000.0,
+            "train_reward.stage2.freeze_backbone": "yes",
+            "methods.wco": {"reward_model": "ensemble", "aggregation": "nominal"},
+        }
+    )
     params = write_params(tmp_path / "p.yaml", raw)
-    result = run_stage("prepare", params, data=tmp_path / "data", policy=tmp_path / "policy",
-                       metrics=tmp_path / "m.json")
+    result = run_stage(
+        "prepare", params, data=tmp_path / "data", policy=tmp_path / "policy", metrics=tmp_path / "m.json"
+    )
     assert result.returncode == 2
     stderr = result.stderr.splitlines()
     header = next(index for index, line in enumerate(stderr) if line.endswith("p.yaml: invalid params"))
-    lines = [line.strip() for line in stderr[header + 1:] if line.startswith("  ")]
+    lines = [line.strip() for line in stderr[header + 1 :] if line.startswith("  ")]
     assert sorted(line.split(":")[0] for line in lines) == [
-        "evaluate.temperature", "methods.wco", "ppo.learning_rate", "prepare.batch_size",
-        "train_reward.stage2.freeze_backbone"]
+        "evaluate.temperature",
+        "methods.wco",
+        "ppo.learning_rate",
+        "prepare.batch_size",
+        "train_reward.stage2.freeze_backbone",
+    ]
     assert all(len(line) < MAX_PROBLEM_CHARS for line in lines), lines
     assert not (tmp_path / "data").exists()
 
@@ -308,8 +399,9 @@ def _written_keys(raw: dict, prefix: str = "") -> list[str]:
         path = prefix + key
         keys.append(path)
         if path == "methods":  # a method's name is not a field; its own fields are
-            keys += [method_key for name, method in value.items() for method_key in
-                     _written_keys(method, f"methods.{name}.")]
+            keys += [
+                method_key for name, method in value.items() for method_key in _written_keys(method, f"methods.{name}.")
+            ]
         elif isinstance(value, dict):
             keys += _written_keys(value, path + ".")
     return keys

@@ -11,14 +11,28 @@ from tests.conftest import tiny_params, write_params
 # on the BRME (they read its sigmas); mean, min, uwo and kl_dro on the BRME or the ensemble.
 VALID = [
     ("single", "single"),
-    ("brme", "mean"), ("brme", "min"), ("brme", "uwo"), ("brme", "kl_dro"), ("brme", "nominal"), ("brme", "brme"),
-    ("ensemble", "mean"), ("ensemble", "min"), ("ensemble", "uwo"), ("ensemble", "kl_dro"),
+    ("brme", "mean"),
+    ("brme", "min"),
+    ("brme", "uwo"),
+    ("brme", "kl_dro"),
+    ("brme", "nominal"),
+    ("brme", "brme"),
+    ("ensemble", "mean"),
+    ("ensemble", "min"),
+    ("ensemble", "uwo"),
+    ("ensemble", "kl_dro"),
 ]
 INVALID = [
-    ("single", "mean"), ("single", "min"), ("single", "uwo"), ("single", "kl_dro"),
-    ("single", "nominal"), ("single", "brme"),
-    ("brme", "single"), ("ensemble", "single"),
-    ("ensemble", "nominal"), ("ensemble", "brme"),
+    ("single", "mean"),
+    ("single", "min"),
+    ("single", "uwo"),
+    ("single", "kl_dro"),
+    ("single", "nominal"),
+    ("single", "brme"),
+    ("brme", "single"),
+    ("ensemble", "single"),
+    ("ensemble", "nominal"),
+    ("ensemble", "brme"),
 ]
 
 
@@ -76,15 +90,19 @@ def test_ensemble_size_two_is_enough():
 
 
 def test_no_ensemble_method_allows_no_ensemble():
-    methods = {"single": {"reward_model": "single", "aggregation": "single"},
-               "brme": {"reward_model": "brme", "aggregation": "brme"}}
+    methods = {
+        "single": {"reward_model": "single", "aggregation": "single"},
+        "brme": {"reward_model": "brme", "aggregation": "brme"},
+    }
     params = Params.model_validate(tiny_params(**{"methods": methods, "train_reward.ensemble_size": 0}))
     assert list(params.methods) == ["single", "brme"]
 
 
 def test_ensemble_error_names_the_offending_method():
-    methods = {"brme": {"reward_model": "brme", "aggregation": "brme"},
-               "my_wco": {"reward_model": "ensemble", "aggregation": "min"}}
+    methods = {
+        "brme": {"reward_model": "brme", "aggregation": "brme"},
+        "my_wco": {"reward_model": "ensemble", "aggregation": "min"},
+    }
     with pytest.raises(ValidationError, match=r"methods\.my_wco uses the ensemble"):
         Params.model_validate(tiny_params(**{"methods": methods, "train_reward.ensemble_size": 1}))
 
@@ -97,8 +115,12 @@ def test_method_names_must_be_file_safe(name):
 
 
 def test_method_names_with_underscores_and_digits_are_fine():
-    raw = tiny_params(**{"methods.brme_lam_05": {"reward_model": "brme", "aggregation": "brme"},
-                         "methods.kl_dro2": {"reward_model": "ensemble", "aggregation": "kl_dro"}})
+    raw = tiny_params(
+        **{
+            "methods.brme_lam_05": {"reward_model": "brme", "aggregation": "brme"},
+            "methods.kl_dro2": {"reward_model": "ensemble", "aggregation": "kl_dro"},
+        }
+    )
     assert {"brme_lam_05", "kl_dro2"} <= set(Params.model_validate(raw).methods)
 
 

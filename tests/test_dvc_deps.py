@@ -94,4 +94,3 @@ def test_the_closure_follows_imports_through_packages():
 def test_every_code_dep_exists(stage):
     missing = [dep for dep in _stages()[stage]["deps"] if dep.endswith(".py") and not (ROOT / dep).is_file()]
     assert not missing, f"dvc.yaml stage {stage} names code deps that do not exist: {missing}"
-

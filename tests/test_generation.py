@@ -17,13 +17,21 @@ def test_sampled_logprobs_match_a_separate_forward(tiny_policy, tiny_tokenizer):
     assert (query_mask[0] == 0).any() or (query_mask[1] == 0).any()  # one row is padded
     torch.manual_seed(0)
     response_ids, response_mask = sample_responses(
-        tiny_policy, query_ids, query_mask, max_new_tokens=6, temperature=1.0,
-        eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+        tiny_policy,
+        query_ids,
+        query_mask,
+        max_new_tokens=6,
+        temperature=1.0,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
     with torch.no_grad():
         batched, _ = forward_response(tiny_policy, query_ids, query_mask, response_ids, response_mask)
         for row, prompt in enumerate(prompts):
             ids, mask = encode_prompts(tiny_tokenizer, [prompt], max_prompt_tokens=32)
-            alone, _ = forward_response(tiny_policy, ids, mask, response_ids[row:row + 1], response_mask[row:row + 1])
+            alone, _ = forward_response(
+                tiny_policy, ids, mask, response_ids[row : row + 1], response_mask[row : row + 1]
+            )
             keep = response_mask[row].bool()
             torch.testing.assert_close(batched[row][keep], alone[0][keep], atol=1e-4, rtol=1e-4)
 
@@ -37,14 +45,24 @@ def test_response_logprobs_equal_a_slice_of_the_full_logits(tiny_policy, tiny_to
     query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)
     torch.manual_seed(1)
     response_ids, response_mask = sample_responses(
-        tiny_policy, query_ids, query_mask, max_new_tokens=5, temperature=1.0,
-        eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+        tiny_policy,
+        query_ids,
+        query_mask,
+        max_new_tokens=5,
+        temperature=1.0,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
     with torch.no_grad():
-        logprobs, entropy = forward_response(tiny_policy, query_ids, query_mask, response_ids, response_mask,
-                                             with_entropy=True)
+        logprobs, entropy = forward_response(
+            tiny_policy, query_ids, query_mask, response_ids, response_mask, with_entropy=True
+        )
         attention_mask = torch.cat([query_mask, response_mask], dim=1)
-        full = tiny_policy(input_ids=torch.cat([query_ids, response_ids], dim=1), attention_mask=attention_mask,
-                           position_ids=(attention_mask.cumsum(dim=1) - 1).clamp_min(0)).logits
+        full = tiny_policy(
+            input_ids=torch.cat([query_ids, response_ids], dim=1),
+            attention_mask=attention_mask,
+            position_ids=(attention_mask.cumsum(dim=1) - 1).clamp_min(0),
+        ).logits
         naive = full[:, query_ids.shape[1] - 1 : -1].float()
     assert logprobs.shape == response_ids.shape
     torch.testing.assert_close(logprobs, logprobs_of_labels(naive, response_ids), atol=1e-5, rtol=1e-5)
@@ -54,25 +72,46 @@ def test_response_logprobs_equal_a_slice_of_the_full_logits(tiny_policy, tiny_to
 def test_generates_own_logprobs_and_hidden_states_equal_a_separate_forward(tiny_policy, tiny_tokenizer):
     """The rollout takes the old log-probs (and a shared value head's input) from generate instead of a
     second forward; both must be what a full forward over [query; response] gives, padded rows included."""
-    prompts = ["Write a short review of the library.", "Give your honest opinion of a long flight today.",
-               "Say hello."]
+    prompts = ["Write a short review of the library.", "Give your honest opinion of a long flight today.", "Say hello."]
     query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)
     torch.manual_seed(2)
-    sampled = sample(tiny_policy, query_ids, query_mask, max_new_tokens=7, temperature=1.0,
-                     eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id,
-                     with_logprobs=True, with_hidden=True)
+    sampled = sample(
+        tiny_policy,
+        query_ids,
+        query_mask,
+        max_new_tokens=7,
+        temperature=1.0,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        with_logprobs=True,
+        with_hidden=True,
+    )
     torch.manual_seed(2)
-    ids, mask = sample_responses(tiny_policy, query_ids, query_mask, max_new_tokens=7, temperature=1.0,
-                                 eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    ids, mask = sample_responses(
+        tiny_policy,
+        query_ids,
+        query_mask,
+        max_new_tokens=7,
+        temperature=1.0,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
     assert torch.equal(sampled.ids, ids) and torch.equal(sampled.mask, mask)  # same draw, same tokens
     with torch.no_grad():
         expected, _ = forward_response(tiny_policy, query_ids, query_mask, sampled.ids, sampled.mask)
         attention_mask = torch.cat([query_mask, sampled.mask], dim=1)
-        full = tiny_policy(input_ids=torch.cat([query_ids, sampled.ids], dim=1), attention_mask=attention_mask,
-                           position_ids=(attention_mask.cumsum(dim=1) - 1).clamp_min(0), output_hidden_states=True)
+        full = tiny_policy(
+            input_ids=torch.cat([query_ids, sampled.ids], dim=1),
+            attention_mask=attention_mask,
+            position_ids=(attention_mask.cumsum(dim=1) - 1).clamp_min(0),
+            output_hidden_states=True,
+        )
         hidden = full.hidden_states[-1][:, query_ids.shape[1] - 1 : -1]
     keep = sampled.mask.bool()
-    assert sampled.logprobs.shape == sampled.ids.shape and sampled.last_hidden.shape == (*sampled.ids.shape, hidden.shape[-1])
+    assert sampled.logprobs.shape == sampled.ids.shape and sampled.last_hidden.shape == (
+        *sampled.ids.shape,
+        hidden.shape[-1],
+    )
     torch.testing.assert_close(sampled.logprobs[keep], expected[keep], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(sampled.last_hidden[keep], hidden[keep], atol=1e-4, rtol=1e-4)
     assert (sampled.logprobs[keep] < 0).all()
@@ -85,14 +124,23 @@ def test_prefix_shared_samples_are_query_major_and_their_logprobs_equal_a_full_f
     query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)
     assert (query_mask == 0).any()  # the short prompt is left-padded
     torch.manual_seed(3)
-    sampled = sample(tiny_policy, query_ids, query_mask, max_new_tokens=6, temperature=0.7,
-                     eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id,
-                     with_logprobs=True, samples_per_query=3)
+    sampled = sample(
+        tiny_policy,
+        query_ids,
+        query_mask,
+        max_new_tokens=6,
+        temperature=0.7,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        with_logprobs=True,
+        samples_per_query=3,
+    )
     assert sampled.ids.shape[0] == 6
     repeated_ids, repeated_mask = query_ids.repeat_interleave(3, dim=0), query_mask.repeat_interleave(3, dim=0)
     with torch.no_grad():
-        expected, _ = forward_response(tiny_policy, repeated_ids, repeated_mask, sampled.ids, sampled.mask,
-                                       temperature=0.7)
+        expected, _ = forward_response(
+            tiny_policy, repeated_ids, repeated_mask, sampled.ids, sampled.mask, temperature=0.7
+        )
     keep = sampled.mask.bool()
     torch.testing.assert_close(sampled.logprobs[keep], expected[keep], atol=1e-4, rtol=1e-4)
     assert len({tuple(row.tolist()) for row in sampled.ids[:3]}) > 1  # three draws, not one copied

@@ -5,10 +5,20 @@ import math
 import pytest
 import torch
 
-from robust_rlhf.statistics import (ClusterBootstrap, auroc, bootstrap_mean, bootstrap_p_value,
-                                    bootstrap_ratio_of_means, bootstrap_ratio_two_samples, bootstrap_statistic,
-                                    cluster_bootstrap_weights, cluster_ids, holm_adjust, paired_difference,
-                                    percentile_interval)
+from robust_rlhf.statistics import (
+    ClusterBootstrap,
+    auroc,
+    bootstrap_mean,
+    bootstrap_p_value,
+    bootstrap_ratio_of_means,
+    bootstrap_ratio_two_samples,
+    bootstrap_statistic,
+    cluster_bootstrap_weights,
+    cluster_ids,
+    holm_adjust,
+    paired_difference,
+    percentile_interval,
+)
 
 
 def test_cluster_ids_number_labels_in_order_of_first_appearance():
@@ -63,8 +73,9 @@ def test_a_planted_ratio_is_found_and_excludes_one():
     planted = 1.5 * base + 0.05 * torch.randn(200, generator=g, dtype=torch.float64)
     paired = bootstrap_ratio_of_means(planted, base, torch.arange(200), num_resamples=1000, seed=0)
     assert paired.low < 1.5 < paired.high and paired.excludes(1.0)
-    two_sample = bootstrap_ratio_two_samples(planted, torch.arange(200), base, torch.arange(200), num_resamples=1000,
-                                             seed=0)
+    two_sample = bootstrap_ratio_two_samples(
+        planted, torch.arange(200), base, torch.arange(200), num_resamples=1000, seed=0
+    )
     assert two_sample.low < 1.5 < two_sample.high and two_sample.excludes(1.0)
     assert (two_sample.high - two_sample.low) > (paired.high - paired.low)  # pairing removes the shared noise
 
@@ -72,8 +83,12 @@ def test_a_planted_ratio_is_found_and_excludes_one():
 def test_bootstrap_statistic_resamples_clusters_whole():
     # The statistic sees row indices; with one cluster every resample is the whole data set.
     seen = []
-    interval = bootstrap_statistic(lambda rows: seen.append(sorted(rows.tolist())) or float(len(rows)),
-                                   torch.zeros(4, dtype=torch.long), num_resamples=5, seed=0)
+    interval = bootstrap_statistic(
+        lambda rows: seen.append(sorted(rows.tolist())) or float(len(rows)),
+        torch.zeros(4, dtype=torch.long),
+        num_resamples=5,
+        seed=0,
+    )
     assert interval.estimate == 4.0 and all(rows == [0, 1, 2, 3] for rows in seen)
 
 
@@ -128,8 +143,9 @@ def test_paired_difference_finds_a_planted_gain_and_pairing_shrinks_the_interval
     paired = paired_difference(treatment, control, num_resamples=2000, seed=0)
     assert paired.low < 0.5 < paired.high and paired.low > 0 and paired.p_value < 0.01
     assert (paired.high - paired.low) < 0.3  # an unpaired interval would carry the prompts' spread of 3
-    null = paired_difference(control + 0.3 * torch.randn(1, 40, 4, generator=g, dtype=torch.float64), control,
-                             num_resamples=2000, seed=0)
+    null = paired_difference(
+        control + 0.3 * torch.randn(1, 40, 4, generator=g, dtype=torch.float64), control, num_resamples=2000, seed=0
+    )
     assert null.low < 0 < null.high and null.p_value > 0.05
 
 

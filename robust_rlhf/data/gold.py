@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Callable
 
 import torch
 
@@ -69,8 +68,9 @@ class GoldScorer:
     The composite gold needs the initial policy and its tokenizer for the fluency facet.
     """
 
-    def __init__(self, config, *, reference_model=None, tokenizer=None, max_prompt_tokens: int = 64,
-                 batch_size: int = 8) -> None:
+    def __init__(
+        self, config, *, reference_model=None, tokenizer=None, max_prompt_tokens: int = 64, batch_size: int = 8
+    ) -> None:
         self.config = config
         self.reference_model, self.tokenizer = reference_model, tokenizer
         self.max_prompt_tokens, self.batch_size = max_prompt_tokens, batch_size
@@ -81,14 +81,16 @@ class GoldScorer:
 
             self._vader = SentimentIntensityAnalyzer()
 
-    def __call__(self, prompts: list[str], responses: list[str], *,
-                 mean_logprobs: list[float] | None = None) -> list[float]:
+    def __call__(
+        self, prompts: list[str], responses: list[str], *, mean_logprobs: list[float] | None = None
+    ) -> list[float]:
         """Gold scores of (prompt, response) pairs; `mean_logprobs`, when given, are the responses'
         mean per-token log p_init (see the module docstring)."""
         return self.facets(prompts, responses, mean_logprobs=mean_logprobs)["gold"]
 
-    def facets(self, prompts: list[str], responses: list[str], *,
-               mean_logprobs: list[float] | None = None) -> dict[str, list[float]]:
+    def facets(
+        self, prompts: list[str], responses: list[str], *, mean_logprobs: list[float] | None = None
+    ) -> dict[str, list[float]]:
         """The gold and its facets per response: `sentiment`, `repetition` and (composite) `fluency`,
         with gold = sentiment [+ fluency_weight * fluency] - repetition_weight * repetition. A reply
         with no words has sentiment -1 (and fluency -1), repetition 0."""
@@ -112,8 +114,9 @@ class GoldScorer:
             facets["sentiment"].append(sentiment)
             facets["fluency"].append(fluency)
             facets["repetition"].append(repetition)
-            facets["gold"].append(sentiment + self.config.fluency_weight * fluency
-                                  - self.config.repetition_weight * repetition)
+            facets["gold"].append(
+                sentiment + self.config.fluency_weight * fluency - self.config.repetition_weight * repetition
+            )
         return facets
 
     @torch.inference_mode()
@@ -124,12 +127,27 @@ class GoldScorer:
         device = next(self.reference_model.parameters()).device
         means: list[float] = []
         for start in range(0, len(prompts), self.batch_size):
-            batch_prompts, batch_responses = prompts[start:start + self.batch_size], responses[start:start + self.batch_size]
-            query_ids, query_mask = encode_prompts(self.tokenizer, batch_prompts, max_prompt_tokens=self.max_prompt_tokens)
-            encoded = self.tokenizer([r + (self.tokenizer.eos_token or "") for r in batch_responses],
-                                     return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
-            logprobs, _ = forward_response(self.reference_model, query_ids.to(device), query_mask.to(device),
-                                           encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
+            batch_prompts, batch_responses = (
+                prompts[start : start + self.batch_size],
+                responses[start : start + self.batch_size],
+            )
+            query_ids, query_mask = encode_prompts(
+                self.tokenizer, batch_prompts, max_prompt_tokens=self.max_prompt_tokens
+            )
+            encoded = self.tokenizer(
+                [r + (self.tokenizer.eos_token or "") for r in batch_responses],
+                return_tensors="pt",
+                padding=True,
+                padding_side="right",
+                add_special_tokens=False,
+            )
+            logprobs, _ = forward_response(
+                self.reference_model,
+                query_ids.to(device),
+                query_mask.to(device),
+                encoded["input_ids"].to(device),
+                encoded["attention_mask"].to(device),
+            )
             mask = encoded["attention_mask"].to(device)
             means += masked_token_mean(logprobs, mask).tolist()
         return means
@@ -139,4 +157,3 @@ def masked_token_mean(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     """Mean log-prob per response over its real tokens: (B, T), (B, T) -> (B,)."""
     mask = mask.to(logprobs.dtype)
     return (logprobs * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-

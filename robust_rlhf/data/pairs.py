@@ -10,8 +10,8 @@ from collections import Counter
 import torch
 from tqdm import tqdm
 
-from robust_rlhf.generation import decode, encode_prompts, sample, sample_responses
 from robust_rlhf.data.gold import GoldScorer, masked_token_mean
+from robust_rlhf.generation import decode, encode_prompts, sample, sample_responses
 
 
 def label_pair(gold_a: float, gold_b: float, *, mode: str, label_noise: float, rng: random.Random) -> tuple[bool, bool]:
@@ -30,8 +30,19 @@ def label_pair(gold_a: float, gold_b: float, *, mode: str, label_noise: float, r
 
 
 def sample_preference_pairs(
-    policy, tokenizer, prompts: list[str], *, gold: GoldScorer, label_mode: str, label_noise: float, seed: int,
-    max_prompt_tokens: int, max_new_tokens: int, temperature: float, batch_size: int, desc: str,
+    policy,
+    tokenizer,
+    prompts: list[str],
+    *,
+    gold: GoldScorer,
+    label_mode: str,
+    label_noise: float,
+    seed: int,
+    max_prompt_tokens: int,
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int,
+    desc: str,
 ) -> tuple[list[dict], list[dict]]:
     """Two sampled responses per prompt, gold-labelled. Returns (pairs, rejects).
 
@@ -44,46 +55,85 @@ def sample_preference_pairs(
     torch.manual_seed(seed)
     pairs, rejects = [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        batch_prompts = prompts[start:start + batch_size]
+        batch_prompts = prompts[start : start + batch_size]
         query_ids, query_mask = encode_prompts(tokenizer, batch_prompts, max_prompt_tokens=max_prompt_tokens)
         # Both responses of a prompt in one pass that shares the prompt's prefill; rows alternate a, b.
-        sampled = sample(policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         with_logprobs=True, samples_per_query=2)
+        sampled = sample(
+            policy,
+            query_ids,
+            query_mask,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            with_logprobs=True,
+            samples_per_query=2,
+        )
         both = decode(tokenizer, sampled.ids, sampled.mask)
-        scores = gold([prompt for prompt in batch_prompts for _ in range(2)], both,
-                      mean_logprobs=masked_token_mean(sampled.logprobs, sampled.mask).tolist())
+        scores = gold(
+            [prompt for prompt in batch_prompts for _ in range(2)],
+            both,
+            mean_logprobs=masked_token_mean(sampled.logprobs, sampled.mask).tolist(),
+        )
         texts, (gold_a, gold_b) = [both[0::2], both[1::2]], (scores[0::2], scores[1::2])
         for offset, prompt in enumerate(batch_prompts):
             row_number = start + offset
             a, b = texts[0][offset], texts[1][offset]
             if a == b:
-                rejects.append({"row": row_number, "reason": "chosen_equals_rejected", "prompt": prompt,
-                                "response": a})
+                rejects.append({"row": row_number, "reason": "chosen_equals_rejected", "prompt": prompt, "response": a})
                 continue
-            a_wins, flipped = label_pair(gold_a[offset], gold_b[offset], mode=label_mode,
-                                         label_noise=label_noise, rng=rng)
+            a_wins, flipped = label_pair(
+                gold_a[offset], gold_b[offset], mode=label_mode, label_noise=label_noise, rng=rng
+            )
             chosen, rejected = (a, b) if a_wins else (b, a)
-            gold_chosen, gold_rejected = (gold_a[offset], gold_b[offset]) if a_wins else (gold_b[offset], gold_a[offset])
-            pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "gold_chosen": gold_chosen,
-                          "gold_rejected": gold_rejected, "label_flipped": flipped})
+            gold_chosen, gold_rejected = (
+                (gold_a[offset], gold_b[offset]) if a_wins else (gold_b[offset], gold_a[offset])
+            )
+            pairs.append(
+                {
+                    "prompt": prompt,
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "gold_chosen": gold_chosen,
+                    "gold_rejected": gold_rejected,
+                    "label_flipped": flipped,
+                }
+            )
     return pairs, rejects
 
 
-def sample_shifted_responses(policy, tokenizer, prompts: list[str], *, seed: int, max_prompt_tokens: int,
-                             max_new_tokens: int, temperature: float, batch_size: int, desc: str) -> list[dict]:
+def sample_shifted_responses(
+    policy,
+    tokenizer,
+    prompts: list[str],
+    *,
+    seed: int,
+    max_prompt_tokens: int,
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int,
+    desc: str,
+) -> list[dict]:
     """One response per prompt from `policy` at a (high) `temperature`: responses off the training
     distribution, on which the reward models' head disagreement is measured. Rows {prompt, response}."""
     torch.manual_seed(seed)
     rows = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        batch_prompts = prompts[start:start + batch_size]
+        batch_prompts = prompts[start : start + batch_size]
         query_ids, query_mask = encode_prompts(tokenizer, batch_prompts, max_prompt_tokens=max_prompt_tokens)
         response_ids, response_mask = sample_responses(
-            policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        rows += [{"prompt": prompt, "response": response}
-                 for prompt, response in zip(batch_prompts, decode(tokenizer, response_ids, response_mask))]
+            policy,
+            query_ids,
+            query_mask,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        rows += [
+            {"prompt": prompt, "response": response}
+            for prompt, response in zip(batch_prompts, decode(tokenizer, response_ids, response_mask))
+        ]
     return rows
 
 

@@ -26,29 +26,57 @@ def run_prepare(params: Params, *, data: Path, policy: Path) -> dict:
     config = params.prepare
     world_size = init_distributed()
     with atomic_directory(policy) as policy_tmp:
-        materialise_policy(params.models.policy, policy_tmp, seed=params.seed, corpus=tokenizer_corpus(),
-                           trust_remote_code=params.models.trust_remote_code)
+        materialise_policy(
+            params.models.policy,
+            policy_tmp,
+            seed=params.seed,
+            corpus=tokenizer_corpus(),
+            trust_remote_code=params.models.trust_remote_code,
+        )
     tokenizer = load_tokenizer(policy, trust_remote_code=params.models.trust_remote_code)
     if config.task == "preference_data":
         return _prepare_from_source(params, data, tokenizer)
     # The sampler and the gold's fluency model: the initial policy, placed and cast by DeepSpeed.
-    sampler = frozen_model(load_causal_lm(policy, trust_remote_code=params.models.trust_remote_code),
-                           deepspeed=params.deepspeed, micro_batch_size=config.batch_size, world_size=world_size)
-    gold = GoldScorer(params.gold, reference_model=sampler, tokenizer=tokenizer,
-                      max_prompt_tokens=config.max_prompt_tokens, batch_size=config.batch_size)
-    prompt_sets = split_prompts(params.seed, {
-        "train": config.num_train_pairs, "val": config.num_val_pairs, "test": config.num_test_pairs,
-        "ppo": config.num_ppo_prompts, "eval": config.num_eval_prompts,
-    })
+    sampler = frozen_model(
+        load_causal_lm(policy, trust_remote_code=params.models.trust_remote_code),
+        deepspeed=params.deepspeed,
+        micro_batch_size=config.batch_size,
+        world_size=world_size,
+    )
+    gold = GoldScorer(
+        params.gold,
+        reference_model=sampler,
+        tokenizer=tokenizer,
+        max_prompt_tokens=config.max_prompt_tokens,
+        batch_size=config.batch_size,
+    )
+    prompt_sets = split_prompts(
+        params.seed,
+        {
+            "train": config.num_train_pairs,
+            "val": config.num_val_pairs,
+            "test": config.num_test_pairs,
+            "ppo": config.num_ppo_prompts,
+            "eval": config.num_eval_prompts,
+        },
+    )
     metrics: dict = {"rows": {}, "label_quality": {}}
     all_rejects: list[dict] = []
     with atomic_directory(data) as data_tmp:
         for index, split in enumerate(SPLITS):
             pairs, rejects = sample_preference_pairs(
-                sampler, tokenizer, prompt_sets[split], gold=gold, label_mode=config.label_mode,
-                label_noise=config.label_noise, seed=params.seed * 1000 + index,
-                max_prompt_tokens=config.max_prompt_tokens, max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature, batch_size=config.batch_size, desc=f"sample {split} pairs",
+                sampler,
+                tokenizer,
+                prompt_sets[split],
+                gold=gold,
+                label_mode=config.label_mode,
+                label_noise=config.label_noise,
+                seed=params.seed * 1000 + index,
+                max_prompt_tokens=config.max_prompt_tokens,
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                batch_size=config.batch_size,
+                desc=f"sample {split} pairs",
             )
             atomic_write_jsonl(data_tmp / f"prefs_{split}.jsonl", pairs)
             all_rejects += [{"split": split, **reject} for reject in rejects]
@@ -61,9 +89,16 @@ def run_prepare(params: Params, *, data: Path, policy: Path) -> dict:
         val_prompts = list(dict.fromkeys(prompt_sets["val"]))
         shift_prompts = [val_prompts[i % len(val_prompts)] for i in range(config.num_shift_samples)]
         shifted = sample_shifted_responses(
-            sampler, tokenizer, shift_prompts, seed=params.seed * 1000 + len(SPLITS),
-            max_prompt_tokens=config.max_prompt_tokens, max_new_tokens=config.max_new_tokens,
-            temperature=config.shift_temperature, batch_size=config.batch_size, desc="sample shifted responses")
+            sampler,
+            tokenizer,
+            shift_prompts,
+            seed=params.seed * 1000 + len(SPLITS),
+            max_prompt_tokens=config.max_prompt_tokens,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.shift_temperature,
+            batch_size=config.batch_size,
+            desc="sample shifted responses",
+        )
         atomic_write_jsonl(data_tmp / "shift_responses.jsonl", shifted)
         metrics["rows"]["shift_responses"] = len(shifted)
         metrics["distinct_prompts"] = {split: len(set(prompt_sets[split])) for split in prompt_sets}
@@ -71,7 +106,8 @@ def run_prepare(params: Params, *, data: Path, policy: Path) -> dict:
         seen_topics = {topic_of(p) for split in ("train", "val", "test", "ppo") for p in prompt_sets[split]}
         eval_prompts = set(prompt_sets["eval"])
         metrics["eval_prompts_with_a_topic_seen_in_training"] = sum(
-            topic_of(p) in seen_topics for p in eval_prompts) / len(eval_prompts)
+            topic_of(p) in seen_topics for p in eval_prompts
+        ) / len(eval_prompts)
         atomic_write_jsonl(data_tmp / "rejects.jsonl", all_rejects)
     metrics["rejects"] = {"total": len(all_rejects), **reject_counts(all_rejects)}
     return metrics
@@ -83,31 +119,48 @@ def _prepare_from_source(params: Params, data: Path, tokenizer) -> dict:
     rejected or counted as unused (`rows/unused_over_cap`: valid pairs beyond the split caps)."""
     config = params.prepare
     for outside in files_outside(config.source.files if config.source.kind == "files" else [], DVC_SOURCES_DIR):
-        logger.warning("%s is not under %s/, so it is no DVC dependency of prepare: `dvc repro` will not notice "
-                       "when it changes; move it there or add it to prepare's deps in dvc.yaml", outside,
-                       DVC_SOURCES_DIR)
+        logger.warning(
+            "%s is not under %s/, so it is no DVC dependency of prepare: `dvc repro` will not notice "
+            "when it changes; move it there or add it to prepare's deps in dvc.yaml",
+            outside,
+            DVC_SOURCES_DIR,
+        )
     kept_on_failure = failed_run_rejects_path(data)
     try:
         loaded = load_source(config.source, tokenizer, trust_remote_code=params.models.trust_remote_code)
     except TooManyRejects as error:
         atomic_write_jsonl(kept_on_failure, error.rejects)
-        raise SourceError(f"{error}. All {len(error.rejects)} rejects (row, field, reason, raw) are in "
-                          f"{kept_on_failure}") from None
-    splits = split_pairs(loaded.pairs, seed=params.seed, sizes={
-        "train": config.num_train_pairs, "val": config.num_val_pairs, "test": config.num_test_pairs})
+        raise SourceError(
+            f"{error}. All {len(error.rejects)} rejects (row, field, reason, raw) are in {kept_on_failure}"
+        ) from None
+    splits = split_pairs(
+        loaded.pairs,
+        seed=params.seed,
+        sizes={"train": config.num_train_pairs, "val": config.num_val_pairs, "test": config.num_test_pairs},
+    )
     empty = [split for split in SPLITS if not splits[split]]
     if empty:
         atomic_write_jsonl(kept_on_failure, loaded.rejects)
-        raise SourceError(f"{len(loaded.pairs)} valid pairs (of {loaded.rows_read} rows) leave no pairs for "
-                          f"the {', '.join(empty)} split(s); lower prepare.num_val_pairs / num_test_pairs. The "
-                          f"rejects ({len(loaded.rejects)}) are in {kept_on_failure}")
+        raise SourceError(
+            f"{len(loaded.pairs)} valid pairs (of {loaded.rows_read} rows) leave no pairs for "
+            f"the {', '.join(empty)} split(s); lower prepare.num_val_pairs / num_test_pairs. The "
+            f"rejects ({len(loaded.rejects)}) are in {kept_on_failure}"
+        )
     unused = len(loaded.pairs) - sum(len(splits[split]) for split in SPLITS)
     if unused:
-        logger.info("%d of %d valid pairs are not used: the splits are full (prepare.num_train_pairs %d, "
-                    "num_val_pairs %d, num_test_pairs %d)", unused, len(loaded.pairs), config.num_train_pairs,
-                    config.num_val_pairs, config.num_test_pairs)
-    prompt_sets = {"ppo": _distinct_prompts(splits["train"], config.num_ppo_prompts),
-                   "eval": _distinct_prompts(splits["test"], config.num_eval_prompts)}
+        logger.info(
+            "%d of %d valid pairs are not used: the splits are full (prepare.num_train_pairs %d, "
+            "num_val_pairs %d, num_test_pairs %d)",
+            unused,
+            len(loaded.pairs),
+            config.num_train_pairs,
+            config.num_val_pairs,
+            config.num_test_pairs,
+        )
+    prompt_sets = {
+        "ppo": _distinct_prompts(splits["train"], config.num_ppo_prompts),
+        "eval": _distinct_prompts(splits["test"], config.num_eval_prompts),
+    }
     with atomic_directory(data) as data_tmp:
         for split in SPLITS:
             atomic_write_jsonl(data_tmp / f"prefs_{split}.jsonl", splits[split])
@@ -116,11 +169,16 @@ def _prepare_from_source(params: Params, data: Path, tokenizer) -> dict:
         atomic_write_jsonl(data_tmp / "rejects.jsonl", loaded.rejects)
     # This run's rejects are in data/rejects.jsonl now; an earlier failed run's copy would mislead.
     kept_on_failure.unlink(missing_ok=True)
-    return {"rows": {"read": loaded.rows_read, **{split: len(splits[split]) for split in SPLITS},
-                     "unused_over_cap": unused,
-                     **{f"{split}_prompts": len(prompts) for split, prompts in prompt_sets.items()}},
-            "rejects": {"total": len(loaded.rejects), **loaded.reject_counts()},
-            "ignored_columns": sum(map(len, loaded.ignored_columns.values()))}
+    return {
+        "rows": {
+            "read": loaded.rows_read,
+            **{split: len(splits[split]) for split in SPLITS},
+            "unused_over_cap": unused,
+            **{f"{split}_prompts": len(prompts) for split, prompts in prompt_sets.items()},
+        },
+        "rejects": {"total": len(loaded.rejects), **loaded.reject_counts()},
+        "ignored_columns": sum(map(len, loaded.ignored_columns.values())),
+    }
 
 
 def failed_run_rejects_path(data: str | Path) -> Path:

@@ -25,27 +25,27 @@ import logging
 import math
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 from robust_rlhf.config import StageInputError
 
 REJECT_REASONS = (
-    "missing_field",            # the row has no value (or null) for a mapped field
-    "wrong_type",               # a text field that is not a string / a messages field that is not a message list
-    "empty_text",               # empty or whitespace-only text
-    "invalid_utf8",             # bytes that are not valid UTF-8, or an escaped lone surrogate ("\ud800")
-    "malformed_row",            # not a row object: a bad JSONL line, a CSV row with extra cells, nesting without end
-    "chosen_equals_rejected",   # no preference to learn
-    "too_long",                 # more tokens than the limit (when too_long: reject)
-    "duplicate_pair",           # the exact (prompt, chosen, rejected) seen before
-    "prompt_prefix_mismatch",   # chosen and rejected conversations do not share the prompt
+    "missing_field",  # the row has no value (or null) for a mapped field
+    "wrong_type",  # a text field that is not a string / a messages field that is not a message list
+    "empty_text",  # empty or whitespace-only text
+    "invalid_utf8",  # bytes that are not valid UTF-8, or an escaped lone surrogate ("\ud800")
+    "malformed_row",  # not a row object: a bad JSONL line, a CSV row with extra cells, nesting without end
+    "chosen_equals_rejected",  # no preference to learn
+    "too_long",  # more tokens than the limit (when too_long: reject)
+    "duplicate_pair",  # the exact (prompt, chosen, rejected) seen before
+    "prompt_prefix_mismatch",  # chosen and rejected conversations do not share the prompt
 )
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 HH_ASSISTANT_MARKER = "\n\nAssistant:"
 RAW_LIMIT_CHARS = 4096  # a reject keeps at most this much of its raw row (a 50 MB row would fill rejects.jsonl)
-RAW_MAX_DEPTH = 32      # deeper raw values are elided in a reject, so writing it cannot recurse without end
+RAW_MAX_DEPTH = 32  # deeper raw values are elided in a reject, so writing it cannot recurse without end
 FIRST_REJECTS_SHOWN = 3  # rejects named in the too-many-rejects message
 # Any UTF-16 surrogate: \udc80-\udcff are the bytes that `surrogateescape` kept from invalid UTF-8,
 # and an escaped lone surrogate in JSON ("\ud800") decodes to the rest; neither can be encoded.
@@ -98,7 +98,9 @@ class Mapping:
     rejected: str = "rejected"
 
     def columns(self) -> list[str]:
-        return [name for name in (self.prompt if self.layout == "columns" else None, self.chosen, self.rejected) if name]
+        return [
+            name for name in (self.prompt if self.layout == "columns" else None, self.chosen, self.rejected) if name
+        ]
 
 
 @dataclass
@@ -115,6 +117,7 @@ class MappedSource:
 
 
 # --- reading -------------------------------------------------------------------------------------
+
 
 def file_format(path: Path) -> str:
     try:
@@ -136,8 +139,10 @@ def read_file_rows(path: str | Path) -> Iterator[tuple[int, dict | Exception]]:
     if not path.exists():
         raise SourceError(f"{path}: no such file")
     if not path.is_file():
-        raise SourceError(f"{path}: {'a folder' if path.is_dir() else 'not a regular file'}, not a {kind} file; "
-                          f"list the files themselves in prepare.source.files")
+        raise SourceError(
+            f"{path}: {'a folder' if path.is_dir() else 'not a regular file'}, not a {kind} file; "
+            f"list the files themselves in prepare.source.files"
+        )
     if path.stat().st_size == 0:
         raise SourceError(f"{path}: empty file")
     if kind == "parquet":
@@ -199,17 +204,22 @@ def _json_rows(path: Path, text: str) -> Iterator[tuple[int, dict | Exception]]:
         # One document: json cannot skip the deep value and go on, so the file fails, naming the row.
         row = deep_json_row(text)
         where = f"row {row} is" if row is not None else "a value is"
-        raise SourceError(f"{path}: {where} nested too deeply for the JSON decoder (RecursionError); "
-                          f"flatten or remove it") from None
+        raise SourceError(
+            f"{path}: {where} nested too deeply for the JSON decoder (RecursionError); flatten or remove it"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]  # {"data": [...]}, as `datasets` writes JSON with lines=False
     if not isinstance(data, list):
-        raise SourceError(f"{path}: JSON must be a list of row objects (or {{'data': [...]}}), got {type(data).__name__}")
+        raise SourceError(
+            f"{path}: JSON must be a list of row objects (or {{'data': [...]}}), got {type(data).__name__}"
+        )
     if not data:
         raise SourceError(f"{path}: empty file (no rows)")
     for number, row in enumerate(data, start=1):
-        yield number, row if isinstance(row, dict) else MalformedRow(f"a JSON {type(row).__name__}, not an object",
-                                                                     raw=row)
+        yield (
+            number,
+            row if isinstance(row, dict) else MalformedRow(f"a JSON {type(row).__name__}, not an object", raw=row),
+        )
 
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
@@ -284,18 +294,15 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
         raise SourceError(f"{path}: not Parquet: {error}") from None
     if table.num_rows == 0:
         raise SourceError(f"{path}: empty file (no rows)")
-    for number, row in enumerate(table.to_pylist(), start=1):
-        yield number, row
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def dataset_rows(dataset) -> Iterator[tuple[int, dict | Exception]]:
     """(row number, row) of a `datasets.Dataset` (from `load_dataset` or `load_from_disk`)."""
-    for number, row in enumerate(dataset, start=1):
-        yield number, row
+    yield from enumerate(dataset, start=1)
 
 
-def load_hub_rows(name: str, *, config: str | None, split: str, revision: str | None,
-                  trust_remote_code: bool = False):
+def load_hub_rows(name: str, *, config: str | None, split: str, revision: str | None, trust_remote_code: bool = False):
     """A hub dataset split through `datasets.load_dataset`, or a dataset saved with `save_to_disk`
     when `name` is a local folder. Returns (description, dataset)."""
     import datasets
@@ -304,10 +311,12 @@ def load_hub_rows(name: str, *, config: str | None, split: str, revision: str | 
         try:
             loaded = datasets.load_from_disk(name)
         except Exception as error:  # noqa: BLE001 - a folder without state.json, a broken arrow file, ...
-            raise SourceError(f"{name}: a local folder, but not a dataset saved with save_to_disk "
-                              f"({type(error).__name__}: {error}); prepare.source.name must name such a folder "
-                              f"or a hub dataset, and local JSONL/JSON/CSV/Parquet files go in "
-                              f"prepare.source.files (kind: files)") from error
+            raise SourceError(
+                f"{name}: a local folder, but not a dataset saved with save_to_disk "
+                f"({type(error).__name__}: {error}); prepare.source.name must name such a folder "
+                f"or a hub dataset, and local JSONL/JSON/CSV/Parquet files go in "
+                f"prepare.source.files (kind: files)"
+            ) from error
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise SourceError(f"{name}: no split {split!r} (has {sorted(loaded)})")
@@ -317,12 +326,15 @@ def load_hub_rows(name: str, *, config: str | None, split: str, revision: str | 
     try:
         loaded = datasets.load_dataset(name, config, split=split, revision=revision, **kwargs)
     except Exception as error:  # noqa: BLE001 - datasets raises many types; say which dataset failed
-        raise SourceError(f"hub dataset {name!r} (config {config!r}, split {split!r}, revision {revision!r}): "
-                          f"{type(error).__name__}: {error}") from error
+        raise SourceError(
+            f"hub dataset {name!r} (config {config!r}, split {split!r}, revision {revision!r}): "
+            f"{type(error).__name__}: {error}"
+        ) from error
     return f"{name}/{config or 'default'}[{split}]@{revision or 'main'}", loaded
 
 
 # --- mapping and validation -----------------------------------------------------------------------
+
 
 def check_columns(source: str, available: Iterable[str], mapping: Mapping) -> list[str]:
     """A mapped column the data does not have is an error naming it (not a reject per row). Returns
@@ -330,8 +342,10 @@ def check_columns(source: str, available: Iterable[str], mapping: Mapping) -> li
     available = list(available)
     missing = [name for name in mapping.columns() if name not in available]
     if missing:
-        raise SourceError(f"{source}: the column mapping names {missing}, which the data does not have "
-                          f"(columns: {available}); set prepare.source.columns")
+        raise SourceError(
+            f"{source}: the column mapping names {missing}, which the data does not have "
+            f"(columns: {available}); set prepare.source.columns"
+        )
     return [name for name in available if name not in mapping.columns()]
 
 
@@ -341,10 +355,10 @@ def split_conversation(chosen: str, rejected: str) -> tuple[str, str, str] | Non
     cut = chosen.rfind(HH_ASSISTANT_MARKER)
     if cut < 0:
         return None
-    prompt = chosen[:cut + len(HH_ASSISTANT_MARKER)]
+    prompt = chosen[: cut + len(HH_ASSISTANT_MARKER)]
     if not rejected.startswith(prompt):
         return None
-    return prompt, chosen[len(prompt):].strip(), rejected[len(prompt):].strip()
+    return prompt, chosen[len(prompt) :].strip(), rejected[len(prompt) :].strip()
 
 
 def render_messages(messages: list[dict]) -> str:
@@ -356,8 +370,13 @@ def render_messages(messages: list[dict]) -> str:
 
 
 def _is_messages(value) -> bool:
-    return isinstance(value, list) and bool(value) and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
+    )
 
 
 def _surrogate_at(text: str) -> int | None:
@@ -371,6 +390,7 @@ def _surrogate_at(text: str) -> int | None:
 def _printable(text: str) -> str:
     """`text` with each surrogate written as an escape, so it can be written as UTF-8: \\xNN for a
     byte that was not UTF-8 (surrogateescape keeps byte NN as U+DCNN), \\uNNNN for any other."""
+
     def escape(match: re.Match) -> str:
         code = ord(match.group())
         return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
@@ -418,31 +438,49 @@ def _extract(row: dict, mapping: Mapping) -> tuple[dict | None, tuple[str, str, 
         values = {name: row[name] for name in (mapping.chosen, mapping.rejected)}
         for name, value in values.items():
             if not _is_messages(value):
-                return None, ("wrong_type", name, f"expected a list of {{role, content}} messages, got {type(value).__name__}")
+                return None, (
+                    "wrong_type",
+                    name,
+                    f"expected a list of {{role, content}} messages, got {type(value).__name__}",
+                )
         chosen_messages, rejected_messages = values[mapping.chosen], values[mapping.rejected]
         if chosen_messages[:-1] != rejected_messages[:-1] or not chosen_messages[:-1]:
-            return None, ("prompt_prefix_mismatch", mapping.chosen,
-                          "chosen and rejected must share every message but the last, and have at least one")
+            return None, (
+                "prompt_prefix_mismatch",
+                mapping.chosen,
+                "chosen and rejected must share every message but the last, and have at least one",
+            )
         for name, messages in ((mapping.chosen, chosen_messages), (mapping.rejected, rejected_messages)):
             if messages[-1]["role"] != "assistant":
-                return None, ("wrong_type", name, f"the last message is from {messages[-1]['role']!r}, not the assistant")
-        return {"prompt": render_messages(chosen_messages[:-1]), "chosen": chosen_messages[-1]["content"],
-                "rejected": rejected_messages[-1]["content"]}, None
+                return None, (
+                    "wrong_type",
+                    name,
+                    f"the last message is from {messages[-1]['role']!r}, not the assistant",
+                )
+        return {
+            "prompt": render_messages(chosen_messages[:-1]),
+            "chosen": chosen_messages[-1]["content"],
+            "rejected": rejected_messages[-1]["content"],
+        }, None
     for name in mapping.columns():
         if not isinstance(row[name], str):
             return None, ("wrong_type", name, f"expected text, got {type(row[name]).__name__}")
     if mapping.layout == "conversation_pair":
         split = split_conversation(row[mapping.chosen], row[mapping.rejected])
         if split is None:
-            return None, ("prompt_prefix_mismatch", mapping.rejected,
-                          f"rejected does not start with chosen's prompt (up to its last {HH_ASSISTANT_MARKER!r})")
+            return None, (
+                "prompt_prefix_mismatch",
+                mapping.rejected,
+                f"rejected does not start with chosen's prompt (up to its last {HH_ASSISTANT_MARKER!r})",
+            )
         prompt, chosen, rejected = split
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, None
     return {"prompt": row[mapping.prompt], "chosen": row[mapping.chosen], "rejected": row[mapping.rejected]}, None
 
 
-def token_excess(text: str, *, count_tokens: Callable[[str], int], max_tokens: int,
-                 bound: TokenBound | None) -> str | None:
+def token_excess(
+    text: str, *, count_tokens: Callable[[str], int], max_tokens: int, bound: TokenBound | None
+) -> str | None:
     """Why `text` is over `max_tokens` tokens, or None when it is not.
 
     With a `bound` (L = bound.max_token_bytes), a text whose counted bytes are n has at least n / L
@@ -453,16 +491,25 @@ def token_excess(text: str, *, count_tokens: Callable[[str], int], max_tokens: i
     if bound is not None:
         counted = bound.counted_bytes(text)
         if counted > max_tokens * bound.max_token_bytes:
-            return (f"at least {math.ceil(counted / bound.max_token_bytes)} tokens ({counted} UTF-8 bytes, at most "
-                    f"{bound.max_token_bytes} per token) > limit {max_tokens}")
+            return (
+                f"at least {math.ceil(counted / bound.max_token_bytes)} tokens ({counted} UTF-8 bytes, at most "
+                f"{bound.max_token_bytes} per token) > limit {max_tokens}"
+            )
     length = count_tokens(text)
     return f"{length} tokens > limit {max_tokens}" if length > max_tokens else None
 
 
-def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping: Mapping, *,
-             count_tokens: Callable[[str], int] | None = None, max_tokens: int | None = None,
-             too_long: str = "reject", truncate: Callable[[str, int], str] | None = None,
-             token_bound: TokenBound | None = None) -> MappedSource:
+def map_rows(
+    source: str,
+    rows: Iterable[tuple[int, dict | Exception]],
+    mapping: Mapping,
+    *,
+    count_tokens: Callable[[str], int] | None = None,
+    max_tokens: int | None = None,
+    too_long: str = "reject",
+    truncate: Callable[[str, int], str] | None = None,
+    token_bound: TokenBound | None = None,
+) -> MappedSource:
     """Map and validate rows into (prompt, chosen, rejected) pairs; every row that fails becomes one
     reject with its row number and the first reason that applies (REJECT_REASONS).
 
@@ -478,8 +525,16 @@ def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping:
     seen: set[tuple[str, str, str]] = set()
 
     def reject(number: int, reason: str, field_name: str | None, detail: str, raw) -> None:
-        result.rejects.append({"source": source, "row": number, "reason": reason, "field": field_name,
-                               "detail": detail, **capped_raw(raw)})
+        result.rejects.append(
+            {
+                "source": source,
+                "row": number,
+                "reason": reason,
+                "field": field_name,
+                "detail": detail,
+                **capped_raw(raw),
+            }
+        )
 
     for number, row in rows:
         result.rows_read += 1
@@ -504,8 +559,7 @@ def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping:
         if count_tokens is not None and max_tokens is not None:
             over = {}
             for name, text in pair.items():
-                excess = token_excess(text, count_tokens=count_tokens, max_tokens=max_tokens,
-                                      bound=token_bound)
+                excess = token_excess(text, count_tokens=count_tokens, max_tokens=max_tokens, bound=token_bound)
                 if excess is not None:
                     over[name] = excess
                     if too_long == "reject":
@@ -515,7 +569,9 @@ def map_rows(source: str, rows: Iterable[tuple[int, dict | Exception]], mapping:
                 reject(number, "too_long", name, over[name], row)
                 continue
             for name in over:
-                text = pair[name] if token_bound is None else pair[name][:(max_tokens + 1) * token_bound.max_token_bytes]
+                text = (
+                    pair[name] if token_bound is None else pair[name][: (max_tokens + 1) * token_bound.max_token_bytes]
+                )
                 pair[name] = truncate(text, max_tokens)
             emptied = next((name for name in over if not pair[name].strip()), None)
             if emptied is not None:
@@ -535,8 +591,14 @@ def _text_problem(pair: dict) -> tuple[str, str, str] | None:
     for name, text in pair.items():
         at = _surrogate_at(text)
         if at is not None:
-            return "invalid_utf8", name, (f"{name} is not valid UTF-8: {_printable(text[at])} at character {at} "
-                                          f"(a byte that is not UTF-8, or an escaped lone surrogate)")
+            return (
+                "invalid_utf8",
+                name,
+                (
+                    f"{name} is not valid UTF-8: {_printable(text[at])} at character {at} "
+                    f"(a byte that is not UTF-8, or an escaped lone surrogate)"
+                ),
+            )
         if not text.strip():
             return "empty_text", name, f"{name} is empty"
     return None
@@ -544,6 +606,7 @@ def _text_problem(pair: dict) -> tuple[str, str, str] | None:
 
 def describe_rejects(rejects: list[dict], detail_chars: int = 120) -> str:
     """Rejects as `row 5 field 'rejected': missing_field (no value ...)`, for an error message."""
+
     def one(reject: dict) -> str:
         detail = reject["detail"] if len(reject["detail"]) <= detail_chars else reject["detail"][:detail_chars] + "..."
         where = f"field {reject['field']!r}" if reject["field"] else "the whole row"
@@ -559,14 +622,19 @@ def check_reject_fraction(result: MappedSource, source: str, max_fraction: float
         raise SourceError(f"{source}: no rows")
     fraction = len(result.rejects) / result.rows_read
     if fraction > max_fraction:
-        top = ", ".join(f"{reason} x{count}" for reason, count in Counter(
-            r["reason"] for r in result.rejects).most_common(3))
-        raise TooManyRejects(f"{source}: {len(result.rejects)} of {result.rows_read} rows rejected ({fraction:.0%} > "
-                             f"max_reject_fraction {max_fraction:.0%}); top reasons: {top}; first rejected: "
-                             f"{describe_rejects(result.rejects[:FIRST_REJECTS_SHOWN])}", result.rejects)
+        top = ", ".join(
+            f"{reason} x{count}" for reason, count in Counter(r["reason"] for r in result.rejects).most_common(3)
+        )
+        raise TooManyRejects(
+            f"{source}: {len(result.rejects)} of {result.rows_read} rows rejected ({fraction:.0%} > "
+            f"max_reject_fraction {max_fraction:.0%}); top reasons: {top}; first rejected: "
+            f"{describe_rejects(result.rejects[:FIRST_REJECTS_SHOWN])}",
+            result.rejects,
+        )
 
 
 # --- from params to splits ----------------------------------------------------------------------
+
 
 def token_bound(tokenizer) -> TokenBound | None:
     """The TokenBound of `tokenizer` when it is a byte-level BPE (GPT-2, Llama 3, SmolLM2, the tests'
@@ -594,19 +662,22 @@ def token_bound(tokenizer) -> TokenBound | None:
         return None
     vocab = tokenizer.get_vocab()
     dropped = bytes(byte for byte, symbol in byte_symbols().items() if symbol not in vocab)
-    return TokenBound(max_token_bytes=max(len(token.encode("utf-8", errors="surrogatepass")) for token in vocab),
-                      dropped=dropped)
+    return TokenBound(
+        max_token_bytes=max(len(token.encode("utf-8", errors="surrogatepass")) for token in vocab), dropped=dropped
+    )
 
 
 def byte_symbols() -> dict[int, str]:
     """The symbol a byte-level BPE writes for each byte: GPT-2's `bytes_to_unicode` (openai/gpt-2
     encoder.py, used by the `tokenizers` ByteLevel pre-tokeniser): printable Latin-1 bytes stand for
     themselves, the other 68 are shifted to U+0100 and up, in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("\u00a1"), ord("\u00ac") + 1),
+        *range(ord("\u00ae"), ord("\u00ff") + 1),
+    ]
     shifted = [byte for byte in range(256) if byte not in printable]
-    return {**{byte: chr(byte) for byte in printable},
-            **{byte: chr(256 + index) for index, byte in enumerate(shifted)}}
+    return {**{byte: chr(byte) for byte in printable}, **{byte: chr(256 + index) for index, byte in enumerate(shifted)}}
 
 
 def _pre_tokenizer_steps(spec: dict | None) -> list[dict]:
@@ -639,20 +710,35 @@ def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> Mapped
     """Read, map and validate every file (or the hub split) that `config` (SourceParams) names;
     token lengths are counted with the policy's tokenizer. Columns no mapping names are logged once
     per source. Fails above `max_reject_fraction` (TooManyRejects, carrying every reject)."""
-    mapping = Mapping(layout=config.layout, prompt=config.columns.prompt if config.layout == "columns" else None,
-                      chosen=config.columns.chosen, rejected=config.columns.rejected)
+    mapping = Mapping(
+        layout=config.layout,
+        prompt=config.columns.prompt if config.layout == "columns" else None,
+        chosen=config.columns.chosen,
+        rejected=config.columns.rejected,
+    )
     bound = token_bound(tokenizer)
     if bound is None:
-        logger.info("the policy's tokenizer is no byte-level BPE, so no byte count bounds its token count: each "
-                    "text is tokenised whole to check prepare.source.max_text_tokens (slow for texts of megabytes)")
-    options = {"count_tokens": lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
-               "max_tokens": config.max_text_tokens, "too_long": config.too_long,
-               "truncate": lambda text, limit: truncate_to_tokens(tokenizer, text, limit), "token_bound": bound}
+        logger.info(
+            "the policy's tokenizer is no byte-level BPE, so no byte count bounds its token count: each "
+            "text is tokenised whole to check prepare.source.max_text_tokens (slow for texts of megabytes)"
+        )
+    options = {
+        "count_tokens": lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+        "max_tokens": config.max_text_tokens,
+        "too_long": config.too_long,
+        "truncate": lambda text, limit: truncate_to_tokens(tokenizer, text, limit),
+        "token_bound": bound,
+    }
     merged = MappedSource()
     sources: list[tuple[str, MappedSource]] = []
     if config.kind == "hub":
-        description, dataset = load_hub_rows(config.name, config=config.config, split=config.split,
-                                             revision=config.revision, trust_remote_code=trust_remote_code)
+        description, dataset = load_hub_rows(
+            config.name,
+            config=config.config,
+            split=config.split,
+            revision=config.revision,
+            trust_remote_code=trust_remote_code,
+        )
         ignored = check_columns(description, dataset.column_names, mapping)
         sources.append((description, map_rows(description, dataset_rows(dataset), mapping, **options)))
         merged.ignored_columns[description] = ignored
@@ -665,8 +751,13 @@ def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> Mapped
             merged.ignored_columns[path] = ignored
     for description, ignored in merged.ignored_columns.items():
         if ignored:
-            logger.info("%s: column(s) %s are not mapped (layout %s maps %s) and are ignored", description,
-                        ignored, mapping.layout, mapping.columns())
+            logger.info(
+                "%s: column(s) %s are not mapped (layout %s maps %s) and are ignored",
+                description,
+                ignored,
+                mapping.layout,
+                mapping.columns(),
+            )
     for _, result in sources:
         merged.pairs += result.pairs
         merged.rejects += result.rejects
@@ -677,9 +768,16 @@ def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> Mapped
     for pair in merged.pairs:
         key = (pair["prompt"], pair["chosen"], pair["rejected"])
         if key in seen:
-            merged.rejects.append({"source": pair["source"], "row": pair["source_row"], "reason": "duplicate_pair",
-                                   "field": None, "detail": "the same pair appeared in an earlier source",
-                                   **capped_raw({k: pair[k] for k in ("prompt", "chosen", "rejected")})})
+            merged.rejects.append(
+                {
+                    "source": pair["source"],
+                    "row": pair["source_row"],
+                    "reason": "duplicate_pair",
+                    "field": None,
+                    "detail": "the same pair appeared in an earlier source",
+                    **capped_raw({k: pair[k] for k in ("prompt", "chosen", "rejected")}),
+                }
+            )
             continue
         seen.add(key)
         kept.append(pair)

@@ -32,7 +32,9 @@ def best_of_n_per_prompt(value: torch.Tensor, proxy: torch.Tensor, n: int) -> to
     value (the pick among ties is uniform), so the estimate does not depend on order.
     """
     if value.shape != proxy.shape or value.dim() != 2:
-        raise ValueError(f"value and proxy must both be [prompts, N]; got {tuple(value.shape)} and {tuple(proxy.shape)}")
+        raise ValueError(
+            f"value and proxy must both be [prompts, N]; got {tuple(value.shape)} and {tuple(proxy.shape)}"
+        )
     samples = value.shape[1]
     if not 1 <= n <= samples:
         raise ValueError(f"best-of-n needs 1 <= n <= N = {samples}, got n = {n}")

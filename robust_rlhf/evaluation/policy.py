@@ -9,18 +9,32 @@ import torch
 from tqdm import tqdm
 
 from robust_rlhf.config import AggregationParams, MethodParams
-from robust_rlhf.generation import decode, encode_prompts, forward_response, sample, truncated
 from robust_rlhf.data.gold import GoldScorer, masked_token_mean
-from robust_rlhf.rl.kl import sequence_kl
+from robust_rlhf.generation import decode, encode_prompts, forward_response, sample, truncated
 from robust_rlhf.reward.metrics import head_disagreement
 from robust_rlhf.reward.scoring import RewardModels, method_rewards
+from robust_rlhf.rl.kl import sequence_kl
 
 
 @torch.inference_mode()
-def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, prompts: list[str], *,
-                    methods: dict[str, MethodParams], samples_per_prompt: int, max_new_tokens: int,
-                    temperature: float, batch_size: int, max_prompt_tokens: int, gold: GoldScorer,
-                    aggregation: AggregationParams, seed: int, desc: str) -> dict:
+def evaluate_policy(
+    policy,
+    ref_model,
+    tokenizer,
+    reward_models: RewardModels,
+    prompts: list[str],
+    *,
+    methods: dict[str, MethodParams],
+    samples_per_prompt: int,
+    max_new_tokens: int,
+    temperature: float,
+    batch_size: int,
+    max_prompt_tokens: int,
+    gold: GoldScorer,
+    aggregation: AggregationParams,
+    seed: int,
+    desc: str,
+) -> dict:
     """Sample `samples_per_prompt` responses per prompt and score them. Returns means and the samples.
 
     Rows are prompt-major (sample j of prompt i is row i * samples_per_prompt + j); the samples of a
@@ -41,13 +55,23 @@ def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, p
     fluency: list[float] = []  # mean log p_init of each response's sampled tokens, for the gold
     is_reference = policy is ref_model
     for start in tqdm(range(0, len(prompts), prompts_per_batch), desc=desc, unit="batch"):
-        batch = prompts[start:start + prompts_per_batch]
-        query_ids, query_mask = (t.to(device) for t in encode_prompts(tokenizer, batch, max_prompt_tokens=max_prompt_tokens))
+        batch = prompts[start : start + prompts_per_batch]
+        query_ids, query_mask = (
+            t.to(device) for t in encode_prompts(tokenizer, batch, max_prompt_tokens=max_prompt_tokens)
+        )
         # The policy's log-probs come with the sample (generate's logits): one forward less per batch. The
         # initial policy is the reference itself: its KL is 0 by definition, no forward needed.
-        sampled = sample(policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, with_logprobs=True,
-                         samples_per_query=samples_per_prompt)
+        sampled = sample(
+            policy,
+            query_ids,
+            query_mask,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            with_logprobs=True,
+            samples_per_query=samples_per_prompt,
+        )
         ids, mask = sampled.ids, sampled.mask
         queries = [t.repeat_interleave(samples_per_prompt, dim=0) for t in (query_ids, query_mask)]
         if is_reference:
@@ -62,15 +86,20 @@ def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, p
         cut.append(truncated(ids, mask, tokenizer.eos_token_id).cpu())
         responses += decode(tokenizer, ids, mask)
     kl = torch.cat(kl_k3_sums)
-    facets = {name: torch.tensor(values) for name, values in gold.facets(expanded, responses,
-                                                                           mean_logprobs=fluency).items()}
+    facets = {
+        name: torch.tensor(values) for name, values in gold.facets(expanded, responses, mean_logprobs=fluency).items()
+    }
     gold_reward = facets.pop("gold")
     scores = reward_models.score(expanded, responses, batch_size=batch_size)
     proxy = method_rewards(scores, methods, aggregation)
     disagreement = {kind: head_disagreement(mu) for kind, (mu, _) in scores.items() if mu.shape[1] > 1}
     mean_kl = float(kl.mean())
     return {
-        "gold": gold_reward, "facets": facets, "proxy": proxy, "disagreement": disagreement, "kl": kl,
+        "gold": gold_reward,
+        "facets": facets,
+        "proxy": proxy,
+        "disagreement": disagreement,
+        "kl": kl,
         "metrics": {
             "gold": float(gold_reward.mean()),
             "gold_std": float(gold_reward.std(unbiased=False)),
@@ -84,6 +113,8 @@ def evaluate_policy(policy, ref_model, tokenizer, reward_models: RewardModels, p
             "response_chars": sum(map(len, responses)) / len(responses),
             "samples": len(responses),
         },
-        "samples": [{"prompt": p, "response": r, "gold": g, **{f"proxy/{n}": float(v[i]) for n, v in proxy.items()}}
-                    for i, (p, r, g) in enumerate(zip(expanded, responses, gold_reward.tolist()))],
+        "samples": [
+            {"prompt": p, "response": r, "gold": g, **{f"proxy/{n}": float(v[i]) for n, v in proxy.items()}}
+            for i, (p, r, g) in enumerate(zip(expanded, responses, gold_reward.tolist()))
+        ],
     }

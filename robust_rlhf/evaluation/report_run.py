@@ -22,18 +22,39 @@ def _csv_rows(path: Path) -> list[dict]:
 
 def stage_seconds(stage_metrics: Path, methods: list[str], seeds: list[int]) -> dict[str, float]:
     """Wall seconds of each stage's last run, from the `wall_seconds` every stage writes."""
-    files = {"prepare": stage_metrics / "prepare.json", "train_reward": stage_metrics / "train_reward.json",
-             **{f"ppo@{method}-{seed}": stage_metrics / "ppo" / f"{policy_run_name(method, seed)}.json"
-                for method in methods for seed in seeds},
-             "evaluate": stage_metrics / "eval.json"}
-    return {stage: float(json.loads(path.read_text())["wall_seconds"]) for stage, path in files.items() if path.exists()}
+    files = {
+        "prepare": stage_metrics / "prepare.json",
+        "train_reward": stage_metrics / "train_reward.json",
+        **{
+            f"ppo@{method}-{seed}": stage_metrics / "ppo" / f"{policy_run_name(method, seed)}.json"
+            for method in methods
+            for seed in seeds
+        },
+        "evaluate": stage_metrics / "eval.json",
+    }
+    return {
+        stage: float(json.loads(path.read_text())["wall_seconds"]) for stage, path in files.items() if path.exists()
+    }
 
 
-def run_report(params: Params, *, table: Path, eval_metrics: Path, curves: Path, best_of_n: Path,
-               reward_metrics: Path, samples: Path, stage_metrics: Path, report: Path) -> dict:
+def run_report(
+    params: Params,
+    *,
+    table: Path,
+    eval_metrics: Path,
+    curves: Path,
+    best_of_n: Path,
+    reward_metrics: Path,
+    samples: Path,
+    stage_metrics: Path,
+    report: Path,
+) -> dict:
     """Read evaluate's and train_reward's outputs and every stage's metrics, write the HTML report."""
-    comparison = {method: json.loads((table / f"{method}.json").read_text())
-                  for method in params.methods if (table / f"{method}.json").exists()}
+    comparison = {
+        method: json.loads((table / f"{method}.json").read_text())
+        for method in params.methods
+        if (table / f"{method}.json").exists()
+    }
     curve_runs: dict[str, dict[int, list[dict]]] = {}
     for path in sorted(curves.glob("*.csv")):
         match = CURVE_FILE.match(path.stem)
@@ -45,14 +66,21 @@ def run_report(params: Params, *, table: Path, eval_metrics: Path, curves: Path,
         comparison=comparison,
         evaluation=json.loads(eval_metrics.read_text()),
         curves=curve_runs,
-        best_of_n={method: _csv_rows(best_of_n / f"{method}.csv") for method in comparison
-                   if (best_of_n / f"{method}.csv").exists()},
+        best_of_n={
+            method: _csv_rows(best_of_n / f"{method}.csv")
+            for method in comparison
+            if (best_of_n / f"{method}.csv").exists()
+        },
         reward_metrics=json.loads(reward_metrics.read_text()),
         stage_seconds=stage_seconds(stage_metrics, list(params.methods), params.ppo_seeds),
         samples=read_jsonl(samples),
         notes=[f"Methods in params but not evaluated: {', '.join(sorted(set(params.methods) - set(comparison)))}"]
-        if set(params.methods) - set(comparison) else [],
+        if set(params.methods) - set(comparison)
+        else [],
     )
     atomic_write_text(report, render_report(inputs))
-    return {"methods": len(comparison), "report_bytes": report.stat().st_size,
-            "pipeline_seconds": sum(inputs.stage_seconds.values())}
+    return {
+        "methods": len(comparison),
+        "report_bytes": report.stat().st_size,
+        "pipeline_seconds": sum(inputs.stage_seconds.values()),
+    }

@@ -1,1 +1,2 @@
-"""The reward models: the BRME and the baselines' ensembles, their losses, aggregations, scoring and metrics (stage train_reward)."""
+"""The reward models (stage train_reward): the BRME and the baselines' ensembles, their losses,
+aggregations, scoring and metrics."""

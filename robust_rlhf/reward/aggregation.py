@@ -6,7 +6,7 @@ docs/method.md#aggregations. Every function takes mu, sigma of shape (B, k) and 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -34,8 +34,9 @@ def centring_affine(rewards: torch.Tensor, *, scale: bool) -> tuple[torch.Tensor
     return offset, torch.where(spread > 0, spread, torch.ones_like(spread))
 
 
-def fold_affine(weight: torch.Tensor, bias: torch.Tensor, offset: torch.Tensor,
-                scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_affine(
+    weight: torch.Tensor, bias: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The linear layer whose outputs are (w.h + b - offset) / scale. weight (M, H), bias, offset,
     scale (M,) -> weight (M, H), bias (M,)."""
     return weight / scale[:, None], (bias - offset) / scale
@@ -47,9 +48,16 @@ def feature_rms(features: torch.Tensor) -> float:
     return float((features - features.mean(dim=0)).pow(2).sum(dim=1).mean().sqrt())
 
 
-def anchored_heads(stage1_weight: torch.Tensor, stage1_bias: torch.Tensor, features: torch.Tensor, *,
-                   num_heads: int, prior_scale: float, sigma_min: float,
-                   seed: int) -> tuple[dict[str, torch.Tensor], float]:
+def anchored_heads(
+    stage1_weight: torch.Tensor,
+    stage1_bias: torch.Tensor,
+    features: torch.Tensor,
+    *,
+    num_heads: int,
+    prior_scale: float,
+    sigma_min: float,
+    seed: int,
+) -> tuple[dict[str, torch.Tensor], float]:
     """Random anchors of k Gaussian heads around the stage-1 head (anchored ensembles, Pearce et al.
     2018), and the per-weight prior std.
 
@@ -70,8 +78,8 @@ def anchored_heads(stage1_weight: torch.Tensor, stage1_bias: torch.Tensor, featu
     hidden = features.shape[1]
     s_start = _softplus_inverse(SIGMA_START - sigma_min)
     anchors = {
-        "mu_weight": stage1_weight.expand(num_heads, hidden) + prior_std * torch.randn(num_heads, hidden,
-                                                                                       generator=generator),
+        "mu_weight": stage1_weight.expand(num_heads, hidden)
+        + prior_std * torch.randn(num_heads, hidden, generator=generator),
         "mu_bias": stage1_bias.expand(num_heads).clone(),
         "s_weight": prior_std * torch.randn(num_heads, hidden, generator=generator),
         "s_bias": torch.full((num_heads,), s_start),

@@ -27,8 +27,9 @@ def bradley_terry_loss(reward_chosen: torch.Tensor, reward_rejected: torch.Tenso
     return -F.logsigmoid(reward_chosen - reward_rejected).mean()
 
 
-def bradley_terry_heads_loss(reward_chosen: torch.Tensor, reward_rejected: torch.Tensor,
-                             sample_weight: torch.Tensor) -> torch.Tensor:
+def bradley_terry_heads_loss(
+    reward_chosen: torch.Tensor, reward_rejected: torch.Tensor, sample_weight: torch.Tensor
+) -> torch.Tensor:
     """Bradley-Terry NLL of M reward heads at once, head m on its own bootstrap weights (bagging):
     -log sigmoid(r_chosen - r_rejected) per pair and head, the weighted mean over pairs per head,
     then the mean over heads. With all weights 1 and M = 1 it is `bradley_terry_loss`.
@@ -41,8 +42,14 @@ def bradley_terry_heads_loss(reward_chosen: torch.Tensor, reward_rejected: torch
     return _bootstrap_mean(-F.logsigmoid(reward_chosen - reward_rejected), sample_weight)
 
 
-def thurstone_probability(mu_chosen: torch.Tensor, sigma_chosen: torch.Tensor, mu_rejected: torch.Tensor,
-                          sigma_rejected: torch.Tensor, *, noise_floor: float) -> torch.Tensor:
+def thurstone_probability(
+    mu_chosen: torch.Tensor,
+    sigma_chosen: torch.Tensor,
+    mu_rejected: torch.Tensor,
+    sigma_rejected: torch.Tensor,
+    *,
+    noise_floor: float,
+) -> torch.Tensor:
     """P(chosen > rejected) when each reward is Gaussian (Thurstone 1927, case III):
 
     P = Phi((mu_c - mu_r) / sqrt(sigma_c^2 + sigma_r^2 + s0^2)), s0 = `noise_floor`.
@@ -52,8 +59,15 @@ def thurstone_probability(mu_chosen: torch.Tensor, sigma_chosen: torch.Tensor, m
     return torch.special.ndtr(_thurstone_z(mu_chosen, sigma_chosen, mu_rejected, sigma_rejected, noise_floor))
 
 
-def thurstone_nll_loss(mu_chosen: torch.Tensor, sigma_chosen: torch.Tensor, mu_rejected: torch.Tensor,
-                       sigma_rejected: torch.Tensor, sample_weight: torch.Tensor, *, noise_floor: float) -> torch.Tensor:
+def thurstone_nll_loss(
+    mu_chosen: torch.Tensor,
+    sigma_chosen: torch.Tensor,
+    mu_rejected: torch.Tensor,
+    sigma_rejected: torch.Tensor,
+    sample_weight: torch.Tensor,
+    *,
+    noise_floor: float,
+) -> torch.Tensor:
     """BRME stage-2 loss `thurstone` (our reconstruction): the heads' Gaussian rewards fitted to the
     preference labels. Per head i and pair n, -log Phi(z_ni) with z as in `thurstone_probability`,
     averaged over pairs with head i's bootstrap weights, then over heads.
@@ -131,8 +145,9 @@ def bt_sampled_loss(
     return _bootstrap_mean(-log_likelihood, sample_weight)
 
 
-def anchor_penalty(weights: list[torch.Tensor], anchors: list[torch.Tensor], *, prior_std: float,
-                   num_items: int) -> torch.Tensor:
+def anchor_penalty(
+    weights: list[torch.Tensor], anchors: list[torch.Tensor], *, prior_std: float, num_items: int
+) -> torch.Tensor:
     """The anchored-ensemble prior term (Pearce et al. 2018), per training item.
 
     Head i's MAP under a Gaussian prior N(anchor_i, prior_std^2 I) centred on its own random anchor

@@ -36,8 +36,14 @@ def reliability_bins(margin: torch.Tensor, *, num_bins: int = 10) -> list[dict[s
     for b in range(num_bins):
         in_bin = index == b
         if in_bin.any():
-            rows.append({"bin": b, "confidence": float(confidence[in_bin].mean()),
-                         "accuracy": float(outcome[in_bin].mean()), "count": int(in_bin.sum())})
+            rows.append(
+                {
+                    "bin": b,
+                    "confidence": float(confidence[in_bin].mean()),
+                    "accuracy": float(outcome[in_bin].mean()),
+                    "count": int(in_bin.sum()),
+                }
+            )
     return rows
 
 

@@ -34,8 +34,9 @@ class RewardModelConfig:
 class GaussianHeads(nn.Module):
     """k Gaussian reward heads as one batched linear map: k heads cost one matmul, not k backbones."""
 
-    def __init__(self, hidden_size: int, num_heads: int, *, sigma_min: float, init_std: float = 0.02,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, hidden_size: int, num_heads: int, *, sigma_min: float, init_std: float = 0.02, seed: int = 0
+    ) -> None:
         super().__init__()
         self.sigma_min = sigma_min
         self.mu_weight = nn.Parameter(torch.empty(num_heads, hidden_size))
@@ -66,8 +67,16 @@ class AnchoredGaussianHeads(GaussianHeads):
     ZeRO-3 has gathered their weights; its state dict is GaussianHeads' (the anchors are buffers that
     are not saved)."""
 
-    def __init__(self, hidden_size: int, num_heads: int, *, sigma_min: float, anchors: dict[str, torch.Tensor],
-                 prior_std: float, num_items: int) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        *,
+        sigma_min: float,
+        anchors: dict[str, torch.Tensor],
+        prior_std: float,
+        num_items: int,
+    ) -> None:
         super().__init__(hidden_size, num_heads, sigma_min=sigma_min)
         self.load_state_dict({key: anchors[key] for key in ("mu_weight", "mu_bias", "s_weight", "s_bias")})
         self.register_buffer("anchor_mu_weight", anchors["mu_weight"].clone(), persistent=False)
@@ -77,9 +86,12 @@ class AnchoredGaussianHeads(GaussianHeads):
     def forward(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, H) -> mu (B, k), sigma (B, k), the prior term (scalar, fp32)."""
         mu, sigma = super().forward(pooled)
-        penalty = anchor_penalty([w.float() for w in self.weights()],
-                                 [self.anchor_mu_weight.float(), self.anchor_s_weight.float()],
-                                 prior_std=self.prior_std, num_items=self.num_items)
+        penalty = anchor_penalty(
+            [w.float() for w in self.weights()],
+            [self.anchor_mu_weight.float(), self.anchor_s_weight.float()],
+            prior_std=self.prior_std,
+            num_items=self.num_items,
+        )
         return mu, sigma, penalty
 
 
@@ -101,15 +113,17 @@ class L2LinearHeads(nn.Linear):
 class BRMERewardModel(nn.Module):
     """Backbone + stage-1 scalar head (`bt_head`) + k Gaussian heads, scoring tokenised texts."""
 
-    def __init__(self, backbone: nn.Module, config: RewardModelConfig, *, head_init_std: float = 0.02,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, backbone: nn.Module, config: RewardModelConfig, *, head_init_std: float = 0.02, seed: int = 0
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.config = config
         hidden = backbone.config.hidden_size
         self.bt_head = linear_heads(hidden, 1, init_std=head_init_std, seed=seed)
-        self.heads = GaussianHeads(hidden, config.num_heads, sigma_min=config.sigma_min,
-                                   init_std=head_init_std, seed=seed + 1)
+        self.heads = GaussianHeads(
+            hidden, config.num_heads, sigma_min=config.sigma_min, init_std=head_init_std, seed=seed + 1
+        )
         self.member_head: nn.Linear | None = None  # attached by `attach_member_head`
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -171,20 +185,32 @@ def tokenize_pairs(tokenizer, prompts: list[str], responses: list[str], *, max_l
     `last` pooling reads survives.
     """
     tokenizer.truncation_side = "left"
-    return tokenizer(prompts, responses, return_tensors="pt", padding=True, padding_side="right",
-                     truncation="longest_first", max_length=max_length)
+    return tokenizer(
+        prompts,
+        responses,
+        return_tensors="pt",
+        padding=True,
+        padding_side="right",
+        truncation="longest_first",
+        max_length=max_length,
+    )
 
 
 @torch.inference_mode()
-def score_texts(model: BRMERewardModel, tokenizer, prompts: list[str], responses: list[str], *,
-                batch_size: int) -> dict[str, torch.Tensor]:
+def score_texts(
+    model: BRMERewardModel, tokenizer, prompts: list[str], responses: list[str], *, batch_size: int
+) -> dict[str, torch.Tensor]:
     """Score (prompt, response) texts in batches. Returns bt_reward (N,), mu (N, k), sigma (N, k)
     and, with a member head attached, members (N, M)."""
     device = next(model.parameters()).device
     outputs: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(prompts), batch_size):
-        batch = tokenize_pairs(tokenizer, prompts[start:start + batch_size], responses[start:start + batch_size],
-                               max_length=model.config.max_length)
+        batch = tokenize_pairs(
+            tokenizer,
+            prompts[start : start + batch_size],
+            responses[start : start + batch_size],
+            max_length=model.config.max_length,
+        )
         scored = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
         for key, value in scored.items():
             outputs.setdefault(key, []).append(value.float().cpu())
@@ -215,6 +241,8 @@ def load_reward_model(model_dir: str | Path, *, trust_remote_code: bool = False)
     model = BRMERewardModel(backbone, config)
     missing, unexpected = model.load_state_dict(load_file(str(model_dir / "heads.safetensors")), strict=False)
     if unexpected or any(not key.startswith("backbone.") for key in missing):
-        raise ValueError(f"{model_dir}/heads.safetensors does not match the BRME: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"{model_dir}/heads.safetensors does not match the BRME: missing {missing}, unexpected {unexpected}"
+        )
     tokenizer = load_tokenizer(model_dir / "backbone", trust_remote_code=trust_remote_code, padding_side="right")
     return model.eval(), tokenizer

@@ -13,28 +13,44 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from robust_rlhf.runtime.atomic import atomic_directory, atomic_write_json, read_jsonl
 from robust_rlhf.config import Params, Stage1Params, Stage2Params
+from robust_rlhf.models import load_backbone, load_tokenizer
+from robust_rlhf.reward.centering import anchored_heads, centring_affine, fold_affine
+from robust_rlhf.reward.evaluation import evaluate_reward_models
+from robust_rlhf.reward.model import (
+    AnchoredGaussianHeads,
+    BRMERewardModel,
+    GaussianHeads,
+    L2LinearHeads,
+    RewardModelConfig,
+    linear_heads,
+    resolve_pooling,
+    save_reward_model,
+)
+from robust_rlhf.reward.scoring import ENSEMBLE_MANIFEST, MEMBER_HEADS_FILE, STAGE1_FOLDER, RewardModels
+from robust_rlhf.reward.training import (
+    PhaseProgress,
+    bootstrap_weights,
+    bt_objective,
+    checkpoint_due,
+    pooled_features,
+    stage2_objective,
+    train_heads_on_features,
+    train_stage1,
+    train_stage2_unfrozen,
+)
+from robust_rlhf.runtime.atomic import atomic_directory, atomic_write_json, read_jsonl
 from robust_rlhf.runtime.distributed import full_state_dict, init_distributed, training_engine
 from robust_rlhf.runtime.guards import Diverged, check_above_chance, check_finite
 from robust_rlhf.runtime.metrics import write_csv
-from robust_rlhf.models import load_backbone, load_tokenizer
 from robust_rlhf.runtime.resume import PhasedResume, prune_finished, run_key
-from robust_rlhf.reward.centering import anchored_heads, centring_affine, fold_affine
-from robust_rlhf.reward.evaluation import evaluate_reward_models
-from robust_rlhf.reward.model import (AnchoredGaussianHeads, BRMERewardModel, GaussianHeads, L2LinearHeads,
-                                      RewardModelConfig, linear_heads, resolve_pooling, save_reward_model)
-from robust_rlhf.reward.scoring import ENSEMBLE_MANIFEST, MEMBER_HEADS_FILE, STAGE1_FOLDER, RewardModels
-from robust_rlhf.reward.training import (PhaseProgress, bootstrap_weights, bt_objective, checkpoint_due,
-                                         pooled_features, stage2_objective, train_heads_on_features, train_stage1,
-                                         train_stage2_unfrozen)
 from robust_rlhf.statistics import ClusterBootstrap
 
 logger = logging.getLogger(__name__)
@@ -87,43 +103,83 @@ class _RewardRun:
         self.factory = _ModelFactory(source, remote, self.config)
         self.seed = self.config.seed
         self.member_names = [f"member_{index}" for index in range(self.config.ensemble_size)]
-        phases = (["stage1", "stage2", *self.member_names] if self.config.finetune_backbone
-                  else ["features", "stage1", "stage2", "ensemble"])
+        phases = (
+            ["stage1", "stage2", *self.member_names]
+            if self.config.finetune_backbone
+            else ["features", "stage1", "stage2", "ensemble"]
+        )
         # A run killed after a checkpoint goes on from it: finished phases' results, the interrupted
         # phase's engine (model, optimizer, scheduler), its data position and the RNGs.
         prune_finished(paths.resume.parent, keep=paths.resume)
-        self.resume = PhasedResume(paths.resume, run_key(resume_params(params, world_size=self.world_size), {
-            **{name: paths.data / name for name in INPUT_FILES if (paths.data / name).exists()},
-            **({"backbone": Path(source)} if Path(source).is_dir() else {})}), phases, [paths.reward, paths.ensemble])
+        self.resume = PhasedResume(
+            paths.resume,
+            run_key(
+                resume_params(params, world_size=self.world_size),
+                {
+                    **{name: paths.data / name for name in INPUT_FILES if (paths.data / name).exists()},
+                    **({"backbone": Path(source)} if Path(source).is_dir() else {}),
+                },
+            ),
+            phases,
+            [paths.reward, paths.ensemble],
+        )
         if self.resume.saved is not None:
-            logger.info("resuming train_reward from step %d: phase %s at %s (%s)", self.resume.saved["step"],
-                        self.resume.phase, _position_text(self.resume.position), self.resume.folder)
+            logger.info(
+                "resuming train_reward from step %d: phase %s at %s (%s)",
+                self.resume.saved["step"],
+                self.resume.phase,
+                _position_text(self.resume.position),
+                self.resume.folder,
+            )
 
     def train_phase(self, phase: str, stage: Stage1Params | Stage2Params, new_model: Callable, train: Callable):
         """Train `phase`'s model on a fresh engine, going on from its checkpoint when it has one, and
         checkpoint every `checkpoint_every` optimizer steps. Returns (engine, losses)."""
         self.resume.start(phase)
-        engine = training_engine(new_model(), deepspeed=self.params.deepspeed, micro_batch_size=stage.micro_batch_size,
-                                 world_size=self.world_size, gradient_accumulation_steps=stage.gradient_accumulation_steps,
-                                 learning_rate=stage.learning_rate, weight_decay=stage.weight_decay)
+        engine = training_engine(
+            new_model(),
+            deepspeed=self.params.deepspeed,
+            micro_batch_size=stage.micro_batch_size,
+            world_size=self.world_size,
+            gradient_accumulation_steps=stage.gradient_accumulation_steps,
+            learning_rate=stage.learning_rate,
+            weight_decay=stage.weight_decay,
+        )
         progress = PhaseProgress(**(self.resume.restore(phase, engine) or {}))
 
         def on_step(reached: PhaseProgress) -> None:
-            if checkpoint_due(len(reached.losses), gradient_accumulation_steps=stage.gradient_accumulation_steps,
-                              checkpoint_every=self.config.checkpoint_every):
+            if checkpoint_due(
+                len(reached.losses),
+                gradient_accumulation_steps=stage.gradient_accumulation_steps,
+                checkpoint_every=self.config.checkpoint_every,
+            ):
                 self.resume.checkpoint(phase, engine, position=asdict(reached), micro_batches=len(reached.losses))
 
         return engine, train(engine, phase=f"train_reward {phase}", progress=progress, on_step=on_step)
 
     def _train_bt_on_features(self, features: dict, *, seed: int, objective) -> Callable:
         stage1 = self.config.stage1
-        return partial(train_heads_on_features, features=features, epochs=stage1.epochs,
-                       micro_batch_size=stage1.micro_batch_size, seed=seed, loss_name="bt", objective=objective)
+        return partial(
+            train_heads_on_features,
+            features=features,
+            epochs=stage1.epochs,
+            micro_batch_size=stage1.micro_batch_size,
+            seed=seed,
+            loss_name="bt",
+            objective=objective,
+        )
 
     def _train_bt_finetuned(self, *, seed: int) -> Callable:
         stage1 = self.config.stage1
-        return partial(train_stage1, pairs=self.train_pairs, tokenizer=self.tokenizer, epochs=stage1.epochs,
-                       micro_batch_size=stage1.micro_batch_size, max_length=self.config.max_length, seed=seed)
+        return partial(
+            train_stage1,
+            pairs=self.train_pairs,
+            tokenizer=self.tokenizer,
+            epochs=stage1.epochs,
+            micro_batch_size=stage1.micro_batch_size,
+            max_length=self.config.max_length,
+            seed=seed,
+        )
 
     def train_stage1(self) -> tuple[dict, dict]:
         """Stage 1: the single Bradley-Terry reward model, and every training pair's pooled features.
@@ -132,24 +188,41 @@ class _RewardRun:
         stage1 = config.stage1
         if config.finetune_backbone:
             if not resume.finished("stage1"):
-                engine1, losses = self.train_phase("stage1", stage1, lambda: _bt_only(factory.brme(seed)),
-                                                   self._train_bt_finetuned(seed=seed))
+                engine1, losses = self.train_phase(
+                    "stage1", stage1, lambda: _bt_only(factory.brme(seed)), self._train_bt_finetuned(seed=seed)
+                )
                 engine1.eval()
-                features = pooled_features(engine1.module, self.train_pairs, self.tokenizer,
-                                           batch_size=stage1.micro_batch_size, max_length=config.max_length)
+                features = pooled_features(
+                    engine1.module,
+                    self.train_pairs,
+                    self.tokenizer,
+                    batch_size=stage1.micro_batch_size,
+                    max_length=config.max_length,
+                )
                 check_finite("features", features, phase="train_reward stage1", step=len(losses))
                 resume.finish("stage1", losses, {"stage1": full_state_dict(engine1), "features": features})
         else:
             if not resume.finished("features"):
-                features = pooled_features(factory.brme(seed).eval(), self.train_pairs, self.tokenizer,
-                                           batch_size=stage1.micro_batch_size, max_length=config.max_length)
+                features = pooled_features(
+                    factory.brme(seed).eval(),
+                    self.train_pairs,
+                    self.tokenizer,
+                    batch_size=stage1.micro_batch_size,
+                    max_length=config.max_length,
+                )
                 check_finite("features", features, phase="train_reward features", step=0)  # never saved non-finite
                 resume.finish("features", [], {"features": features})
             if not resume.finished("stage1"):
                 engine1, losses = self.train_phase(
-                    "stage1", stage1, lambda: factory.linear_heads(1, seed),
-                    self._train_bt_on_features(resume.tensors("features"), seed=seed,
-                                               objective=bt_objective(torch.ones(len(self.train_pairs), 1))))
+                    "stage1",
+                    stage1,
+                    lambda: factory.linear_heads(1, seed),
+                    self._train_bt_on_features(
+                        resume.tensors("features"),
+                        seed=seed,
+                        objective=bt_objective(torch.ones(len(self.train_pairs), 1)),
+                    ),
+                )
                 model = factory.brme(seed)
                 model.bt_head.load_state_dict(full_state_dict(engine1))
                 resume.finish("stage1", losses, {"stage1": model.state_dict()})
@@ -162,12 +235,18 @@ class _RewardRun:
         if config.stage2.prior_scale <= 0:
             return None, 0.0
         return anchored_heads(
-            stage1_model.bt_head.weight.detach(), stage1_model.bt_head.bias.detach(), responses_features,
-            num_heads=config.num_heads, prior_scale=config.stage2.prior_scale, sigma_min=config.sigma_min,
-            seed=self.seed + ANCHOR_SEED_OFFSET)
+            stage1_model.bt_head.weight.detach(),
+            stage1_model.bt_head.bias.detach(),
+            responses_features,
+            num_heads=config.num_heads,
+            prior_scale=config.stage2.prior_scale,
+            sigma_min=config.sigma_min,
+            seed=self.seed + ANCHOR_SEED_OFFSET,
+        )
 
-    def train_stage2(self, stage1_model: BRMERewardModel, stage1_state: dict, features: dict, anchors,
-                     prior_std: float) -> None:
+    def train_stage2(
+        self, stage1_model: BRMERewardModel, stage1_state: dict, features: dict, anchors, prior_std: float
+    ) -> None:
         """Stage 2: the k Gaussian heads, each on its own bootstrap resample, anchored around the stage-1 head."""
         config, stage2, seed, factory = self.config, self.config.stage2, self.seed, self.factory
         if self.resume.finished("stage2"):
@@ -176,20 +255,37 @@ class _RewardRun:
         with torch.no_grad():
             targets = {side: stage1_model.bt_reward(features[f"pooled_{side}"]) for side in ("chosen", "rejected")}
         objective = stage2_objective(
-            stage2.loss, bootstrap_weights(num_pairs, config.num_heads, seed=seed, enabled=stage2.bootstrap),
-            targets=targets, noise_floor=stage2.noise_floor, num_noise_samples=stage2.num_noise_samples)
+            stage2.loss,
+            bootstrap_weights(num_pairs, config.num_heads, seed=seed, enabled=stage2.bootstrap),
+            targets=targets,
+            noise_floor=stage2.noise_floor,
+            num_noise_samples=stage2.num_noise_samples,
+        )
         common = dict(epochs=stage2.epochs, micro_batch_size=stage2.micro_batch_size, seed=seed)
         if stage2.freeze_backbone:
             engine2, losses = self.train_phase(
-                "stage2", stage2, lambda: factory.heads(seed, anchors, prior_std, num_pairs),
-                partial(train_heads_on_features, features=features, objective=objective, loss_name=stage2.loss,
-                        **common))
+                "stage2",
+                stage2,
+                lambda: factory.heads(seed, anchors, prior_std, num_pairs),
+                partial(
+                    train_heads_on_features, features=features, objective=objective, loss_name=stage2.loss, **common
+                ),
+            )
             brme_state = {**stage1_state, **{f"heads.{k}": v for k, v in full_state_dict(engine2).items()}}
         else:
             engine2, losses = self.train_phase(
-                "stage2", stage2, lambda: factory.stage2_model(seed, stage1_state, anchors, prior_std, num_pairs),
-                partial(train_stage2_unfrozen, pairs=self.train_pairs, tokenizer=self.tokenizer, objective=objective,
-                        max_length=config.max_length, **common))
+                "stage2",
+                stage2,
+                lambda: factory.stage2_model(seed, stage1_state, anchors, prior_std, num_pairs),
+                partial(
+                    train_stage2_unfrozen,
+                    pairs=self.train_pairs,
+                    tokenizer=self.tokenizer,
+                    objective=objective,
+                    max_length=config.max_length,
+                    **common,
+                ),
+            )
             brme_state = full_state_dict(engine2)
         self.resume.finish("stage2", losses, {"brme": brme_state})
 
@@ -202,15 +298,21 @@ class _RewardRun:
                 if not resume.finished(name):
                     member_seed = self.seed + ENSEMBLE_SEED_OFFSET + index
                     member_engine, losses = self.train_phase(
-                        name, stage1, partial(lambda s: _bt_only(factory.member(s)), member_seed),
-                        self._train_bt_finetuned(seed=member_seed))
+                        name,
+                        stage1,
+                        partial(lambda s: _bt_only(factory.member(s)), member_seed),
+                        self._train_bt_finetuned(seed=member_seed),
+                    )
                     resume.finish(name, losses, {name: full_state_dict(member_engine)})
         elif self.member_names and not resume.finished("ensemble"):
             member_seed = self.seed + ENSEMBLE_SEED_OFFSET
             weights = bootstrap_weights(len(self.train_pairs), len(self.member_names), seed=member_seed, enabled=True)
             engine, losses = self.train_phase(
-                "ensemble", stage1, lambda: factory.linear_heads(len(self.member_names), member_seed),
-                self._train_bt_on_features(features, seed=member_seed, objective=bt_objective(weights)))
+                "ensemble",
+                stage1,
+                lambda: factory.linear_heads(len(self.member_names), member_seed),
+                self._train_bt_on_features(features, seed=member_seed, objective=bt_objective(weights)),
+            )
             resume.finish("ensemble", losses, {"ensemble": full_state_dict(engine)})
 
     def assemble(self, stage1_model: BRMERewardModel, responses_features: torch.Tensor) -> tuple[RewardModels, dict]:
@@ -220,24 +322,37 @@ class _RewardRun:
         config, factory, resume, tokenizer = self.config, self.factory, self.resume, self.tokenizer
         stage2 = config.stage2
         brme = factory.loaded(factory.brme(self.seed), resume.tensors("brme"))
-        brme_features = (responses_features if stage2.freeze_backbone
-                         else _responses_features(brme, self.train_pairs, tokenizer, config))
+        brme_features = (
+            responses_features
+            if stage2.freeze_backbone
+            else _responses_features(brme, self.train_pairs, tokenizer, config)
+        )
         centering = {"brme": centre_brme_heads(brme, brme_features)}
         separate_stage1 = None if stage2.freeze_backbone else stage1_model
         members: list[BRMERewardModel] = []
         scale, enabled = config.member_normalization == "standardize", config.member_normalization != "none"
         if config.finetune_backbone:
             members = [factory.loaded(factory.member(0), resume.tensors(name)) for name in self.member_names]
-            centering["ensemble"] = centre_separate_members(members, [
-                _responses_features(member, self.train_pairs, tokenizer, config) for member in members],
-                scale=scale, enabled=enabled)
+            centering["ensemble"] = centre_separate_members(
+                members,
+                [_responses_features(member, self.train_pairs, tokenizer, config) for member in members],
+                scale=scale,
+                enabled=enabled,
+            )
         elif self.member_names:
             member_head = linear_heads(factory.hidden, len(self.member_names), init_std=config.head_init_std, seed=0)
             member_head.load_state_dict(resume.tensors("ensemble"))
             centering["ensemble"] = centre_linear_heads(member_head, responses_features, scale=scale, enabled=enabled)
             (separate_stage1 or brme).attach_member_head(member_head.eval())
-        save_reward_models(brme, separate_stage1, members, self.member_names, tokenizer, reward=self.paths.reward,
-                           ensemble=self.paths.ensemble)
+        save_reward_models(
+            brme,
+            separate_stage1,
+            members,
+            self.member_names,
+            tokenizer,
+            reward=self.paths.reward,
+            ensemble=self.paths.ensemble,
+        )
         return RewardModels(brme, tokenizer, members, separate_stage1), centering
 
     def evaluate(self, models: RewardModels, centering: dict) -> dict:
@@ -248,14 +363,21 @@ class _RewardRun:
             models,
             {split: read_jsonl(paths.data / f"prefs_{split}.jsonl") for split in ("val", "test")},
             read_jsonl(paths.data / SHIFT_FILE) if (paths.data / SHIFT_FILE).exists() else [],
-            noise_floor=config.stage2.noise_floor, batch_size=config.stage1.micro_batch_size,
-            likelihood_scales={"ensemble": torch.tensor(centering["ensemble"]["scales"])
-                               if centering.get("ensemble", {}).get("applied") else torch.ones(len(self.member_names))},
-            bootstrap=ClusterBootstrap(params.statistics.bootstrap_resamples, params.statistics.confidence_level,
-                                       self.seed))
+            noise_floor=config.stage2.noise_floor,
+            batch_size=config.stage1.micro_batch_size,
+            likelihood_scales={
+                "ensemble": torch.tensor(centering["ensemble"]["scales"])
+                if centering.get("ensemble", {}).get("applied")
+                else torch.ones(len(self.member_names))
+            },
+            bootstrap=ClusterBootstrap(
+                params.statistics.bootstrap_resamples, params.statistics.confidence_level, self.seed
+            ),
+        )
         try:
-            check_above_chance(val_accuracies(val_report["val"]), min_accuracy=config.min_val_accuracy,
-                               phase="train_reward")
+            check_above_chance(
+                val_accuracies(val_report["val"]), min_accuracy=config.min_val_accuracy, phase="train_reward"
+            )
         except Diverged:
             for published in (paths.reward, paths.ensemble):  # nothing downstream may use them
                 shutil.rmtree(published, ignore_errors=True)
@@ -268,11 +390,19 @@ class _RewardRun:
     def train_summary(self, prior_std: float) -> dict:
         config, losses = self.config, self.resume.losses
         member_phases = self.member_names if config.finetune_backbone else ["ensemble"] * bool(self.member_names)
-        return {"pairs": len(self.train_pairs), "stage1_final_loss": losses["stage1"][-1],
-                "stage2_final_loss": losses["stage2"][-1], "stage2_loss": config.stage2.loss,
-                "stage2_prior_std": prior_std, "ensemble_layout": "models" if config.finetune_backbone else "heads",
-                **({"ensemble_final_loss_mean": sum(losses[p][-1] for p in member_phases) / len(member_phases)}
-                   if member_phases else {})}
+        return {
+            "pairs": len(self.train_pairs),
+            "stage1_final_loss": losses["stage1"][-1],
+            "stage2_final_loss": losses["stage2"][-1],
+            "stage2_loss": config.stage2.loss,
+            "stage2_prior_std": prior_std,
+            "ensemble_layout": "models" if config.finetune_backbone else "heads",
+            **(
+                {"ensemble_final_loss_mean": sum(losses[p][-1] for p in member_phases) / len(member_phases)}
+                if member_phases
+                else {}
+            ),
+        }
 
 
 class _ModelFactory:
@@ -288,13 +418,18 @@ class _ModelFactory:
         return load_backbone(self.source, trust_remote_code=self.trust_remote_code)
 
     def _config(self, num_heads: int) -> RewardModelConfig:
-        return RewardModelConfig(num_heads=num_heads, sigma_min=self.config.sigma_min, pooling=self.pooling,
-                                 max_length=self.config.max_length)
+        return RewardModelConfig(
+            num_heads=num_heads,
+            sigma_min=self.config.sigma_min,
+            pooling=self.pooling,
+            max_length=self.config.max_length,
+        )
 
     def brme(self, seed: int) -> BRMERewardModel:
         """Same seed -> same head init every time."""
-        return BRMERewardModel(self.backbone(), self._config(self.config.num_heads),
-                               head_init_std=self.config.head_init_std, seed=seed)
+        return BRMERewardModel(
+            self.backbone(), self._config(self.config.num_heads), head_init_std=self.config.head_init_std, seed=seed
+        )
 
     def member(self, seed: int) -> BRMERewardModel:
         return BRMERewardModel(self.backbone(), self._config(0), head_init_std=self.config.head_init_std, seed=seed)
@@ -304,15 +439,27 @@ class _ModelFactory:
         heads = linear_heads(self.hidden, num_outputs, init_std=self.config.head_init_std, seed=seed)
         return L2LinearHeads(heads, l2_coef=self.config.stage1.l2_coef)
 
-    def heads(self, seed: int, anchors: dict[str, torch.Tensor] | None, prior_std: float,
-              num_items: int) -> GaussianHeads:
+    def heads(
+        self, seed: int, anchors: dict[str, torch.Tensor] | None, prior_std: float, num_items: int
+    ) -> GaussianHeads:
         """The Gaussian heads to train: started at their anchors and pulled toward them when there are
         some (Pearce et al. start each member at its anchor), else at their seeded random init."""
         if anchors is not None:
-            return AnchoredGaussianHeads(self.hidden, self.config.num_heads, sigma_min=self.config.sigma_min,
-                                         anchors=anchors, prior_std=prior_std, num_items=num_items)
-        return GaussianHeads(self.hidden, self.config.num_heads, sigma_min=self.config.sigma_min,
-                             init_std=self.config.head_init_std, seed=seed + 1)
+            return AnchoredGaussianHeads(
+                self.hidden,
+                self.config.num_heads,
+                sigma_min=self.config.sigma_min,
+                anchors=anchors,
+                prior_std=prior_std,
+                num_items=num_items,
+            )
+        return GaussianHeads(
+            self.hidden,
+            self.config.num_heads,
+            sigma_min=self.config.sigma_min,
+            init_std=self.config.head_init_std,
+            seed=seed + 1,
+        )
 
     def stage2_model(self, seed: int, stage1_state: dict, anchors, prior_std: float, num_items: int) -> BRMERewardModel:
         """Unfrozen stage 2 trains backbone + Gaussian heads from the stage-1 weights; the BT head stays."""
@@ -335,8 +482,9 @@ def _bt_only(model: BRMERewardModel) -> BRMERewardModel:
 
 
 def _responses_features(model: BRMERewardModel, pairs: list[dict], tokenizer, config) -> torch.Tensor:
-    features = pooled_features(model, pairs, tokenizer, batch_size=config.stage1.micro_batch_size,
-                               max_length=config.max_length)
+    features = pooled_features(
+        model, pairs, tokenizer, batch_size=config.stage1.micro_batch_size, max_length=config.max_length
+    )
     return torch.cat([features["pooled_chosen"], features["pooled_rejected"]])
 
 
@@ -364,31 +512,51 @@ def centre_linear_heads(heads: torch.nn.Linear, features: torch.Tensor, *, scale
     return {"offsets": offset.tolist(), "scales": spread.tolist(), "applied": enabled}
 
 
-def centre_separate_members(members: list[BRMERewardModel], features: list[torch.Tensor], *, scale: bool,
-                            enabled: bool) -> dict:
+def centre_separate_members(
+    members: list[BRMERewardModel], features: list[torch.Tensor], *, scale: bool, enabled: bool
+) -> dict:
     """`centre_linear_heads` for members with backbones of their own, each on its own features."""
-    rows = [centre_linear_heads(member.bt_head, member_features, scale=scale, enabled=enabled)
-            for member, member_features in zip(members, features)]
-    return {"offsets": [row["offsets"][0] for row in rows], "scales": [row["scales"][0] for row in rows],
-            "applied": enabled}
+    rows = [
+        centre_linear_heads(member.bt_head, member_features, scale=scale, enabled=enabled)
+        for member, member_features in zip(members, features)
+    ]
+    return {
+        "offsets": [row["offsets"][0] for row in rows],
+        "scales": [row["scales"][0] for row in rows],
+        "applied": enabled,
+    }
 
 
-def save_reward_models(brme: BRMERewardModel, separate_stage1: BRMERewardModel | None, members: list[BRMERewardModel],
-                       member_names: list[str], tokenizer, *, reward: Path, ensemble: Path) -> None:
+def save_reward_models(
+    brme: BRMERewardModel,
+    separate_stage1: BRMERewardModel | None,
+    members: list[BRMERewardModel],
+    member_names: list[str],
+    tokenizer,
+    *,
+    reward: Path,
+    ensemble: Path,
+) -> None:
     """The BRME (and the stage-1 model beside it when stage 2 retrained the backbone) to `reward`;
     the members to `ensemble`: one linear map (layout `heads`) or one folder each (layout `models`)."""
     owner = separate_stage1 or brme
     with atomic_directory(reward) as reward_tmp:
         save_reward_model(brme, tokenizer, reward_tmp, _without_member_head(brme.state_dict()))
         if separate_stage1 is not None:
-            save_reward_model(separate_stage1, tokenizer, reward_tmp / STAGE1_FOLDER,
-                              _without_member_head(separate_stage1.state_dict()))
+            save_reward_model(
+                separate_stage1,
+                tokenizer,
+                reward_tmp / STAGE1_FOLDER,
+                _without_member_head(separate_stage1.state_dict()),
+            )
     with atomic_directory(ensemble) as ensemble_tmp:
         if owner.member_head is not None:
             from safetensors.torch import save_file
 
-            save_file({k: v.contiguous() for k, v in owner.member_head.state_dict().items()},
-                      str(ensemble_tmp / MEMBER_HEADS_FILE))
+            save_file(
+                {k: v.contiguous() for k, v in owner.member_head.state_dict().items()},
+                str(ensemble_tmp / MEMBER_HEADS_FILE),
+            )
             atomic_write_json(ensemble_tmp / ENSEMBLE_MANIFEST, {"members": member_names, "layout": "heads"})
         else:
             for name, member in zip(member_names, members):
@@ -403,17 +571,22 @@ def _without_member_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 def resume_params(params: Params, *, world_size: int) -> dict:
     """The params a saved train_reward state depends on. Not `checkpoint_every` (when checkpoints are
     taken) nor `min_val_accuracy` (a check after training): neither changes what is trained."""
-    return {"seed": params.seed, "models": params.models.model_dump(include={"reward_backbone", "trust_remote_code"}),
-            "deepspeed": params.deepspeed.model_dump(),
-            "train_reward": params.train_reward.model_dump(exclude={"checkpoint_every", "min_val_accuracy"}),
-            "world_size": world_size}
+    return {
+        "seed": params.seed,
+        "models": params.models.model_dump(include={"reward_backbone", "trust_remote_code"}),
+        "deepspeed": params.deepspeed.model_dump(),
+        "train_reward": params.train_reward.model_dump(exclude={"checkpoint_every", "min_val_accuracy"}),
+        "world_size": world_size,
+    }
 
 
 def val_accuracies(val: dict) -> dict[str, float]:
     """The val accuracy (on the labels) of every reward model PPO can use: the single RM, the BRME's
     and the ensemble's mean."""
-    accuracies = {"single": val["single"]["accuracy"]["value"],
-                  "brme mean": val["brme"]["aggregates"]["mean"]["accuracy"]["value"]}
+    accuracies = {
+        "single": val["single"]["accuracy"]["value"],
+        "brme mean": val["brme"]["aggregates"]["mean"]["accuracy"]["value"],
+    }
     if "ensemble" in val:
         accuracies["ensemble mean"] = val["ensemble"]["aggregates"]["mean"]["accuracy"]["value"]
     return accuracies

@@ -13,15 +13,15 @@ Kinds without a learned sigma get sigma = 1, which no aggregation that applies t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from robust_rlhf.reward.aggregation import AGGREGATIONS, aggregate_rewards
 from robust_rlhf.config import AggregationParams, MethodParams
+from robust_rlhf.reward.aggregation import AGGREGATIONS, aggregate_rewards
 from robust_rlhf.reward.model import BRMERewardModel, load_reward_model, score_texts
 
 ENSEMBLE_MANIFEST = "ensemble.json"
@@ -40,18 +40,27 @@ class RewardModels:
     stage1: BRMERewardModel | None = None
 
     @torch.inference_mode()
-    def score(self, prompts: list[str], responses: list[str], *, batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def score(
+        self, prompts: list[str], responses: list[str], *, batch_size: int
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """(mu, sigma) of every reward-model kind for each (prompt, response); shapes (B, heads)."""
         brme = score_texts(self.brme, self.tokenizer, prompts, responses, batch_size=batch_size)
-        stage1 = brme if self.stage1 is None else score_texts(self.stage1, self.tokenizer, prompts, responses,
-                                                              batch_size=batch_size)
-        scores = {"brme": (brme["mu"], brme["sigma"]),
-                  "single": (stage1["bt_reward"][:, None], torch.ones_like(stage1["bt_reward"][:, None]))}
+        stage1 = (
+            brme
+            if self.stage1 is None
+            else score_texts(self.stage1, self.tokenizer, prompts, responses, batch_size=batch_size)
+        )
+        scores = {
+            "brme": (brme["mu"], brme["sigma"]),
+            "single": (stage1["bt_reward"][:, None], torch.ones_like(stage1["bt_reward"][:, None])),
+        }
         if "members" in stage1:
             scores["ensemble"] = (stage1["members"], torch.ones_like(stage1["members"]))
         elif self.ensemble:
-            members = [score_texts(member, self.tokenizer, prompts, responses, batch_size=batch_size)["bt_reward"]
-                       for member in self.ensemble]
+            members = [
+                score_texts(member, self.tokenizer, prompts, responses, batch_size=batch_size)["bt_reward"]
+                for member in self.ensemble
+            ]
             mu = torch.stack(members, dim=1)
             scores["ensemble"] = (mu, torch.ones_like(mu))
         return scores
@@ -67,8 +76,13 @@ def load_member_heads(ensemble_dir: Path) -> nn.Linear:
     return heads
 
 
-def load_reward_models(brme_dir: Path, ensemble_dir: Path, *, trust_remote_code: bool,
-                       prepare: Callable[[BRMERewardModel], BRMERewardModel] = lambda model: model) -> RewardModels:
+def load_reward_models(
+    brme_dir: Path,
+    ensemble_dir: Path,
+    *,
+    trust_remote_code: bool,
+    prepare: Callable[[BRMERewardModel], BRMERewardModel] = lambda model: model,
+) -> RewardModels:
     """Load what `train_reward` wrote; `prepare` wraps each model (e.g. in a DeepSpeed inference engine)."""
     brme, tokenizer = load_reward_model(brme_dir, trust_remote_code=trust_remote_code)
     stage1 = None
@@ -79,8 +93,10 @@ def load_reward_models(brme_dir: Path, ensemble_dir: Path, *, trust_remote_code:
     if manifest.get("layout") == "heads":
         (stage1 or brme).attach_member_head(load_member_heads(ensemble_dir).eval())
     else:
-        members = [prepare(load_reward_model(Path(ensemble_dir) / name, trust_remote_code=trust_remote_code)[0])
-                   for name in manifest["members"]]
+        members = [
+            prepare(load_reward_model(Path(ensemble_dir) / name, trust_remote_code=trust_remote_code)[0])
+            for name in manifest["members"]
+        ]
     return RewardModels(prepare(brme), tokenizer, members, prepare(stage1) if stage1 is not None else None)
 
 
@@ -93,20 +109,36 @@ def applicable_aggregations(kind: str) -> list[str]:
     return names if kind == "brme" else [name for name in names if name not in ("nominal", "brme")]
 
 
-def every_aggregation(scores: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                      coefficients: AggregationParams) -> dict[str, torch.Tensor]:
+def every_aggregation(
+    scores: dict[str, tuple[torch.Tensor, torch.Tensor]], coefficients: AggregationParams
+) -> dict[str, torch.Tensor]:
     """The reward under every applicable aggregation of every reward model, keyed `kind/aggregation`."""
-    return {f"{kind}/{name}": _aggregate(name, mu, sigma, coefficients)
-            for kind, (mu, sigma) in scores.items() for name in applicable_aggregations(kind)}
+    return {
+        f"{kind}/{name}": _aggregate(name, mu, sigma, coefficients)
+        for kind, (mu, sigma) in scores.items()
+        for name in applicable_aggregations(kind)
+    }
 
 
-def method_rewards(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], methods: dict[str, MethodParams],
-                   coefficients: AggregationParams) -> dict[str, torch.Tensor]:
+def method_rewards(
+    scores: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    methods: dict[str, MethodParams],
+    coefficients: AggregationParams,
+) -> dict[str, torch.Tensor]:
     """Each method's sequence reward (B,): its reward model's heads under its aggregation."""
-    return {name: _aggregate(method.aggregation, *scores[method.reward_model], coefficients)
-            for name, method in methods.items() if method.reward_model in scores}
+    return {
+        name: _aggregate(method.aggregation, *scores[method.reward_model], coefficients)
+        for name, method in methods.items()
+        if method.reward_model in scores
+    }
 
 
 def _aggregate(name: str, mu: torch.Tensor, sigma: torch.Tensor, coefficients: AggregationParams) -> torch.Tensor:
-    return aggregate_rewards(name, mu, sigma, brme_lambda=coefficients.brme_lambda, uwo_coef=coefficients.uwo_coef,
-                             kl_dro_beta=coefficients.kl_dro_beta)
+    return aggregate_rewards(
+        name,
+        mu,
+        sigma,
+        brme_lambda=coefficients.brme_lambda,
+        uwo_coef=coefficients.uwo_coef,
+        kl_dro_beta=coefficients.kl_dro_beta,
+    )

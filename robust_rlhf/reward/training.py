@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from robust_rlhf.runtime.guards import check_finite
-from robust_rlhf.reward.losses import (bradley_terry_heads_loss, bradley_terry_loss, bt_sampled_loss, gaussian_nll_loss,
-                                       thurstone_nll_loss)
+from robust_rlhf.reward.losses import (
+    bradley_terry_heads_loss,
+    bradley_terry_loss,
+    bt_sampled_loss,
+    gaussian_nll_loss,
+    thurstone_nll_loss,
+)
 from robust_rlhf.reward.model import BRMERewardModel, tokenize_pairs
+from robust_rlhf.runtime.guards import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -82,23 +87,34 @@ def pair_batches(pairs: list[dict], tokenizer, *, batch_size: int, max_length: i
     if seed is not None:
         random.Random(seed).shuffle(order)
     for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         prompts = [pairs[i]["prompt"] for i in rows]
         chosen = tokenize_pairs(tokenizer, prompts, [pairs[i]["chosen"] for i in rows], max_length=max_length)
         rejected = tokenize_pairs(tokenizer, prompts, [pairs[i]["rejected"] for i in rows], max_length=max_length)
         yield PairBatch(dict(chosen), dict(rejected), torch.tensor(rows))
 
 
-def remaining_pair_batches(pairs: list[dict], tokenizer, *, epochs: int, micro_batch_size: int, max_length: int,
-                           seed: int, phase: str, progress: PhaseProgress):
+def remaining_pair_batches(
+    pairs: list[dict],
+    tokenizer,
+    *,
+    epochs: int,
+    micro_batch_size: int,
+    max_length: int,
+    seed: int,
+    phase: str,
+    progress: PhaseProgress,
+):
     """Yield (epoch, batch index, PairBatch) for every micro-batch still to run from `progress` on;
     epoch e is shuffled by seed + e, so a resumed run sees the batches an uninterrupted one does."""
     for epoch in range(progress.epoch, epochs):
-        batches = list(pair_batches(pairs, tokenizer, batch_size=micro_batch_size, max_length=max_length,
-                                    seed=seed + epoch))
+        batches = list(
+            pair_batches(pairs, tokenizer, batch_size=micro_batch_size, max_length=max_length, seed=seed + epoch)
+        )
         todo = remaining_batches(epoch, len(batches), progress)
-        for index in tqdm(todo, desc=f"{phase} epoch {epoch + 1}/{epochs}", unit="batch", initial=todo.start,
-                          total=len(batches)):
+        for index in tqdm(
+            todo, desc=f"{phase} epoch {epoch + 1}/{epochs}", unit="batch", initial=todo.start, total=len(batches)
+        ):
             yield epoch, index, batches[index]
 
 
@@ -122,18 +138,35 @@ def backward_and_step(engine, loss: torch.Tensor, name: str, *, phase: str, loss
     losses.append(loss.item())
 
 
-def train_stage1(engine, pairs: list[dict], tokenizer, *, epochs: int, micro_batch_size: int, max_length: int,
-                 seed: int, phase: str = "train_reward stage1", progress: PhaseProgress | None = None,
-                 on_step: OnStep | None = None) -> list[float]:
+def train_stage1(
+    engine,
+    pairs: list[dict],
+    tokenizer,
+    *,
+    epochs: int,
+    micro_batch_size: int,
+    max_length: int,
+    seed: int,
+    phase: str = "train_reward stage1",
+    progress: PhaseProgress | None = None,
+    on_step: OnStep | None = None,
+) -> list[float]:
     """Bradley-Terry training of backbone + bt_head through `engine` (wrapping a BRMERewardModel),
     from `progress` on. Returns the loss of every micro-batch of the phase."""
     model: BRMERewardModel = engine.module
     progress = progress or PhaseProgress()
     losses = list(progress.losses)
     engine.train()
-    for epoch, index, batch in remaining_pair_batches(pairs, tokenizer, epochs=epochs, micro_batch_size=micro_batch_size,
-                                                      max_length=max_length, seed=seed, phase=phase,
-                                                      progress=progress):
+    for epoch, index, batch in remaining_pair_batches(
+        pairs,
+        tokenizer,
+        epochs=epochs,
+        micro_batch_size=micro_batch_size,
+        max_length=max_length,
+        seed=seed,
+        phase=phase,
+        progress=progress,
+    ):
         reward_chosen = model.bt_reward(model.pooled(**_to(batch.chosen, engine.device))).float()
         reward_rejected = model.bt_reward(model.pooled(**_to(batch.rejected, engine.device))).float()
         loss = bradley_terry_loss(reward_chosen, reward_rejected)
@@ -144,8 +177,9 @@ def train_stage1(engine, pairs: list[dict], tokenizer, *, epochs: int, micro_bat
 
 
 @torch.inference_mode()
-def pooled_features(model: BRMERewardModel, pairs: list[dict], tokenizer, *, batch_size: int,
-                    max_length: int) -> dict[str, torch.Tensor]:
+def pooled_features(
+    model: BRMERewardModel, pairs: list[dict], tokenizer, *, batch_size: int, max_length: int
+) -> dict[str, torch.Tensor]:
     """Pooled features of every pair's chosen and rejected response, in row order, each (N, H)."""
     out: dict[str, list[torch.Tensor]] = {"pooled_chosen": [], "pooled_rejected": []}
     device = next(model.parameters()).device
@@ -163,39 +197,62 @@ HeadObjective = Callable[..., torch.Tensor]
 def bt_objective(weights: torch.Tensor) -> HeadObjective:
     """Bradley-Terry on M linear reward heads at once, head m on its own bootstrap weights (N, M), plus
     the L2 term that `L2LinearHeads` returns beside its rewards (once, from the chosen side's call)."""
+
     def objective(module, chosen, rejected, rows, generator):
         (reward_chosen, l2_term), (reward_rejected, _) = chosen, rejected
         reward_chosen, reward_rejected = reward_chosen.float(), reward_rejected.float()
         return bradley_terry_heads_loss(reward_chosen, reward_rejected, weights[rows].to(reward_chosen)) + l2_term
+
     return objective
 
 
-def stage2_objective(loss_name: str, weights: torch.Tensor, *, targets: dict[str, torch.Tensor] | None,
-                     noise_floor: float, num_noise_samples: int) -> HeadObjective:
+def stage2_objective(
+    loss_name: str,
+    weights: torch.Tensor,
+    *,
+    targets: dict[str, torch.Tensor] | None,
+    noise_floor: float,
+    num_noise_samples: int,
+) -> HeadObjective:
     """The BRME stage-2 objective on the Gaussian heads' outputs: the selected loss on each head's
     bootstrap weights (N, k), plus the anchored prior term when the heads return one
     (`AnchoredGaussianHeads`, once, from the chosen side's call). See docs/method.md."""
+
     def objective(heads, chosen, rejected, rows, generator):
         (mu_c, sigma_c), (mu_r, sigma_r) = _as_float(chosen[:2]), _as_float(rejected[:2])
         row_weights = weights[rows].to(mu_c)
         if loss_name == "thurstone":
             loss = thurstone_nll_loss(mu_c, sigma_c, mu_r, sigma_r, row_weights, noise_floor=noise_floor)
         elif loss_name == "gaussian_nll":
-            loss = gaussian_nll_loss(torch.cat([mu_c, mu_r]), torch.cat([sigma_c, sigma_r]),
-                                     torch.cat([targets["chosen"][rows], targets["rejected"][rows]]).to(mu_c),
-                                     torch.cat([row_weights, row_weights]))
+            loss = gaussian_nll_loss(
+                torch.cat([mu_c, mu_r]),
+                torch.cat([sigma_c, sigma_r]),
+                torch.cat([targets["chosen"][rows], targets["rejected"][rows]]).to(mu_c),
+                torch.cat([row_weights, row_weights]),
+            )
         else:
             noise_shape = (num_noise_samples, *mu_c.shape)
             eps_c = torch.randn(noise_shape, generator=generator).to(mu_c)
             eps_r = torch.randn(noise_shape, generator=generator).to(mu_c)
             loss = bt_sampled_loss(mu_c, sigma_c, mu_r, sigma_r, eps_c, eps_r, row_weights)
         return loss + chosen[2] if len(chosen) == 3 else loss
+
     return objective
 
 
-def train_heads_on_features(engine, features: dict[str, torch.Tensor], objective: HeadObjective, *, loss_name: str,
-                            epochs: int, micro_batch_size: int, seed: int, phase: str, progress: PhaseProgress | None = None,
-                            on_step: OnStep | None = None) -> list[float]:
+def train_heads_on_features(
+    engine,
+    features: dict[str, torch.Tensor],
+    objective: HeadObjective,
+    *,
+    loss_name: str,
+    epochs: int,
+    micro_batch_size: int,
+    seed: int,
+    phase: str,
+    progress: PhaseProgress | None = None,
+    on_step: OnStep | None = None,
+) -> list[float]:
     """Train a head module (`engine` wraps GaussianHeads or linear heads) on precomputed pooled
     features, from `progress` on: the backbone is frozen, so its features are computed once and
     reused by every epoch and head. Returns the loss of every micro-batch of the phase."""
@@ -212,9 +269,15 @@ def train_heads_on_features(engine, features: dict[str, torch.Tensor], objective
         resumed_epoch = epoch == progress.epoch and progress.order is not None
         order = torch.tensor(progress.order) if resumed_epoch else torch.randperm(num_pairs, generator=generator)
         todo = remaining_batches(epoch, num_batches, progress)
-        for index in tqdm(todo, desc=f"{phase} epoch {epoch + 1}/{epochs}", unit="batch", initial=todo.start,
-                          total=num_batches, mininterval=5):
-            rows = order[index * micro_batch_size:(index + 1) * micro_batch_size]
+        for index in tqdm(
+            todo,
+            desc=f"{phase} epoch {epoch + 1}/{epochs}",
+            unit="batch",
+            initial=todo.start,
+            total=num_batches,
+            mininterval=5,
+        ):
+            rows = order[index * micro_batch_size : (index + 1) * micro_batch_size]
             chosen = engine(features["pooled_chosen"][rows].to(engine.device, feature_dtype))
             rejected = engine(features["pooled_rejected"][rows].to(engine.device, feature_dtype))
             loss = objective(engine.module, chosen, rejected, rows, generator)
@@ -224,9 +287,20 @@ def train_heads_on_features(engine, features: dict[str, torch.Tensor], objective
     return losses
 
 
-def train_stage2_unfrozen(engine, pairs: list[dict], tokenizer, objective: HeadObjective, *, epochs: int,
-                          micro_batch_size: int, max_length: int, seed: int, phase: str = "train_reward stage2",
-                          progress: PhaseProgress | None = None, on_step: OnStep | None = None) -> list[float]:
+def train_stage2_unfrozen(
+    engine,
+    pairs: list[dict],
+    tokenizer,
+    objective: HeadObjective,
+    *,
+    epochs: int,
+    micro_batch_size: int,
+    max_length: int,
+    seed: int,
+    phase: str = "train_reward stage2",
+    progress: PhaseProgress | None = None,
+    on_step: OnStep | None = None,
+) -> list[float]:
     """Train backbone + Gaussian heads (`engine` wraps a BRMERewardModel) with the stage-2 objective,
     from `progress` on. Returns the loss of every micro-batch of the phase."""
     model: BRMERewardModel = engine.module
@@ -234,9 +308,16 @@ def train_stage2_unfrozen(engine, pairs: list[dict], tokenizer, objective: HeadO
     generator = _generator(seed, progress)
     losses = list(progress.losses)
     engine.train()
-    for epoch, index, batch in remaining_pair_batches(pairs, tokenizer, epochs=epochs, micro_batch_size=micro_batch_size,
-                                                      max_length=max_length, seed=seed, phase=phase,
-                                                      progress=progress):
+    for epoch, index, batch in remaining_pair_batches(
+        pairs,
+        tokenizer,
+        epochs=epochs,
+        micro_batch_size=micro_batch_size,
+        max_length=max_length,
+        seed=seed,
+        phase=phase,
+        progress=progress,
+    ):
         chosen = model.heads(model.pooled(**_to(batch.chosen, engine.device)))
         rejected = model.heads(model.pooled(**_to(batch.rejected, engine.device)))
         loss = objective(model.heads, chosen, rejected, batch.rows, generator)

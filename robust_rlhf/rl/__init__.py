@@ -1,1 +1,2 @@
-"""PPO on a robust reward: rollouts, GAE, the clipped losses, KL estimators, reward normalisation, the run loop (stage ppo)."""
+"""PPO on a robust reward (stage ppo): rollouts, GAE, the clipped losses, KL estimators, reward
+normalisation, the run loop."""

@@ -33,8 +33,9 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_ratio_ref) - log_ratio_ref
 
 
-def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, *,
-                estimator: Literal["k1", "k3"]) -> torch.Tensor:
+def sequence_kl(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, *, estimator: Literal["k1", "k3"]
+) -> torch.Tensor:
     """Per response, the per-token estimator summed over its tokens: an unbiased estimate of
     KL(pi || pi_ref) over responses (k3: also never negative). (B, T) x3 -> (B,)."""
     per_token = kl_k1(logprobs, ref_logprobs) if estimator == "k1" else kl_k3(logprobs, ref_logprobs)

@@ -59,8 +59,14 @@ class RewardNormalizer:
 
     def state(self) -> dict:
         """What a resumed run needs to normalise exactly as before the interruption."""
-        return {"mode": self.mode, "reference_mean": self.reference_mean, "reference_std": self.reference_std,
-                "count": self.moments.count, "mean": self.moments.mean, "m2": self.moments.m2}
+        return {
+            "mode": self.mode,
+            "reference_mean": self.reference_mean,
+            "reference_std": self.reference_std,
+            "count": self.moments.count,
+            "mean": self.moments.mean,
+            "m2": self.moments.m2,
+        }
 
     def load_state(self, state: dict) -> None:
         if state["mode"] != self.mode:

@@ -14,17 +14,25 @@ import torch
 from torch import nn
 
 from robust_rlhf.config import AggregationParams, MethodParams, PPOParams
-from robust_rlhf.runtime.distributed import gather_from_ranks
-from robust_rlhf.rl.gae import gae
-from robust_rlhf.generation import (decode, encode_prompts, forward_response, response_inputs,
-                                    response_logits_to_keep, response_logprobs, sample, sample_responses, truncated)
-from robust_rlhf.runtime.guards import check_finite
-from robust_rlhf.rl.kl import kl_k1, sequence_kl
-from robust_rlhf.rl.losses import (kl_shaped_rewards, masked_mean, masked_whiten, ppo_policy_loss,
-                                    ppo_value_loss)
+from robust_rlhf.generation import (
+    decode,
+    encode_prompts,
+    forward_response,
+    response_inputs,
+    response_logits_to_keep,
+    response_logprobs,
+    sample,
+    sample_responses,
+    truncated,
+)
 from robust_rlhf.reward.metrics import head_disagreement, head_shares
-from robust_rlhf.rl.normalization import RewardNormalizer
 from robust_rlhf.reward.scoring import RewardModels, every_aggregation, method_rewards
+from robust_rlhf.rl.gae import gae
+from robust_rlhf.rl.kl import kl_k1, sequence_kl
+from robust_rlhf.rl.losses import kl_shaped_rewards, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
+from robust_rlhf.rl.normalization import RewardNormalizer
+from robust_rlhf.runtime.distributed import gather_from_ranks
+from robust_rlhf.runtime.guards import check_finite
 
 
 @dataclass
@@ -32,14 +40,14 @@ class Rollout:
     """What the PPO update reads of one rollout. Token tensors are (B, Tq) for queries and (B, T) for
     responses."""
 
-    query_ids: torch.Tensor      # (B, Tq) left-padded
-    query_mask: torch.Tensor     # (B, Tq)
-    response_ids: torch.Tensor   # (B, T)
+    query_ids: torch.Tensor  # (B, Tq) left-padded
+    query_mask: torch.Tensor  # (B, Tq)
+    response_ids: torch.Tensor  # (B, T)
     response_mask: torch.Tensor  # (B, T) 1 up to and including EOS
-    logprobs: torch.Tensor       # (B, T) under the actor that sampled
-    values: torch.Tensor         # (B, T) critic values at sampling time
-    advantages: torch.Tensor     # (B, T) whitened
-    returns: torch.Tensor        # (B, T) value targets
+    logprobs: torch.Tensor  # (B, T) under the actor that sampled
+    values: torch.Tensor  # (B, T) critic values at sampling time
+    advantages: torch.Tensor  # (B, T) whitened
+    returns: torch.Tensor  # (B, T) value targets
 
 
 class ValueModel(nn.Module):
@@ -53,8 +61,9 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids).last_hidden_state
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
         return self.value_head(hidden).squeeze(-1).float()  # (B, L)
 
 
@@ -70,9 +79,16 @@ class PolicyWithValueHead(nn.Module):
         nn.init.zeros_(self.value_head.weight)  # V = 0 at the start, as the separate critic's
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-        output = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             logits_to_keep=logits_to_keep, output_hidden_states=True)
+    def forward(
+        self, input_ids, attention_mask, position_ids, logits_to_keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=logits_to_keep,
+            output_hidden_states=True,
+        )
         return output.logits, self.values(output.hidden_states[-1][:, -logits_to_keep:])
 
     def values(self, last_hidden: torch.Tensor) -> torch.Tensor:
@@ -101,15 +117,20 @@ def policy_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return {key.removeprefix("policy."): value for key, value in state.items() if key.startswith("policy.")}
 
 
-def response_logprobs_and_values(actor, query_ids, query_mask, response_ids, response_mask, *,
-                                 with_entropy: bool = False, temperature: float = 1.0):
+def response_logprobs_and_values(
+    actor, query_ids, query_mask, response_ids, response_mask, *, with_entropy: bool = False, temperature: float = 1.0
+):
     """One forward of a `PolicyWithValueHead` engine over [query; response]: log-probs (B, T), entropy
     (B, T) or None, and V of the state before each response token (B, T), as `forward_response` and
     `response_values` give them from two models."""
-    logits, values = actor(**response_inputs(query_ids, query_mask, response_ids, response_mask),
-                           logits_to_keep=response_logits_to_keep(response_ids))
-    return (*response_logprobs(logits, response_ids, with_entropy=with_entropy, temperature=temperature),
-            values[:, :-1])
+    logits, values = actor(
+        **response_inputs(query_ids, query_mask, response_ids, response_mask),
+        logits_to_keep=response_logits_to_keep(response_ids),
+    )
+    return (
+        *response_logprobs(logits, response_ids, with_entropy=with_entropy, temperature=temperature),
+        values[:, :-1],
+    )
 
 
 def response_values(critic, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
@@ -126,19 +147,35 @@ def check_scores_finite(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], *,
 
 
 @torch.inference_mode()
-def reference_reward_moments(policy, reward_models: RewardModels, tokenizer, prompts: list[str], method: MethodParams,
-                             *, config: PPOParams, aggregation: AggregationParams,
-                             max_prompt_tokens: int) -> tuple[float, float]:
+def reference_reward_moments(
+    policy,
+    reward_models: RewardModels,
+    tokenizer,
+    prompts: list[str],
+    method: MethodParams,
+    *,
+    config: PPOParams,
+    aggregation: AggregationParams,
+    max_prompt_tokens: int,
+) -> tuple[float, float]:
     """Mean and std of a method's reward on the initial policy's samples for `prompts` (the
     `reference` normalisation), sampled in rollout-sized batches."""
     device = next(policy.parameters()).device
     rewards = []
     for start in range(0, len(prompts), config.rollout_batch_size):
-        batch = prompts[start:start + config.rollout_batch_size]
-        query_ids, query_mask = (t.to(device) for t in encode_prompts(tokenizer, batch, max_prompt_tokens=max_prompt_tokens))
+        batch = prompts[start : start + config.rollout_batch_size]
+        query_ids, query_mask = (
+            t.to(device) for t in encode_prompts(tokenizer, batch, max_prompt_tokens=max_prompt_tokens)
+        )
         response_ids, response_mask = sample_responses(
-            policy, query_ids, query_mask, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            policy,
+            query_ids,
+            query_mask,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         scores = reward_models.score(batch, decode(tokenizer, response_ids, response_mask), batch_size=len(batch))
         check_scores_finite(scores, step=0)
         rewards.append(method_rewards(scores, {"reference": method}, aggregation)["reference"])
@@ -160,9 +197,21 @@ def rank_sampling_seed(seed: int, *, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 10_007 + step) % 2**31
 
 
-def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, tokenizer, prompts: list[str], *,
-             method: MethodParams, normalizer: RewardNormalizer, config: PPOParams, aggregation: AggregationParams,
-             max_prompt_tokens: int) -> dict[str, float]:
+def ppo_step(
+    step: int,
+    actor,
+    critic,
+    ref_model,
+    reward_models: RewardModels,
+    tokenizer,
+    prompts: list[str],
+    *,
+    method: MethodParams,
+    normalizer: RewardNormalizer,
+    config: PPOParams,
+    aggregation: AggregationParams,
+    max_prompt_tokens: int,
+) -> dict[str, float]:
     """One PPO iteration on `prompts` optimising `method`'s reward. `actor`, `critic` are DeepSpeed
     engines; `critic` is None when the actor carries the value head (`PolicyWithValueHead`). Returns
     the step's metrics."""
@@ -171,17 +220,28 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
     # 1. Rollout with the current policy. The old log-probs (and a shared head's input) come from
     # generate's own pass, not a second forward of the actor.
     actor.eval()
-    query_ids, query_mask = (t.to(device) for t in encode_prompts(tokenizer, prompts, max_prompt_tokens=max_prompt_tokens))
-    sampled = sample(policy_module(actor), query_ids, query_mask, max_new_tokens=config.max_new_tokens,
-                     temperature=config.temperature, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id, with_logprobs=True, with_hidden=shared_value_head)
+    query_ids, query_mask = (
+        t.to(device) for t in encode_prompts(tokenizer, prompts, max_prompt_tokens=max_prompt_tokens)
+    )
+    sampled = sample(
+        policy_module(actor),
+        query_ids,
+        query_mask,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        with_logprobs=True,
+        with_hidden=shared_value_head,
+    )
     response_ids, response_mask, logprobs = sampled.ids, sampled.mask, sampled.logprobs
     responses = decode(tokenizer, response_ids, response_mask)
     with torch.inference_mode():
         # The reference at the sampling temperature too (as TRL): the KL penalty compares the same
         # tempered distributions the ratio does.
-        ref_logprobs, _ = forward_response(ref_model, query_ids, query_mask, response_ids, response_mask,
-                                           temperature=config.temperature)
+        ref_logprobs, _ = forward_response(
+            ref_model, query_ids, query_mask, response_ids, response_mask, temperature=config.temperature
+        )
         if shared_value_head:
             values = actor.module.values(sampled.last_hidden)
         else:
@@ -199,9 +259,16 @@ def ppo_step(step: int, actor, critic, ref_model, reward_models: RewardModels, t
     kl_per_token = kl_k1(logprobs, ref_logprobs)
     token_rewards = kl_shaped_rewards(reward, kl_per_token, mask, kl_coef=config.kl_coef)
     advantages, returns = gae(token_rewards, values, mask, gamma=config.gamma, lam=config.gae_lambda)
-    rollout = Rollout(query_ids=query_ids, query_mask=query_mask, response_ids=response_ids,
-                      response_mask=response_mask, logprobs=logprobs.clone(), values=values.clone(),
-                      advantages=masked_whiten(advantages, mask), returns=returns.clone())
+    rollout = Rollout(
+        query_ids=query_ids,
+        query_mask=query_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        logprobs=logprobs.clone(),
+        values=values.clone(),
+        advantages=masked_whiten(advantages, mask),
+        returns=returns.clone(),
+    )
     # 7. Minibatch epochs of clipped policy and value losses.
     update = ppo_update(step, actor, critic, rollout, config)
     # 8. Log: the reward under every aggregation, not only the one optimised.
@@ -252,21 +319,24 @@ def ppo_update(step: int, actor, critic, rollout: Rollout, config: PPOParams) ->
             mask = rollout.response_mask[rows]
             batch = (rollout.query_ids[rows], rollout.query_mask[rows], rollout.response_ids[rows], mask)
 
-            def policy_loss_of(logprobs):
-                loss, clip_fraction = ppo_policy_loss(logprobs, rollout.logprobs[rows], rollout.advantages[rows],
-                                                      mask, clip_range=config.clip_range)
+            def policy_loss_of(logprobs, rows=rows, mask=mask):
+                loss, clip_fraction = ppo_policy_loss(
+                    logprobs, rollout.logprobs[rows], rollout.advantages[rows], mask, clip_range=config.clip_range
+                )
                 check_finite("loss/policy", loss, phase="ppo", step=step)
                 return loss, clip_fraction
 
-            def value_loss_of(values):
-                loss, clip_fraction = ppo_value_loss(values, rollout.values[rows], rollout.returns[rows], mask,
-                                                     clip_range_value=config.clip_range_value)
+            def value_loss_of(values, rows=rows, mask=mask):
+                loss, clip_fraction = ppo_value_loss(
+                    values, rollout.values[rows], rollout.returns[rows], mask, clip_range_value=config.clip_range_value
+                )
                 check_finite("loss/value", loss, phase="ppo", step=step)
                 return loss, clip_fraction
 
             if critic is None:  # shared backbone: one forward gives both, one backward trains both
-                logprobs, entropy, values = response_logprobs_and_values(actor, *batch, with_entropy=True,
-                                                                         temperature=config.temperature)
+                logprobs, entropy, values = response_logprobs_and_values(
+                    actor, *batch, with_entropy=True, temperature=config.temperature
+                )
                 policy_loss, clip_fraction = policy_loss_of(logprobs)
                 value_loss, value_clip_fraction = value_loss_of(values)
                 actor.backward(policy_loss + config.value_loss_coef * value_loss)
@@ -282,9 +352,14 @@ def ppo_update(step: int, actor, critic, rollout: Rollout, config: PPOParams) ->
 
             with torch.no_grad():
                 approx_kl_old = masked_mean(0.5 * (logprobs - rollout.logprobs[rows]) ** 2, mask)
-                batch_stats = {"loss/policy": policy_loss, "loss/value": value_loss, "policy/clipfrac": clip_fraction,
-                               "critic/clipfrac": value_clip_fraction, "policy/entropy": masked_mean(entropy, mask),
-                               "policy/approx_kl_to_old": approx_kl_old}
+                batch_stats = {
+                    "loss/policy": policy_loss,
+                    "loss/value": value_loss,
+                    "policy/clipfrac": clip_fraction,
+                    "critic/clipfrac": value_clip_fraction,
+                    "policy/entropy": masked_mean(entropy, mask),
+                    "policy/approx_kl_to_old": approx_kl_old,
+                }
             for key, value in batch_stats.items():
                 totals[key] = totals.get(key, 0.0) + value.item()
     num_batches = config.ppo_epochs * len(torch.arange(batch_size).split(config.micro_batch_size))

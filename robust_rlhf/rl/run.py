@@ -20,34 +20,51 @@ from robust_rlhf.config import Params
 from robust_rlhf.models import disable_dropout, load_backbone, load_causal_lm, load_tokenizer
 from robust_rlhf.reward.scoring import RewardModels, load_reward_models
 from robust_rlhf.rl.normalization import RewardNormalizer
-from robust_rlhf.rl.ppo import (build_actor_critic, policy_module, policy_state_dict, ppo_step, rank_sampling_seed,
-                                reference_reward_moments, rollout_prompts)
+from robust_rlhf.rl.ppo import (
+    build_actor_critic,
+    policy_module,
+    policy_state_dict,
+    ppo_step,
+    rank_sampling_seed,
+    reference_reward_moments,
+    rollout_prompts,
+)
 from robust_rlhf.runtime.atomic import publish_directory, read_jsonl
 from robust_rlhf.runtime.checkpoint import save_policy_checkpoint
-from robust_rlhf.runtime.distributed import (frozen_model, full_state_dict, init_distributed, is_main_process,
-                                             mean_over_ranks, rank, seed_everything, training_engine, weight_norm)
+from robust_rlhf.runtime.distributed import (
+    frozen_model,
+    full_state_dict,
+    init_distributed,
+    is_main_process,
+    mean_over_ranks,
+    rank,
+    seed_everything,
+    training_engine,
+    weight_norm,
+)
 from robust_rlhf.runtime.guards import check_finite, check_ppo_step
 from robust_rlhf.runtime.metrics import StepLog
 from robust_rlhf.runtime.resume import load_state, prune_finished, restore_engines, run_key, save_state
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class PPOPaths:
-    data: Path          # holds ppo_prompts.jsonl
+    data: Path  # holds ppo_prompts.jsonl
     policy_init: Path
     reward: Path
     ensemble: Path
-    policy: Path        # the checkpoints, published when the run ends
-    steps: Path         # the per-step log (a DVC plot)
-    resume: Path        # the resume state while the run runs
+    policy: Path  # the checkpoints, published when the run ends
+    steps: Path  # the per-step log (a DVC plot)
+    resume: Path  # the resume state while the run runs
 
 
 @dataclass
 class PPOModels:
     tokenizer: object
-    actor: object               # a DeepSpeed engine
-    critic: object | None       # a DeepSpeed engine; None with a shared value head
+    actor: object  # a DeepSpeed engine
+    critic: object | None  # a DeepSpeed engine; None with a shared value head
     ref_model: torch.nn.Module
     reward_models: RewardModels
 
@@ -57,18 +74,27 @@ def build_ppo_models(params: Params, paths: PPOPaths, *, world_size: int) -> PPO
     config, remote = params.ppo, params.models.trust_remote_code
 
     def trained(model: torch.nn.Module, learning_rate: float):
-        return training_engine(model, deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size,
-                               gradient_accumulation_steps=config.gradient_accumulation_steps, world_size=world_size,
-                               learning_rate=learning_rate, weight_decay=config.weight_decay)
+        return training_engine(
+            model,
+            deepspeed=params.deepspeed,
+            micro_batch_size=config.micro_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            world_size=world_size,
+            learning_rate=learning_rate,
+            weight_decay=config.weight_decay,
+        )
 
     def frozen(model: torch.nn.Module) -> torch.nn.Module:
-        return frozen_model(model, deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size,
-                            world_size=world_size)
+        return frozen_model(
+            model, deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size, world_size=world_size
+        )
 
     tokenizer = load_tokenizer(paths.policy_init, trust_remote_code=remote)
     actor_module, critic_module = build_actor_critic(
         lambda: disable_dropout(load_causal_lm(paths.policy_init, trust_remote_code=remote)),
-        lambda: disable_dropout(load_backbone(paths.policy_init, trust_remote_code=remote)), config.value_model)
+        lambda: disable_dropout(load_backbone(paths.policy_init, trust_remote_code=remote)),
+        config.value_model,
+    )
     actor = trained(actor_module, config.learning_rate)
     critic = None if critic_module is None else trained(critic_module, config.critic_learning_rate)
     ref_model = frozen(disable_dropout(load_causal_lm(paths.policy_init, trust_remote_code=remote)))
@@ -92,13 +118,23 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     # A run killed after a checkpoint goes on from it (engines, RNGs, normaliser and step log) when
     # it is exactly this run: the same params, inputs, code and libraries.
     prune_finished(paths.resume.parent, keep=paths.resume)
-    key = run_key({"seed": seed, "method": method_params.model_dump(),
-                   "ppo": config.model_dump(exclude={"resume_every", "guards"}),
-                   "aggregation": params.aggregation.model_dump(),
-                   "deepspeed": params.deepspeed.model_dump(), "max_prompt_tokens": max_prompt_tokens,
-                   "world_size": world_size},
-                  {"prompts": paths.data / "ppo_prompts.jsonl", "policy_init": paths.policy_init,
-                   "reward": paths.reward, "ensemble": paths.ensemble})
+    key = run_key(
+        {
+            "seed": seed,
+            "method": method_params.model_dump(),
+            "ppo": config.model_dump(exclude={"resume_every", "guards"}),
+            "aggregation": params.aggregation.model_dump(),
+            "deepspeed": params.deepspeed.model_dump(),
+            "max_prompt_tokens": max_prompt_tokens,
+            "world_size": world_size,
+        },
+        {
+            "prompts": paths.data / "ppo_prompts.jsonl",
+            "policy_init": paths.policy_init,
+            "reward": paths.reward,
+            "ensemble": paths.ensemble,
+        },
+    )
     engines = {"actor": actor} if critic is None else {"actor": actor, "critic": critic}
     saved = load_state(paths.resume, key, engines_of=lambda state: list(engines))
     initial_weight_norm = weight_norm(actor)  # before any resumed weights: the guard compares with the init
@@ -106,8 +142,15 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     if saved is None:
         if config.reward_normalization == "reference":
             normalizer.reference_mean, normalizer.reference_std = reference_reward_moments(
-                models.ref_model, models.reward_models, models.tokenizer, prompts, method_params, config=config,
-                aggregation=params.aggregation, max_prompt_tokens=max_prompt_tokens)
+                models.ref_model,
+                models.reward_models,
+                models.tokenizer,
+                prompts,
+                method_params,
+                config=config,
+                aggregation=params.aggregation,
+                max_prompt_tokens=max_prompt_tokens,
+            )
         first_step = 0
     else:
         restore_engines(paths.resume, engines, saved)
@@ -118,22 +161,45 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     run_dir = paths.resume / "policy"
     this_rank = rank()
     if world_size > 1:
-        logger.info("rank %d/%d: %d rollouts per step of the %d in each global batch", this_rank, world_size,
-                    config.rollout_batch_size, config.rollout_batch_size * world_size)
+        logger.info(
+            "rank %d/%d: %d rollouts per step of the %d in each global batch",
+            this_rank,
+            world_size,
+            config.rollout_batch_size,
+            config.rollout_batch_size * world_size,
+        )
     metrics: dict[str, float] = step_log.rows[-1] if step_log.rows else {}
-    for step in tqdm(range(first_step, config.steps), desc=name, unit="step", initial=first_step,
-                     total=config.steps):
-        batch_prompts = rollout_prompts(prompts, step=step, rank=this_rank, world_size=world_size,
-                                        rollout_batch_size=config.rollout_batch_size)
+    for step in tqdm(range(first_step, config.steps), desc=name, unit="step", initial=first_step, total=config.steps):
+        batch_prompts = rollout_prompts(
+            prompts, step=step, rank=this_rank, world_size=world_size, rollout_batch_size=config.rollout_batch_size
+        )
         if this_rank > 0:  # rank 0 keeps the single-process stream; the others get their own, per step
             seed_everything(rank_sampling_seed(seed, rank=this_rank, step=step))
-        metrics = mean_over_ranks(ppo_step(step, actor, critic, models.ref_model, models.reward_models,
-                                           models.tokenizer, batch_prompts, method=method_params,
-                                           normalizer=normalizer, config=config, aggregation=params.aggregation,
-                                           max_prompt_tokens=max_prompt_tokens))
+        metrics = mean_over_ranks(
+            ppo_step(
+                step,
+                actor,
+                critic,
+                models.ref_model,
+                models.reward_models,
+                models.tokenizer,
+                batch_prompts,
+                method=method_params,
+                normalizer=normalizer,
+                config=config,
+                aggregation=params.aggregation,
+                max_prompt_tokens=max_prompt_tokens,
+            )
+        )
         # A diverged step is never checkpointed: the last checkpoint stays the last good one.
-        check_ppo_step(metrics, weight_norm=weight_norm(actor), initial_weight_norm=initial_weight_norm,
-                       guards=config.guards, phase=name, step=step)
+        check_ppo_step(
+            metrics,
+            weight_norm=weight_norm(actor),
+            initial_weight_norm=initial_weight_norm,
+            guards=config.guards,
+            phase=name,
+            step=step,
+        )
         if critic is not None:
             check_finite("critic weights", torch.tensor(weight_norm(critic)), phase=name, step=step)
         if is_main_process():
@@ -145,14 +211,29 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
                 save_policy_checkpoint(policy_module(actor), models.tokenizer, state, run_dir, done)
             # Engines with optimizer states are GBs: saved every `resume_every` steps, not every checkpoint.
             if done % config.resume_every == 0 and done < config.steps:
-                save_state(paths.resume, engines, step=done, key=key, outputs=[paths.policy],
-                           stage_state={"normalizer": normalizer.state(), "step_log": step_log.rows})
+                save_state(
+                    paths.resume,
+                    engines,
+                    step=done,
+                    key=key,
+                    outputs=[paths.policy],
+                    stage_state={"normalizer": normalizer.state(), "step_log": step_log.rows},
+                )
     if is_main_process():
         publish_directory(run_dir, paths.policy)
         shutil.rmtree(paths.resume, ignore_errors=True)
-    return {"method": method, "seed": seed, "reward_model": method_params.reward_model,
-            "aggregation": method_params.aggregation, "steps": config.steps, "world_size": world_size,
-            "value_model": config.value_model,
-            "reward_normalization": {"mode": config.reward_normalization, "reference_mean": normalizer.reference_mean,
-                                     "reference_std": normalizer.reference_std},
-            "final": metrics}
+    return {
+        "method": method,
+        "seed": seed,
+        "reward_model": method_params.reward_model,
+        "aggregation": method_params.aggregation,
+        "steps": config.steps,
+        "world_size": world_size,
+        "value_model": config.value_model,
+        "reward_normalization": {
+            "mode": config.reward_normalization,
+            "reference_mean": normalizer.reference_mean,
+            "reference_std": normalizer.reference_std,
+        },
+        "final": metrics,
+    }

@@ -10,7 +10,6 @@ import fcntl
 import os
 import random
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -77,8 +76,13 @@ def init_distributed() -> int:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        defaults = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
-                    "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+        defaults = {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_RANK": "0",
+        }
         for key, value in defaults.items():
             os.environ.setdefault(key, value)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -127,23 +131,45 @@ def initialize_engine(model: torch.nn.Module, config: dict):
     return engine
 
 
-def training_engine(model: torch.nn.Module, *, deepspeed: DeepSpeedParams, micro_batch_size: int,
-                    gradient_accumulation_steps: int, world_size: int, learning_rate: float,
-                    weight_decay: float):
+def training_engine(
+    model: torch.nn.Module,
+    *,
+    deepspeed: DeepSpeedParams,
+    micro_batch_size: int,
+    gradient_accumulation_steps: int,
+    world_size: int,
+    learning_rate: float,
+    weight_decay: float,
+):
     """The DeepSpeed engine that trains `model` (actor, critic, reward model): every stage builds it here."""
-    return initialize_engine(model, deepspeed_config(
-        deepspeed=deepspeed, micro_batch_size=micro_batch_size, world_size=world_size,
-        gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
-        weight_decay=weight_decay))
+    return initialize_engine(
+        model,
+        deepspeed_config(
+            deepspeed=deepspeed,
+            micro_batch_size=micro_batch_size,
+            world_size=world_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+        ),
+    )
 
 
-def frozen_model(model: torch.nn.Module, *, deepspeed: DeepSpeedParams, micro_batch_size: int,
-                 world_size: int) -> torch.nn.Module:
+def frozen_model(
+    model: torch.nn.Module, *, deepspeed: DeepSpeedParams, micro_batch_size: int, world_size: int
+) -> torch.nn.Module:
     """`model` in eval mode without gradients, placed and cast by a DeepSpeed engine without an optimizer
     (the reference policy, the reward models, the sampler): the engine's module, not the engine."""
-    return initialize_engine(model.eval().requires_grad_(False), deepspeed_config(
-        deepspeed=deepspeed, micro_batch_size=micro_batch_size, gradient_accumulation_steps=1,
-        world_size=world_size, learning_rate=None)).module
+    return initialize_engine(
+        model.eval().requires_grad_(False),
+        deepspeed_config(
+            deepspeed=deepspeed,
+            micro_batch_size=micro_batch_size,
+            gradient_accumulation_steps=1,
+            world_size=world_size,
+            learning_rate=None,
+        ),
+    ).module
 
 
 def full_state_dict(engine) -> dict[str, torch.Tensor]:

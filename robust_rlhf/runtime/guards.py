@@ -26,7 +26,9 @@ def check_finite(name: str, value: torch.Tensor | dict[str, torch.Tensor], *, ph
             check_finite(f"{name}/{key}", tensor, phase=phase, step=step)
         return
     if not torch.isfinite(value).all():
-        raise Diverged(f"{phase}: {name} is not finite at step {step}; stopping (the last checkpoint is the last good one)")
+        raise Diverged(
+            f"{phase}: {name} is not finite at step {step}; stopping (the last checkpoint is the last good one)"
+        )
 
 
 def check_weight_norm(norm: float, initial_norm: float, *, max_ratio: float, phase: str, step: int) -> None:
@@ -34,19 +36,25 @@ def check_weight_norm(norm: float, initial_norm: float, *, max_ratio: float, pha
     the start of training: fine-tuning moves weights by a small fraction of their norm (a learning
     rate that blows them up to 1e6 leaves a policy whose losses read 0 and whose entropy is flat)."""
     if not math.isfinite(norm):
-        raise Diverged(f"{phase}: the weights are not finite after step {step}; stopping (the last checkpoint is "
-                       f"the last good one)")
+        raise Diverged(
+            f"{phase}: the weights are not finite after step {step}; stopping (the last checkpoint is "
+            f"the last good one)"
+        )
     ratio = norm / initial_norm
     if ratio > max_ratio:
-        raise Diverged(f"{phase}: the weights' norm is {ratio:.3g}x its initial value after step {step} "
-                       f"(> guards.max_weight_norm_ratio {max_ratio:g}); the run diverged: lower the learning rate")
+        raise Diverged(
+            f"{phase}: the weights' norm is {ratio:.3g}x its initial value after step {step} "
+            f"(> guards.max_weight_norm_ratio {max_ratio:g}); the run diverged: lower the learning rate"
+        )
 
 
 def check_entropy(entropy: float, *, min_entropy: float, phase: str, step: int) -> None:
     """Stop when the policy's mean per-token entropy (nats) has collapsed below `min_entropy`."""
     if not entropy >= min_entropy:  # NaN fails too
-        raise Diverged(f"{phase}: the policy's entropy collapsed to {entropy:.3g} nats/token at step {step} "
-                       f"(< guards.min_entropy {min_entropy:g})")
+        raise Diverged(
+            f"{phase}: the policy's entropy collapsed to {entropy:.3g} nats/token at step {step} "
+            f"(< guards.min_entropy {min_entropy:g})"
+        )
 
 
 def check_kl(kl: float, *, max_kl: float, phase: str, step: int) -> None:
@@ -62,12 +70,21 @@ def check_above_chance(accuracies: dict[str, float], *, min_accuracy: float, pha
     failed = {name: value for name, value in accuracies.items() if not value > min_accuracy}
     if failed:
         named = ", ".join(f"{name} {value:.3f}" for name, value in failed.items())
-        raise Diverged(f"{phase}: val accuracy at or below {min_accuracy:g} "
-                       f"(train_reward.min_val_accuracy) after training: {named}")
+        raise Diverged(
+            f"{phase}: val accuracy at or below {min_accuracy:g} "
+            f"(train_reward.min_val_accuracy) after training: {named}"
+        )
 
 
-def check_ppo_step(metrics: dict[str, float], *, weight_norm: float, initial_weight_norm: float,
-                   guards: PPOGuards, phase: str, step: int) -> None:
+def check_ppo_step(
+    metrics: dict[str, float],
+    *,
+    weight_norm: float,
+    initial_weight_norm: float,
+    guards: PPOGuards,
+    phase: str,
+    step: int,
+) -> None:
     """Every guard of one PPO step, before its checkpoint is saved: finite scalars, the actor's
     weight norm against its initial norm, entropy, KL to the reference (`objective/kl`)."""
     for name, value in metrics.items():

@@ -21,8 +21,9 @@ from robust_rlhf.config import LauncherParams
 LAUNCHED_ENV_KEYS = ("LOCAL_RANK", "RANK")
 
 
-def deepspeed_launch_command(launcher: LauncherParams, module: str, stage_argv: list[str], *,
-                             python: str, master_port: int) -> list[str]:
+def deepspeed_launch_command(
+    launcher: LauncherParams, module: str, stage_argv: list[str], *, python: str, master_port: int
+) -> list[str]:
     """The command that runs `python -m <module> <stage_argv>` on `launcher.world_size` processes.
 
     It calls the launcher through `python -m deepspeed.launcher.runner` (what the `deepspeed` script

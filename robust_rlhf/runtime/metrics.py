@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from robust_rlhf.runtime.atomic import atomic_write_json, atomic_write_text
 

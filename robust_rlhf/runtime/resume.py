@@ -27,16 +27,16 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from robust_rlhf.runtime.atomic import atomic_write_json
 from robust_rlhf.config import StageInputError
+from robust_rlhf.runtime.atomic import atomic_write_json
 from robust_rlhf.runtime.distributed import is_main_process
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class _Unreadable(Exception):
 
 
 # --- what a saved run is ----------------------------------------------------------------------------
+
 
 def tree_sha256(path: str | Path) -> str:
     """SHA-256 of a file's bytes, or of a folder: every file's relative path and SHA-256, in sorted order."""
@@ -97,23 +98,28 @@ def library_versions() -> dict[str, str]:
 def run_key(params: dict, inputs: dict[str, Path]) -> dict:
     """What a saved state must match to be resumed: the run's params, the content of every input it
     reads (by SHA-256), the code and the library versions."""
-    return {"params": params, "inputs": {name: tree_sha256(path) for name, path in sorted(inputs.items())},
-            "code": code_sha256(), "libraries": library_versions()}
+    return {
+        "params": params,
+        "inputs": {name: tree_sha256(path) for name, path in sorted(inputs.items())},
+        "code": code_sha256(),
+        "libraries": library_versions(),
+    }
 
 
 def dvc_force_flag(argv: list[str]) -> bool:
     """Whether `argv` is a `dvc repro` or `dvc exp run` with --force/-f (alone or in a cluster: -sf)."""
     names = [os.path.basename(arg) for arg in argv]
     if "dvc" in names:
-        rest = argv[names.index("dvc") + 1:]
+        rest = argv[names.index("dvc") + 1 :]
     elif "-m" in argv and argv.index("-m") + 1 < len(argv) and argv[argv.index("-m") + 1] == "dvc":
-        rest = argv[argv.index("-m") + 2:]
+        rest = argv[argv.index("-m") + 2 :]
     else:
         return False
     if not (rest[:1] == ["repro"] or rest[:2] == ["exp", "run"]):
         return False
-    return any(arg == "--force" or (arg.startswith("-") and not arg.startswith("--") and "f" in arg[1:])
-               for arg in rest)
+    return any(
+        arg == "--force" or (arg.startswith("-") and not arg.startswith("--") and "f" in arg[1:]) for arg in rest
+    )
 
 
 def force_requested(pid: int | None = None) -> bool:
@@ -136,6 +142,7 @@ def force_requested(pid: int | None = None) -> bool:
 
 
 # --- loading without unpickling ---------------------------------------------------------------------
+
 
 def _deepspeed_checkpoint_types() -> list:
     """The non-tensor types DeepSpeed pickles into its checkpoints (ZeRO 0-3, fp32 and bf16: see
@@ -240,8 +247,7 @@ def load_state(folder: Path, key: dict, *, engines_of: Callable[[dict], list[str
     return None
 
 
-def save_state(folder: Path, engines: dict, *, step: int, key: dict, stage_state: dict,
-               outputs: list[Path]) -> None:
+def save_state(folder: Path, engines: dict, *, step: int, key: dict, stage_state: dict, outputs: list[Path]) -> None:
     """Checkpoint every engine under tag `step_<step>`, then write state.json naming that step, then
     drop older tags. `outputs` are the stage's outputs: once they all exist the state is stale
     (`prune_finished`)."""
@@ -250,8 +256,17 @@ def save_state(folder: Path, engines: dict, *, step: int, key: dict, stage_state
         engine.save_checkpoint(str(folder / name), tag=tag)  # every rank: ZeRO shards its states
     if not is_main_process():
         return
-    atomic_write_json(folder / STATE_FILE, {"step": step, "tag": tag, "key": key, "rng": rng_state(),
-                                           "stage": stage_state, "outputs": [str(path) for path in outputs]})
+    atomic_write_json(
+        folder / STATE_FILE,
+        {
+            "step": step,
+            "tag": tag,
+            "key": key,
+            "rng": rng_state(),
+            "stage": stage_state,
+            "outputs": [str(path) for path in outputs],
+        },
+    )
     for name in engines:
         for old in (folder / name).glob("step_*"):
             if old.name != tag:
@@ -264,16 +279,19 @@ def restore_engines(folder: Path, engines: dict, state: dict) -> None:
     for name, engine in engines.items():
         engine.checkpoint_engine.load = safe_torch_load  # every file DeepSpeed reads goes through it
         try:
-            loaded, _ = engine.load_checkpoint(str(folder / name), tag=state["tag"], load_optimizer_states=True,
-                                               load_lr_scheduler_states=True)
+            loaded, _ = engine.load_checkpoint(
+                str(folder / name), tag=state["tag"], load_optimizer_states=True, load_lr_scheduler_states=True
+            )
             if loaded is None:
                 raise FileNotFoundError(f"no DeepSpeed checkpoint {state['tag']}")
         except Exception as error:  # noqa: BLE001 - a checkpoint from another model raises anything
             if is_main_process():
                 shutil.rmtree(folder, ignore_errors=True)
-            raise ResumeRefused(f"resume state unreadable: {folder / name}: {type(error).__name__}: "
-                                f"{str(error).splitlines()[0][:200] if str(error) else ''}; it was deleted, "
-                                f"so the next run starts over") from None
+            raise ResumeRefused(
+                f"resume state unreadable: {folder / name}: {type(error).__name__}: "
+                f"{str(error).splitlines()[0][:200] if str(error) else ''}; it was deleted, "
+                f"so the next run starts over"
+            ) from None
     set_rng_state(state["rng"])
 
 
@@ -322,14 +340,17 @@ class PhasedResume:
     def __init__(self, folder: Path, key: dict, phases: list[str], outputs: list[Path]) -> None:
         self.folder, self.key, self.phases, self.outputs = folder, key, phases, outputs
         # consumed (set to None) once training goes on from it
-        self.saved = load_state(folder, key, engines_of=lambda state: (
-            [state["stage"]["phase"]] if state["stage"]["position"] is not None else []))
+        self.saved = load_state(
+            folder,
+            key,
+            engines_of=lambda state: [state["stage"]["phase"]] if state["stage"]["position"] is not None else [],
+        )
         stage = self.saved["stage"] if self.saved else {"phase": phases[0], "position": None, "losses": {}}
         self.phase, self.position, self.losses = stage["phase"], stage["position"], stage["losses"]
 
     def finished(self, phase: str) -> bool:
         """Whether `phase` ended before this run started (its results are in the folder)."""
-        return self.phase not in self.phases[:self.phases.index(phase) + 1]
+        return self.phase not in self.phases[: self.phases.index(phase) + 1]
 
     def tensors(self, name: str) -> dict[str, torch.Tensor]:
         """Tensors a finished phase saved under `name`."""
@@ -353,8 +374,14 @@ class PhasedResume:
     def checkpoint(self, phase: str, engine, *, position: dict, micro_batches: int) -> None:
         """Save `engine` and the RNGs at `position` inside `phase` (`micro_batches` trained in it so far)."""
         self.phase, self.position = phase, position
-        save_state(self.folder, {phase: engine}, step=self._finished_micro_batches() + micro_batches,
-                   key=self.key, stage_state=self._stage_state(), outputs=self.outputs)
+        save_state(
+            self.folder,
+            {phase: engine},
+            step=self._finished_micro_batches() + micro_batches,
+            key=self.key,
+            stage_state=self._stage_state(),
+            outputs=self.outputs,
+        )
 
     def finish(self, phase: str, losses: list[float], tensors: dict[str, dict[str, torch.Tensor]]) -> None:
         """Record a finished phase: its tensors (one file per name), its losses, then the next phase
@@ -365,8 +392,14 @@ class PhasedResume:
         self.losses[phase] = losses
         following = self.phases.index(phase) + 1
         self.phase, self.position = (self.phases + [ALL_PHASES_DONE])[following], None
-        save_state(self.folder, {}, step=self._finished_micro_batches(), key=self.key,
-                   stage_state=self._stage_state(), outputs=self.outputs)
+        save_state(
+            self.folder,
+            {},
+            step=self._finished_micro_batches(),
+            key=self.key,
+            stage_state=self._stage_state(),
+            outputs=self.outputs,
+        )
         if is_main_process():
             shutil.rmtree(self.folder / phase, ignore_errors=True)
         _wait_for_main_process()  # every rank reads the tensors the main process just wrote

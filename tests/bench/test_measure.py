@@ -6,8 +6,9 @@ from bench.measure import run_measured
 
 
 def test_peak_rss_is_the_childs_own(tmp_path):
-    big = run_measured([sys.executable, "-c", "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"],
-                       cwd=tmp_path)
+    big = run_measured(
+        [sys.executable, "-c", "x = bytearray(300 * 2**20); x[::4096] = b'1' * len(x[::4096])"], cwd=tmp_path
+    )
     small = run_measured([sys.executable, "-c", "pass"], cwd=tmp_path)
     assert big.returncode == 0 and big.peak_rss_mb > 300
     assert small.peak_rss_mb < 100  # not the maximum over every child so far (RUSAGE_CHILDREN would say > 300)
@@ -21,8 +22,9 @@ def test_a_large_parent_does_not_inflate_a_small_childs_peak(tmp_path):
 
 
 def test_exit_code_and_output_tail(tmp_path):
-    result = run_measured([sys.executable, "-c", "print('hello'); raise SystemExit(3)"], cwd=tmp_path,
-                          log=tmp_path / "out.log")
+    result = run_measured(
+        [sys.executable, "-c", "print('hello'); raise SystemExit(3)"], cwd=tmp_path, log=tmp_path / "out.log"
+    )
     assert result.returncode == 3 and result.output_tail.strip() == "hello" and result.wall_seconds > 0
 
 

@@ -12,8 +12,12 @@ def test_meets_reads_the_direction_and_bound_of_the_target():
 
 
 def test_render_aligns_columns_and_numbers_the_notes():
-    text = render([Row("ppo", "1.0", "0.5", 2.0, ">= 2x", note="PPO has a critic"),
-                   Row("brme k=5", "0.2 s", "0.2 s", 1.0, "<= 1.1x")])
+    text = render(
+        [
+            Row("ppo", "1.0", "0.5", 2.0, ">= 2x", note="PPO has a critic"),
+            Row("brme k=5", "0.2 s", "0.2 s", 1.0, "<= 1.1x"),
+        ]
+    )
     lines = text.splitlines()
     assert lines[0].split(" | ")[0].strip() == "benchmark"
     assert set(lines[1]) <= {"-", "+"}

@@ -9,10 +9,25 @@ import sys
 import pytest
 
 from robust_rlhf.config import SourceParams
-from robust_rlhf.data.sources import (RAW_LIMIT_CHARS, RAW_MAX_DEPTH, Mapping, SourceError, TokenBound,
-                                            TooManyRejects, byte_symbols, check_columns, check_reject_fraction,
-                                            dataset_rows, load_hub_rows, load_source, map_rows, read_file_rows,
-                                            split_conversation, token_bound, truncate_to_tokens)
+from robust_rlhf.data.sources import (
+    RAW_LIMIT_CHARS,
+    RAW_MAX_DEPTH,
+    Mapping,
+    SourceError,
+    TokenBound,
+    TooManyRejects,
+    byte_symbols,
+    check_columns,
+    check_reject_fraction,
+    dataset_rows,
+    load_hub_rows,
+    load_source,
+    map_rows,
+    read_file_rows,
+    split_conversation,
+    token_bound,
+    truncate_to_tokens,
+)
 
 GOOD = {"prompt": "Rate the park.", "chosen": "Lovely and calm.", "rejected": "Noisy."}
 
@@ -22,8 +37,8 @@ def write_jsonl(path, rows):
     return path
 
 
-def mapped(path, mapping=Mapping(), **kwargs):
-    return map_rows(str(path), read_file_rows(path), mapping, **kwargs)
+def mapped(path, mapping=None, **kwargs):
+    return map_rows(str(path), read_file_rows(path), mapping or Mapping(), **kwargs)
 
 
 def only_reject(result):
@@ -48,14 +63,17 @@ def nested(depth, leaf="x"):
     return value
 
 
-@pytest.mark.parametrize("row, reason, field", [
-    ({"prompt": "p", "chosen": "a"}, "missing_field", "rejected"),
-    ({"prompt": "p", "chosen": "a", "rejected": None}, "missing_field", "rejected"),
-    ({"prompt": "p", "chosen": 3, "rejected": "b"}, "wrong_type", "chosen"),
-    ({"prompt": "  \n", "chosen": "a", "rejected": "b"}, "empty_text", "prompt"),
-    ({"prompt": "p", "chosen": "", "rejected": "b"}, "empty_text", "chosen"),
-    ({"prompt": "p", "chosen": "same", "rejected": "same"}, "chosen_equals_rejected", "rejected"),
-])
+@pytest.mark.parametrize(
+    "row, reason, field",
+    [
+        ({"prompt": "p", "chosen": "a"}, "missing_field", "rejected"),
+        ({"prompt": "p", "chosen": "a", "rejected": None}, "missing_field", "rejected"),
+        ({"prompt": "p", "chosen": 3, "rejected": "b"}, "wrong_type", "chosen"),
+        ({"prompt": "  \n", "chosen": "a", "rejected": "b"}, "empty_text", "prompt"),
+        ({"prompt": "p", "chosen": "", "rejected": "b"}, "empty_text", "chosen"),
+        ({"prompt": "p", "chosen": "same", "rejected": "same"}, "chosen_equals_rejected", "rejected"),
+    ],
+)
 def test_bad_rows_are_rejected_with_row_and_reason(tmp_path, row, reason, field):
     result = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, row]))
     rejected = only_reject(result)
@@ -85,7 +103,9 @@ def test_too_long_rejects_or_truncates_by_param(tmp_path):
     words = lambda text: len(text.split())  # noqa: E731
     cut = lambda text, limit: " ".join(text.split()[:limit])  # noqa: E731
     rejected = only_reject(mapped(path, count_tokens=words, max_tokens=4))
-    assert (rejected["reason"], rejected["field"]) == ("too_long", "chosen") and "6 tokens > limit 4" in rejected["detail"]
+    assert (rejected["reason"], rejected["field"]) == ("too_long", "chosen") and "6 tokens > limit 4" in rejected[
+        "detail"
+    ]
     kept = mapped(path, count_tokens=words, max_tokens=4, too_long="truncate", truncate=cut)
     assert not kept.rejects and kept.pairs[0]["chosen"] == "one two three four"
 
@@ -98,15 +118,18 @@ def test_malformed_jsonl_line_is_a_reject_but_a_file_of_none_is_an_error(tmp_pat
         list(read_file_rows(tmp_path / "really.jsonl"))
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("empty.jsonl", b"", "empty file"),
-    ("blank.csv", b"\n\n", "empty file"),
-    ("header_only.csv", b"prompt,chosen,rejected\n", "a header and no rows"),
-    ("empty.json", b"[]", "empty file"),
-    ("notjson.json", b"prompt,chosen\n", "not JSON"),
-    ("notparquet.parquet", b"prompt,chosen,rejected\n", "not Parquet"),
-    ("table.xlsx", b"x", "unknown file type"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.jsonl", b"", "empty file"),
+        ("blank.csv", b"\n\n", "empty file"),
+        ("header_only.csv", b"prompt,chosen,rejected\n", "a header and no rows"),
+        ("empty.json", b"[]", "empty file"),
+        ("notjson.json", b"prompt,chosen\n", "not JSON"),
+        ("notparquet.parquet", b"prompt,chosen,rejected\n", "not Parquet"),
+        ("table.xlsx", b"x", "unknown file type"),
+    ],
+)
 def test_whole_file_problems_name_the_file(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     with pytest.raises(SourceError, match=message) as raised:
@@ -123,7 +146,7 @@ def test_csv_json_and_parquet_read_the_same_rows(tmp_path):
     import pyarrow
     import pyarrow.parquet
 
-    rows = [GOOD, GOOD | {"chosen": "Green, quiet, \"lovely\"."}]
+    rows = [GOOD, GOOD | {"chosen": 'Green, quiet, "lovely".'}]
     with open(tmp_path / "prefs.csv", "w", newline="") as handle:
         import csv
 
@@ -148,11 +171,17 @@ HH_REJECTED = "\n\nHuman: Is the park nice?\n\nAssistant: No."
 
 def test_conversation_pair_splits_off_the_shared_prompt(tmp_path):
     assert split_conversation(HH_CHOSEN, HH_REJECTED) == (
-        "\n\nHuman: Is the park nice?\n\nAssistant:", "Yes, lovely and calm.", "No.")
-    path = write_jsonl(tmp_path / "hh.jsonl", [
-        {"chosen": HH_CHOSEN, "rejected": HH_REJECTED},
-        {"chosen": HH_CHOSEN, "rejected": "\n\nHuman: Is the zoo nice?\n\nAssistant: No."},
-    ])
+        "\n\nHuman: Is the park nice?\n\nAssistant:",
+        "Yes, lovely and calm.",
+        "No.",
+    )
+    path = write_jsonl(
+        tmp_path / "hh.jsonl",
+        [
+            {"chosen": HH_CHOSEN, "rejected": HH_REJECTED},
+            {"chosen": HH_CHOSEN, "rejected": "\n\nHuman: Is the zoo nice?\n\nAssistant: No."},
+        ],
+    )
     result = mapped(path, Mapping(layout="conversation_pair", prompt=None))
     assert result.pairs[0]["prompt"].endswith("Assistant:") and result.pairs[0]["rejected"] == "No."
     assert (only_reject(result)["row"], only_reject(result)["reason"]) == (2, "prompt_prefix_mismatch")
@@ -164,27 +193,42 @@ def messages(*turns):
 
 def test_message_lists_share_the_prompt_and_end_with_the_assistant(tmp_path):
     user = ("user", "Is the park nice?")
-    path = write_jsonl(tmp_path / "chat.jsonl", [
-        {"chosen": messages(user, ("assistant", "Lovely.")), "rejected": messages(user, ("assistant", "No."))},
-        {"chosen": messages(user, ("assistant", "Lovely.")), "rejected": messages(("user", "Zoo?"), ("assistant", "No."))},
-        {"chosen": messages(user, ("assistant", "Lovely.")), "rejected": "No."},
-        {"chosen": messages(user, ("user", "Lovely.")), "rejected": messages(user, ("user", "No."))},
-    ])
+    path = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {"chosen": messages(user, ("assistant", "Lovely.")), "rejected": messages(user, ("assistant", "No."))},
+            {
+                "chosen": messages(user, ("assistant", "Lovely.")),
+                "rejected": messages(("user", "Zoo?"), ("assistant", "No.")),
+            },
+            {"chosen": messages(user, ("assistant", "Lovely.")), "rejected": "No."},
+            {"chosen": messages(user, ("user", "Lovely.")), "rejected": messages(user, ("user", "No."))},
+        ],
+    )
     result = mapped(path, Mapping(layout="messages", prompt=None))
     assert {key: result.pairs[0][key] for key in ("prompt", "chosen", "rejected")} == {
-        "prompt": "Is the park nice?", "chosen": "Lovely.", "rejected": "No."}
+        "prompt": "Is the park nice?",
+        "chosen": "Lovely.",
+        "rejected": "No.",
+    }
     assert [(r["row"], r["reason"]) for r in result.rejects] == [
-        (2, "prompt_prefix_mismatch"), (3, "wrong_type"), (4, "wrong_type")]
+        (2, "prompt_prefix_mismatch"),
+        (3, "wrong_type"),
+        (4, "wrong_type"),
+    ]
 
 
 def test_reject_fraction_above_the_limit_fails_naming_source_reasons_and_first_rows(tmp_path):
     result = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, GOOD, {"prompt": "p"}]))
     check_reject_fraction(result, "prefs.jsonl", 0.7)
-    with pytest.raises(TooManyRejects, match=r"prefs.jsonl: 2 of 3 rows rejected .*duplicate_pair x1, missing_field x1"
-                       ) as raised:
+    with pytest.raises(
+        TooManyRejects, match=r"prefs.jsonl: 2 of 3 rows rejected .*duplicate_pair x1, missing_field x1"
+    ) as raised:
         check_reject_fraction(result, "prefs.jsonl", 0.2)
-    assert ("first rejected: row 2 the whole row: duplicate_pair (the same (prompt, chosen, rejected) appeared "
-            "before); row 3 field 'chosen': missing_field (no value for column 'chosen')") in str(raised.value)
+    assert (
+        "first rejected: row 2 the whole row: duplicate_pair (the same (prompt, chosen, rejected) appeared "
+        "before); row 3 field 'chosen': missing_field (no value for column 'chosen')"
+    ) in str(raised.value)
     assert raised.value.rejects == result.rejects
 
 
@@ -223,6 +267,7 @@ def test_split_pairs_keeps_each_prompt_in_one_split():
 
 # --- hostile input: every case ends in a named reject or a SourceError naming the file and row ---
 
+
 def test_a_jsonl_line_nested_too_deeply_to_decode_is_a_malformed_row(tmp_path):
     line = b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b', "chosen": "a", "rejected": "b"}'
     result = mapped(write_jsonl(tmp_path / "prefs.jsonl", [GOOD, line, GOOD | {"chosen": "Fine."}]))
@@ -249,8 +294,10 @@ def test_a_value_json_decodes_but_too_deep_to_copy_into_the_reject_is_elided(tmp
 def test_message_lists_too_deep_to_compare_are_a_malformed_row():
     # A dataset row (Parquet, the hub) is built in Python, so no decoder limits its depth.
     user = {"role": "user", "content": "Is the park nice?"}
-    row = {"chosen": [user | {"meta": nested(20_000)}, {"role": "assistant", "content": "Yes."}],
-           "rejected": [user | {"meta": nested(20_000)}, {"role": "assistant", "content": "No."}]}
+    row = {
+        "chosen": [user | {"meta": nested(20_000)}, {"role": "assistant", "content": "Yes."}],
+        "rejected": [user | {"meta": nested(20_000)}, {"role": "assistant", "content": "No."}],
+    }
     result = map_rows("rows", [(1, row)], Mapping(layout="messages", prompt=None))
     assert where(only_reject(result)) == (1, None, "malformed_row")
     json.dumps(result.rejects)
@@ -276,13 +323,14 @@ def test_a_csv_field_over_the_csv_modules_limit_is_a_too_long_reject(tmp_path, t
 
 
 def test_an_escaped_lone_surrogate_is_invalid_utf8_before_the_tokenizer_sees_it(tmp_path, tiny_tokenizer):
-    path = write_jsonl(tmp_path / "prefs.jsonl", [
-        GOOD, GOOD | {"chosen": "Bad \ud800 text"}, GOOD | {"chosen": "A smile \U0001F600."}])
+    path = write_jsonl(
+        tmp_path / "prefs.jsonl", [GOOD, GOOD | {"chosen": "Bad \ud800 text"}, GOOD | {"chosen": "A smile \U0001f600."}]
+    )
     assert b"\\ud800" in path.read_bytes() and b"\\ud83d\\ude00" in path.read_bytes()  # escaped, as json writes them
     result = loaded(tiny_tokenizer, path, max_reject_fraction=0.5)
     rejected = only_reject(result)
     assert where(rejected) == (2, "chosen", "invalid_utf8") and rejected["raw"]["chosen"] == "Bad \\ud800 text"
-    assert result.pairs[1]["chosen"] == "A smile \U0001F600."  # a proper surrogate pair is one valid character
+    assert result.pairs[1]["chosen"] == "A smile \U0001f600."  # a proper surrogate pair is one valid character
     json.dumps(result.rejects)
 
 
@@ -354,8 +402,14 @@ def test_truncating_a_text_too_long_by_its_bytes_tokenises_a_bounded_prefix(tmp_
     huge = "lovely " * 500_000
     path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD | {"chosen": huge}])
     tokens = CountingTokenizer()
-    result = mapped(path, count_tokens=tokens.count, max_tokens=16, token_bound=TokenBound(8), too_long="truncate",
-                    truncate=tokens.truncate)
+    result = mapped(
+        path,
+        count_tokens=tokens.count,
+        max_tokens=16,
+        token_bound=TokenBound(8),
+        too_long="truncate",
+        truncate=tokens.truncate,
+    )
     assert not result.rejects and result.pairs[0]["chosen"] == " ".join(["lovely"] * 16)
     assert max(tokens.seen) <= (16 + 1) * 8
 
@@ -386,22 +440,36 @@ def test_bytes_the_vocabulary_lacks_do_not_count_towards_the_bound():
     backend = Tokenizer(models.BPE(unk_token=None))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.train_from_iterator(["Review the park, lovely and calm."] * 20,
-                                trainer=trainers.BpeTrainer(vocab_size=60, show_progress=False))
+    backend.train_from_iterator(
+        ["Review the park, lovely and calm."] * 20, trainer=trainers.BpeTrainer(vocab_size=60, show_progress=False)
+    )
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
     bound = token_bound(tokenizer)
     assert bound is not None and 0x04 in bound.dropped and ord("a") not in bound.dropped
     text = "\x04" * 1_000_000 + " lovely park"
     tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
     assert bound.counted_bytes(text) == len(" lovely park") and tokens * bound.max_token_bytes >= len(" lovely park")
-    result = map_rows("rows", [(1, GOOD | {"chosen": text})], Mapping(), max_tokens=64, token_bound=bound,
-                      count_tokens=lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]))
+    result = map_rows(
+        "rows",
+        [(1, GOOD | {"chosen": text})],
+        Mapping(),
+        max_tokens=64,
+        token_bound=bound,
+        count_tokens=lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
+    )
     assert not result.rejects and tokens <= 64
     # Truncating a text whose kept prefix is only dropped bytes leaves nothing: a reject, not an empty pair.
     long_tail = "\x04" * 10_000 + " lovely park" * 200
-    cut = map_rows("rows", [(1, GOOD | {"chosen": long_tail})], Mapping(), max_tokens=4, token_bound=bound,
-                   count_tokens=lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]), too_long="truncate",
-                   truncate=lambda t, limit: truncate_to_tokens(tokenizer, t, limit))
+    cut = map_rows(
+        "rows",
+        [(1, GOOD | {"chosen": long_tail})],
+        Mapping(),
+        max_tokens=4,
+        token_bound=bound,
+        count_tokens=lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
+        too_long="truncate",
+        truncate=lambda t, limit: truncate_to_tokens(tokenizer, t, limit),
+    )
     assert where(only_reject(cut)) == (1, "chosen", "too_long") and "nothing is left" in only_reject(cut)["detail"]
 
 
@@ -465,11 +533,14 @@ def test_malformed_rows_keep_their_raw_line_or_cells(tmp_path):
 
 def test_columns_no_mapping_names_are_logged_once_per_source(tmp_path, tiny_tokenizer, caplog):
     caplog.set_level(logging.INFO, logger="robust_rlhf.data.sources")
-    first = write_jsonl(tmp_path / "first.jsonl", [GOOD | {"chosen": f"Fine {i}.", "id": i, "score": 1}
-                                                   for i in range(3)])
+    first = write_jsonl(
+        tmp_path / "first.jsonl", [GOOD | {"chosen": f"Fine {i}.", "id": i, "score": 1} for i in range(3)]
+    )
     second = write_jsonl(tmp_path / "second.jsonl", [GOOD | {"chosen": "Fine."}])
     result = loaded(tiny_tokenizer, first, second)
     assert not result.rejects and result.ignored_columns == {str(first): ["id", "score"], str(second): []}
     notes = [record.getMessage() for record in caplog.records if "are not mapped" in record.getMessage()]
-    assert notes == [f"{first}: column(s) ['id', 'score'] are not mapped (layout columns maps "
-                     f"['prompt', 'chosen', 'rejected']) and are ignored"]
+    assert notes == [
+        f"{first}: column(s) ['id', 'score'] are not mapped (layout columns maps "
+        f"['prompt', 'chosen', 'rejected']) and are ignored"
+    ]

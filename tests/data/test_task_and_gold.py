@@ -20,7 +20,7 @@ def test_split_prompts_is_disjoint_sized_and_seeded():
     assert {name: len(prompts) for name, prompts in sets.items()} == sizes
     names = list(sets)
     for i, first in enumerate(names):
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             assert not set(sets[first]) & set(sets[second])
     assert split_prompts(0, sizes) == sets and split_prompts(1, sizes) != sets
 
@@ -110,9 +110,11 @@ def test_label_pair_bt_sample_probability():
 
 
 def test_preference_stats_ignores_ties_for_agreement():
-    pairs = [{"gold_chosen": 1.0, "gold_rejected": 0.0, "label_flipped": False, "chosen": "ab", "rejected": "c"},
-             {"gold_chosen": 0.0, "gold_rejected": 1.0, "label_flipped": True, "chosen": "a", "rejected": "bc"},
-             {"gold_chosen": 0.0, "gold_rejected": 0.0, "label_flipped": False, "chosen": "a", "rejected": "b"}]
+    pairs = [
+        {"gold_chosen": 1.0, "gold_rejected": 0.0, "label_flipped": False, "chosen": "ab", "rejected": "c"},
+        {"gold_chosen": 0.0, "gold_rejected": 1.0, "label_flipped": True, "chosen": "a", "rejected": "bc"},
+        {"gold_chosen": 0.0, "gold_rejected": 0.0, "label_flipped": False, "chosen": "a", "rejected": "b"},
+    ]
     stats = preference_stats(pairs)
     assert stats["gold_ties"] == 1 and stats["gold_agreement"] == 0.5
     assert stats["flipped_fraction"] == pytest.approx(1 / 3)

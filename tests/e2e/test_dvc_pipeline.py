@@ -33,8 +33,14 @@ def dvc(repo: Path, *args: str, with_stderr: bool = False) -> str:
 
 def kill_once_state_is_written(repo: Path, args: list[str], state: Path) -> None:
     """Start `dvc <args>` and SIGKILL dvc and its stage once the stage has written its resume `state`."""
-    process = subprocess.Popen([dvc_executable(), *args], cwd=repo, env={**os.environ, "DS_ACCELERATOR": "cpu"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [dvc_executable(), *args],
+        cwd=repo,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     try:
         while not state.exists():

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
-                                            FlowRunFilterId)
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -64,12 +63,23 @@ def prefect_api(tmp_path):
     """A `prefect server start` of our own; yields (api url, env for processes that talk to it)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect_home"), PREFECT_API_URL=url,
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false", DS_ACCELERATOR="cpu",
-               PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]))
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(tmp_path / "prefect_home"),
+        PREFECT_API_URL=url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        DS_ACCELERATOR="cpu",
+        PATH=os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+    )
     log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     processes = [server]
     try:
         wait_until(lambda: healthy(url) or server.poll() is not None, 180, "the Prefect server")
@@ -92,33 +102,60 @@ def test_deployed_pipeline_runs_on_a_work_pool_worker_and_serves_with_its_schedu
         return result.stdout
 
     cli(str(BIN / "prefect"), "work-pool", "create", "tiny-pool", "--type", "process")
-    out = cli(sys.executable, "-m", "flows.serve", "--repo", str(repo), "--work-pool", "tiny-pool", "--no-schedule",
-              "--methods", "brme")
+    out = cli(
+        sys.executable,
+        "-m",
+        "flows.serve",
+        "--repo",
+        str(repo),
+        "--work-pool",
+        "tiny-pool",
+        "--no-schedule",
+        "--methods",
+        "brme",
+    )
     assert "deployed robust-rlhf-pipeline/pipeline on work pool tiny-pool" in out
     worker_log = open(tmp_path / "worker.log", "w")
-    processes.append(subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "tiny-pool", "--limit", "1"],
-                                      env=env, cwd=repo, stdout=worker_log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+    processes.append(
+        subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "tiny-pool", "--limit", "1"],
+            env=env,
+            cwd=repo,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    )
 
     def run_through_the_api():
         """Trigger the deployment, wait for the worker to finish it; its task runs and artifacts."""
         with temporary_settings({PREFECT_API_URL: url}):
             flow_run = run_deployment("robust-rlhf-pipeline/pipeline", timeout=0)
             with get_client(sync_client=True) as client:
-                final = wait_until(lambda: (run := client.read_flow_run(flow_run.id)).state.is_final() and run,
-                                   900, "the flow run", interval=2)
+                final = wait_until(
+                    lambda: (run := client.read_flow_run(flow_run.id)).state.is_final() and run,
+                    900,
+                    "the flow run",
+                    interval=2,
+                )
                 assert final.state.is_completed(), (tmp_path / "worker.log").read_text()[-5000:]
-                task_runs = client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
-                artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+                task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+                artifacts = client.read_artifacts(
+                    artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+                )
         assert sorted(run.name for run in task_runs) == sorted(STAGES)
         assert all(run.state.is_completed() for run in task_runs)
         return {artifact.key: artifact for artifact in artifacts}
 
     by_key = run_through_the_api()
-    assert {"prepare-metrics", "train-reward-metrics", "ppo-brme-0-metrics", "evaluate-metrics",
-            "report-metrics", "robust-rlhf-report"} == set(by_key)
+    assert {
+        "prepare-metrics",
+        "train-reward-metrics",
+        "ppo-brme-0-metrics",
+        "evaluate-metrics",
+        "report-metrics",
+        "robust-rlhf-report",
+    } == set(by_key)
     assert not any("up to date" in by_key[key].description for key in by_key if key.endswith("-metrics"))
     # a stage's table artifact is its metrics, flattened; evaluate's holds both its metrics file and folder
     evaluated = json.loads((repo / "metrics/eval.json").read_text())
@@ -143,10 +180,19 @@ def test_deployed_pipeline_runs_on_a_work_pool_worker_and_serves_with_its_schedu
 
     # Served from this machine: the pipeline on params' cron, the sweep on demand.
     serve_log = open(tmp_path / "serve.log", "w")
-    processes.append(subprocess.Popen([sys.executable, "-m", "flows.serve", "--repo", str(repo)], env=env, cwd=repo,
-                                      stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True))
+    processes.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "flows.serve", "--repo", str(repo)],
+            env=env,
+            cwd=repo,
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    )
     with temporary_settings({PREFECT_API_URL: url}):
         with get_client(sync_client=True) as client:
+
             def served():
                 # the serve process re-registers both deployments, the pipeline now with a schedule
                 try:
@@ -155,6 +201,7 @@ def test_deployed_pipeline_runs_on_a_work_pool_worker_and_serves_with_its_schedu
                 except ObjectNotFound:
                     return None
                 return (pipeline, sweep) if pipeline.schedules else None
+
             pipeline, sweep = wait_until(served, 120, "the served deployments", interval=2)
     assert [schedule.schedule.cron for schedule in pipeline.schedules] == ["0 3 * * *"]
     assert pipeline.parameters == {"repo": str(repo), "methods": None}

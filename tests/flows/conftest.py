@@ -4,8 +4,12 @@ PREFECT_HOME)."""
 import os
 
 import pytest
-from prefect.settings import (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED,
-                              temporary_settings)
+from prefect.settings import (
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_HOME,
+    PREFECT_SERVER_ANALYTICS_ENABLED,
+    temporary_settings,
+)
 from prefect.testing.utilities import prefect_test_harness
 
 
@@ -15,13 +19,18 @@ def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect_home")
     # os.environ for the server subprocess; temporary_settings for this process, whose settings were
     # read when prefect was imported. No heartbeat thread: it costs ~1 s per flow run.
-    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "DS_ACCELERATOR": "cpu"}
+    env = {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+        "DS_ACCELERATOR": "cpu",
+    }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     try:
-        with temporary_settings({PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False,
-                                 PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        with temporary_settings(
+            {PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+        ):
             with prefect_test_harness(server_startup_timeout=120):
                 yield
     finally:

@@ -11,8 +11,16 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from flows.pipeline import (FlowTimedOut, StageFailed, flatten, pipeline, pipeline_stages, retry_delays, run_stage,
-                            stage_metrics_paths)
+from flows.pipeline import (
+    FlowTimedOut,
+    StageFailed,
+    flatten,
+    pipeline,
+    pipeline_stages,
+    retry_delays,
+    run_stage,
+    stage_metrics_paths,
+)
 from robust_rlhf.config import resume_folder_of
 from tests.conftest import REPO, copy_repo, tiny_params
 
@@ -26,12 +34,15 @@ def with_params(repo, **overrides):
 def test_stages_in_run_order(tmp_path):
     repo = copy_repo(tmp_path)  # its params.yaml is the tiny profile
     methods = list(tiny_params()["methods"])
-    assert pipeline_stages(repo) == ["prepare", "train_reward", *(f"ppo@{m}-0" for m in methods), "evaluate",
-                                     "report"]
+    assert pipeline_stages(repo) == ["prepare", "train_reward", *(f"ppo@{m}-0" for m in methods), "evaluate", "report"]
     assert pipeline_stages(repo, ["brme"]) == ["prepare", "train_reward", "ppo@brme-0", "evaluate", "report"]
     with_params(repo, ppo_seeds=[3, 1])
-    assert pipeline_stages(repo, ["brme", "single"])[2:6] == ["ppo@brme-3", "ppo@brme-1", "ppo@single-3",
-                                                             "ppo@single-1"]
+    assert pipeline_stages(repo, ["brme", "single"])[2:6] == [
+        "ppo@brme-3",
+        "ppo@brme-1",
+        "ppo@single-3",
+        "ppo@single-1",
+    ]
     with pytest.raises(ValueError, match="unknown methods"):
         pipeline_stages(repo, ["nope"])
 
@@ -73,8 +84,9 @@ def test_retries_skip_bad_params_but_cover_other_failures(tmp_path, prefect_serv
 
     bad_params, unknown_stage = attempts()
     with get_client(sync_client=True) as client:
-        run_counts = [client.read_task_run(state.state_details.task_run_id).run_count
-                      for state in (bad_params, unknown_stage)]
+        run_counts = [
+            client.read_task_run(state.state_details.task_run_id).run_count for state in (bad_params, unknown_stage)
+        ]
     assert bad_params.is_failed() and unknown_stage.is_failed()
     assert unknown_stage.result(raise_on_failure=False).stage_exit_code is None
     assert run_counts == [1, 3]
@@ -100,28 +112,34 @@ def test_a_stage_running_past_the_deadline_is_stopped(tmp_path, monkeypatch):
     fifo = tmp_path / "block"
     os.mkfifo(fifo)
     monkeypatch.setenv("ROBUST_RLHF_TEST_BLOCK", str(fifo))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent / "blocking_site"),
-                                                      os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(Path(__file__).parent / "blocking_site"), os.environ.get("PYTHONPATH", "")])
+    )
     started = time.time()
     with pytest.raises(FlowTimedOut, match="while stage prepare ran; it was stopped"):
         run_stage.fn("prepare", str(repo), deadline=started + 4)
     assert time.time() - started < 40  # stopped, not waited for
     assert not (repo / "data").exists()  # outputs are published only when a stage completes
-    assert not [p for p in psutil.process_iter(["cmdline", "cwd"]) if "stages.prepare" in " ".join(p.info["cmdline"] or [])
-                and p.info["cwd"] == str(repo)]  # the stage dvc ran is gone too
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline", "cwd"])
+        if "stages.prepare" in " ".join(p.info["cmdline"] or []) and p.info["cwd"] == str(repo)
+    ]  # the stage dvc ran is gone too
 
 
 @pytest.mark.slow
 def test_flow_timeout_from_params_fails_the_run_without_retries(tmp_path, prefect_server):
-    repo = with_params(copy_repo(tmp_path), **{"orchestration.flow_timeout_minutes": 0.01,
-                                               "orchestration.retry_delay_seconds": 0})
+    repo = with_params(
+        copy_repo(tmp_path), **{"orchestration.flow_timeout_minutes": 0.01, "orchestration.retry_delay_seconds": 0}
+    )
     state = pipeline(repo=str(repo), methods=["single"], return_state=True)
     assert state.is_failed()
     with pytest.raises(FlowTimedOut, match="flow timeout reached"):
         state.result()
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
     assert [(run.name, run.run_count) for run in task_runs] == [("prepare", 1)]
 
 

@@ -47,26 +47,53 @@ def train_brme(features: dict, *, loss: str = "thurstone", prior_scale: float = 
     features. Returns (heads, stage-1 head, the heads' initial state)."""
     num_pairs = features["pooled_chosen"].shape[0]
     stage1 = PlainEngine(L2LinearHeads(linear_heads(DIM, 1, init_std=0.02, seed=seed), l2_coef=1e-3), lr=0.05)
-    train_heads_on_features(stage1, features, bt_objective(torch.ones(num_pairs, 1)), loss_name="bt",
-                            epochs=15, micro_batch_size=100, seed=seed, phase="stage1")
+    train_heads_on_features(
+        stage1,
+        features,
+        bt_objective(torch.ones(num_pairs, 1)),
+        loss_name="bt",
+        epochs=15,
+        micro_batch_size=100,
+        seed=seed,
+        phase="stage1",
+    )
     bt_head = torch.nn.Linear(DIM, 1)
     bt_head.load_state_dict(stage1.module.state_dict())
     if prior_scale > 0:
         anchors, prior_std = anchored_heads(
-            bt_head.weight.detach(), bt_head.bias.detach(),
-            torch.cat([features["pooled_chosen"], features["pooled_rejected"]]), num_heads=NUM_HEADS,
-            prior_scale=prior_scale, sigma_min=0.01, seed=seed + 2)
-        training = AnchoredGaussianHeads(DIM, NUM_HEADS, sigma_min=0.01, anchors=anchors, prior_std=prior_std,
-                                         num_items=num_pairs)
+            bt_head.weight.detach(),
+            bt_head.bias.detach(),
+            torch.cat([features["pooled_chosen"], features["pooled_rejected"]]),
+            num_heads=NUM_HEADS,
+            prior_scale=prior_scale,
+            sigma_min=0.01,
+            seed=seed + 2,
+        )
+        training = AnchoredGaussianHeads(
+            DIM, NUM_HEADS, sigma_min=0.01, anchors=anchors, prior_std=prior_std, num_items=num_pairs
+        )
     else:
         training = GaussianHeads(DIM, NUM_HEADS, sigma_min=0.01, init_std=0.02, seed=seed + 1)
     initial = {name: value.clone() for name, value in training.state_dict().items()}
     with torch.no_grad():
         targets = {side: bt_head(features[f"pooled_{side}"])[:, 0] for side in ("chosen", "rejected")}
-    objective = stage2_objective(loss, bootstrap_weights(num_pairs, NUM_HEADS, seed=seed, enabled=True),
-                                 targets=targets, noise_floor=1.702, num_noise_samples=4)
-    train_heads_on_features(PlainEngine(training, lr=0.05), features, objective, loss_name=loss, epochs=25,
-                            micro_batch_size=100, seed=seed, phase="stage2")
+    objective = stage2_objective(
+        loss,
+        bootstrap_weights(num_pairs, NUM_HEADS, seed=seed, enabled=True),
+        targets=targets,
+        noise_floor=1.702,
+        num_noise_samples=4,
+    )
+    train_heads_on_features(
+        PlainEngine(training, lr=0.05),
+        features,
+        objective,
+        loss_name=loss,
+        epochs=25,
+        micro_batch_size=100,
+        seed=seed,
+        phase="stage2",
+    )
     heads = GaussianHeads(DIM, NUM_HEADS, sigma_min=0.01)  # the published form, as train_reward saves it
     heads.load_state_dict(training.state_dict())
     return heads.eval(), bt_head.eval(), initial
@@ -98,8 +125,9 @@ def test_sigma_is_larger_where_labels_are_noisier(trained):
 def test_heads_stay_apart_where_the_degenerate_reconstruction_collapses(trained):
     features = responses(2000, trained["generator"])
     generator = torch.Generator().manual_seed(0)
-    degenerate_heads, _, _ = train_brme(labelled_pairs(3000, generator, noisy_flip=0.35)[0], loss="gaussian_nll",
-                                        prior_scale=0.0)
+    degenerate_heads, _, _ = train_brme(
+        labelled_pairs(3000, generator, noisy_flip=0.35)[0], loss="gaussian_nll", prior_scale=0.0
+    )
     with torch.no_grad():
         working = relative_disagreement(trained["heads"](features)[0])
         degenerate = relative_disagreement(degenerate_heads(features)[0])
@@ -132,8 +160,11 @@ def test_stage2_trained_every_head_parameter(trained):
         if name == "mu_bias":
             assert torch.equal(value, trained["initial"][name])
             continue
-        changed = (value - trained["initial"][name]).abs().flatten(1) if value.dim() > 1 else (
-            value - trained["initial"][name]).abs()[:, None]
+        changed = (
+            (value - trained["initial"][name]).abs().flatten(1)
+            if value.dim() > 1
+            else (value - trained["initial"][name]).abs()[:, None]
+        )
         assert (changed.amax(dim=1) > 1e-4).all(), f"a head's {name} did not move"
 
 
@@ -142,12 +173,16 @@ def test_sigma_rises_on_pairs_whose_labels_were_flipped_against_the_same_pairs_u
     generator = torch.Generator().manual_seed(3)
     features, noisy, _ = labelled_pairs(3000, generator, noisy_flip=0.0, clean_flip=0.0)
     flips = (torch.rand(3000, generator=generator) < 0.35) & noisy
-    flipped = {"pooled_chosen": torch.where(flips[:, None], features["pooled_rejected"], features["pooled_chosen"]),
-               "pooled_rejected": torch.where(flips[:, None], features["pooled_chosen"], features["pooled_rejected"])}
+    flipped = {
+        "pooled_chosen": torch.where(flips[:, None], features["pooled_rejected"], features["pooled_chosen"]),
+        "pooled_rejected": torch.where(flips[:, None], features["pooled_chosen"], features["pooled_rejected"]),
+    }
     clean_heads, _, _ = train_brme(features)
     noisy_heads, _, _ = train_brme(flipped)
+
     # the same pairs in both runs (sides swapped where flipped: pair_sigma is symmetric in them)
     @torch.no_grad()
     def sigma_on(heads, pairs, rows):
         return pair_sigma(heads(pairs["pooled_chosen"][rows])[1], heads(pairs["pooled_rejected"][rows])[1]).mean()
+
     assert sigma_on(noisy_heads, flipped, flips) > 1.3 * sigma_on(clean_heads, features, flips)

@@ -128,7 +128,10 @@ def test_gaussian_nll_integer_weight_equals_duplication():
     target = _t([1.0, -1.0])
     weighted = gaussian_nll_loss(mu, sigma, target, _t([[2.0], [1.0]]))
     duplicated = gaussian_nll_loss(
-        _t([[0.0], [0.0], [1.0]]), _t([[0.5], [0.5], [2.0]]), _t([1.0, 1.0, -1.0]), torch.ones(3, 1, dtype=torch.float64)
+        _t([[0.0], [0.0], [1.0]]),
+        _t([[0.5], [0.5], [2.0]]),
+        _t([1.0, 1.0, -1.0]),
+        torch.ones(3, 1, dtype=torch.float64),
     )
     assert_close(weighted, duplicated)
 
@@ -168,7 +171,7 @@ def test_bt_sampled_a_larger_sigma_can_lower_the_loss_of_a_misranked_pair():
     # quadrature (0.937); 4000 draws estimate P ~ 0.39 to a standard error of ~0.007, 0.017 in the log, so
     # 0.06 is ~3.5 of them. The Jensen-biased mean of per-sample losses would be 4.02, above `small`.
     z = torch.linspace(-12.0, 12.0, 240_001, dtype=torch.float64)
-    density = torch.exp(-z**2 / 2) / math.sqrt(2 * math.pi)
+    density = torch.exp(-(z**2) / 2) / math.sqrt(2 * math.pi)
     exact = -math.log(torch.trapezoid(density * torch.sigmoid(-2.0 + math.sqrt(50.0) * z), z).item())
     assert large.item() == pytest.approx(exact, abs=0.06)
     assert large.item() < small.item() - 0.8
@@ -242,6 +245,7 @@ def test_thurstone_optimal_sigma_grows_with_label_noise():
         z = 1.0 / torch.sqrt(2 * sigmas**2 + 1.0)
         nll = -(q * torch.special.log_ndtr(z) + (1 - q) * torch.special.log_ndtr(-z))
         return float(sigmas[nll.argmin()])
+
     assert best_sigma(0.9) == 0.0  # above Phi(1) = 0.84 the floor alone is too noisy: sigma stays at 0
     assert 0.5 < best_sigma(0.7) < best_sigma(0.6) < best_sigma(0.55)
 

@@ -195,4 +195,8 @@ def test_pair_sigma_is_the_mean_over_heads_of_the_margin_scale():
 
 def test_misranked_under_gold_counts_a_model_tie_as_misranked():
     assert misranked_under_gold(_t([1.0, -1.0, 0.0, 2.0]), _t([1.0, 1.0, 1.0, -0.5])).tolist() == [
-        False, True, True, True]
+        False,
+        True,
+        True,
+        True,
+    ]

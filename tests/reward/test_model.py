@@ -46,15 +46,20 @@ def test_anchored_heads_start_at_their_anchors_return_the_prior_term_and_save_as
     from robust_rlhf.reward.model import AnchoredGaussianHeads
 
     g = torch.Generator().manual_seed(0)
-    anchors = {"mu_weight": torch.randn(3, 4, generator=g), "mu_bias": torch.zeros(3),
-               "s_weight": torch.randn(3, 4, generator=g), "s_bias": torch.ones(3)}
+    anchors = {
+        "mu_weight": torch.randn(3, 4, generator=g),
+        "mu_bias": torch.zeros(3),
+        "s_weight": torch.randn(3, 4, generator=g),
+        "s_bias": torch.ones(3),
+    }
     heads = AnchoredGaussianHeads(4, 3, sigma_min=0.01, anchors=anchors, prior_std=0.5, num_items=10)
     mu, sigma, penalty = heads(torch.randn(2, 4, generator=g))
     assert mu.shape == sigma.shape == (2, 3) and penalty.item() == 0.0  # at the anchor
     with torch.no_grad():
         heads.mu_weight.add_(1.0)
-    expected = anchor_penalty([heads.mu_weight, heads.s_weight], [anchors["mu_weight"], anchors["s_weight"]],
-                              prior_std=0.5, num_items=10)
+    expected = anchor_penalty(
+        [heads.mu_weight, heads.s_weight], [anchors["mu_weight"], anchors["s_weight"]], prior_std=0.5, num_items=10
+    )
     assert heads(torch.zeros(1, 4))[2].item() == pytest.approx(expected.item()) and expected.item() > 0
     assert set(heads.state_dict()) == set(GaussianHeads(4, 3, sigma_min=0.01).state_dict())
 

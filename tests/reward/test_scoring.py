@@ -1,12 +1,11 @@
 """Tests for robust_rlhf.reward.scoring: which aggregations apply to each reward-model kind, every
 aggregation of hand-made scores, and each method's reward. No model is loaded: scores are built by hand."""
 
-import pytest
 import torch
 from torch.testing import assert_close
 
-from robust_rlhf.reward.aggregation import AGGREGATIONS, aggregate_rewards
 from robust_rlhf.config import AggregationParams, MethodParams
+from robust_rlhf.reward.aggregation import AGGREGATIONS, aggregate_rewards
 from robust_rlhf.reward.scoring import applicable_aggregations, every_aggregation, method_rewards
 from tests.conftest import tiny_params
 
@@ -52,8 +51,16 @@ def test_every_aggregation_keys_are_kind_slash_aggregation():
     rewards = every_aggregation(SCORES, _coefficients())
     assert set(rewards) == {
         "single/single",
-        "ensemble/mean", "ensemble/min", "ensemble/uwo", "ensemble/kl_dro",
-        "brme/mean", "brme/min", "brme/uwo", "brme/nominal", "brme/brme", "brme/kl_dro",
+        "ensemble/mean",
+        "ensemble/min",
+        "ensemble/uwo",
+        "ensemble/kl_dro",
+        "brme/mean",
+        "brme/min",
+        "brme/uwo",
+        "brme/nominal",
+        "brme/brme",
+        "brme/kl_dro",
     }
     assert all(reward.shape == (2,) for reward in rewards.values())
 
@@ -91,8 +98,13 @@ def _methods(**entries) -> dict[str, MethodParams]:
 
 
 def test_method_rewards_pick_reward_model_and_aggregation():
-    methods = _methods(single=("single", "single"), mean=("ensemble", "mean"), wco=("ensemble", "min"),
-                       brme=("brme", "brme"), brme_mean=("brme", "mean"))
+    methods = _methods(
+        single=("single", "single"),
+        mean=("ensemble", "mean"),
+        wco=("ensemble", "min"),
+        brme=("brme", "brme"),
+        brme_mean=("brme", "mean"),
+    )
     rewards = method_rewards(SCORES, methods, _coefficients(brme_lambda=0.25))
     assert list(rewards) == ["single", "mean", "wco", "brme", "brme_mean"]
     assert_close(rewards["single"], _t([7.0, -7.0]))

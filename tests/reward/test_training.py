@@ -6,15 +6,25 @@ import copy
 import torch
 
 from robust_rlhf.reward.model import GaussianHeads
-from robust_rlhf.reward.training import (PhaseProgress, checkpoint_due, remaining_batches, stage2_objective,
-                                         train_heads_on_features)
+from robust_rlhf.reward.training import (
+    PhaseProgress,
+    checkpoint_due,
+    remaining_batches,
+    stage2_objective,
+    train_heads_on_features,
+)
 from tests.conftest import PlainEngine
 
 
 def test_checkpoint_due_every_n_optimizer_steps_at_accumulation_boundaries():
     due = [m for m in range(1, 13) if checkpoint_due(m, gradient_accumulation_steps=2, checkpoint_every=3)]
     assert due == [6, 12]  # optimizer steps 3 and 6; never after a micro-batch that leaves gradients pending
-    assert [m for m in range(1, 5) if checkpoint_due(m, gradient_accumulation_steps=1, checkpoint_every=1)] == [1, 2, 3, 4]
+    assert [m for m in range(1, 5) if checkpoint_due(m, gradient_accumulation_steps=1, checkpoint_every=1)] == [
+        1,
+        2,
+        3,
+        4,
+    ]
 
 
 def test_remaining_batches_skips_only_in_the_interrupted_epoch():
@@ -26,12 +36,23 @@ def test_remaining_batches_skips_only_in_the_interrupted_epoch():
 
 def frozen_stage2(engine, **kwargs):
     generator = torch.Generator().manual_seed(7)
-    features = {"pooled_chosen": torch.randn(10, 4, generator=generator),
-                "pooled_rejected": torch.randn(10, 4, generator=generator)}
+    features = {
+        "pooled_chosen": torch.randn(10, 4, generator=generator),
+        "pooled_rejected": torch.randn(10, 4, generator=generator),
+    }
     # bt_sampled draws noise from the phase's generator: a resume must restore its state too
     objective = stage2_objective("bt_sampled", torch.ones(10, 3), targets=None, noise_floor=1.0, num_noise_samples=2)
-    return train_heads_on_features(engine, features, objective, loss_name="bt_sampled", epochs=3, micro_batch_size=4,
-                                   seed=0, phase="stage2", **kwargs)
+    return train_heads_on_features(
+        engine,
+        features,
+        objective,
+        loss_name="bt_sampled",
+        epochs=3,
+        micro_batch_size=4,
+        seed=0,
+        phase="stage2",
+        **kwargs,
+    )
 
 
 def test_frozen_stage2_restarted_from_a_checkpoint_goes_on_like_the_uninterrupted_loop():

@@ -17,9 +17,18 @@ VOCAB, EOS, PAD, LENGTH = 4, 0, 3, 3
 
 def tiny_model(seed: int, scale: float) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32,
-                         eos_token_id=EOS, pad_token_id=PAD, bos_token_id=1)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        bos_token_id=1,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # sharper logits: a KL far from 0
         model.lm_head.weight.mul_(scale)
@@ -32,8 +41,14 @@ QUERY_MASK = torch.ones_like(QUERY)
 
 @torch.no_grad()
 def sequence_logprob(model, responses: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
-    logprobs, _ = forward_response(model, QUERY.expand(len(responses), -1), QUERY_MASK.expand(len(responses), -1),
-                                   responses, mask, temperature=temperature)
+    logprobs, _ = forward_response(
+        model,
+        QUERY.expand(len(responses), -1),
+        QUERY_MASK.expand(len(responses), -1),
+        responses,
+        mask,
+        temperature=temperature,
+    )
     return (logprobs * mask).sum(dim=1)
 
 
@@ -54,10 +69,19 @@ def exact_kl(policy, reference, temperature: float) -> float:
 @torch.no_grad()
 def sampled_kl(policy, reference, temperature: float, num: int = 6000):
     torch.manual_seed(0)
-    sampled = sample(policy, QUERY.expand(num, -1), QUERY_MASK.expand(num, -1), max_new_tokens=LENGTH,
-                     temperature=temperature, eos_token_id=EOS, pad_token_id=PAD, with_logprobs=True)
-    ref_logprobs, _ = forward_response(reference, QUERY.expand(num, -1), QUERY_MASK.expand(num, -1), sampled.ids,
-                                       sampled.mask, temperature=temperature)
+    sampled = sample(
+        policy,
+        QUERY.expand(num, -1),
+        QUERY_MASK.expand(num, -1),
+        max_new_tokens=LENGTH,
+        temperature=temperature,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        with_logprobs=True,
+    )
+    ref_logprobs, _ = forward_response(
+        reference, QUERY.expand(num, -1), QUERY_MASK.expand(num, -1), sampled.ids, sampled.mask, temperature=temperature
+    )
     return sampled, ref_logprobs
 
 
@@ -85,10 +109,19 @@ def test_stored_log_probs_are_those_of_the_tempered_sampling_distribution():
     policy = tiny_model(0, scale=40.0)
     num = 6000
     torch.manual_seed(1)
-    sampled = sample(policy, QUERY.expand(num, -1), QUERY_MASK.expand(num, -1), max_new_tokens=LENGTH,
-                     temperature=0.7, eos_token_id=EOS, pad_token_id=PAD, with_logprobs=True)
-    full, _ = forward_response(policy, QUERY.expand(num, -1), QUERY_MASK.expand(num, -1), sampled.ids, sampled.mask,
-                               temperature=0.7)
+    sampled = sample(
+        policy,
+        QUERY.expand(num, -1),
+        QUERY_MASK.expand(num, -1),
+        max_new_tokens=LENGTH,
+        temperature=0.7,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        with_logprobs=True,
+    )
+    full, _ = forward_response(
+        policy, QUERY.expand(num, -1), QUERY_MASK.expand(num, -1), sampled.ids, sampled.mask, temperature=0.7
+    )
     assert torch.allclose(sampled.logprobs * sampled.mask, full * sampled.mask, atol=1e-4)
     keys = [tuple(ids[mask.bool()].tolist()) for ids, mask in zip(sampled.ids, sampled.mask)]
     most = max(set(keys), key=keys.count)
@@ -96,5 +129,5 @@ def test_stored_log_probs_are_those_of_the_tempered_sampling_distribution():
     row = keys.index(most)
     stored = (sampled.logprobs[row] * sampled.mask[row]).sum().exp().item()
     assert frequency == pytest.approx(stored, abs=4 * (stored * (1 - stored) / num) ** 0.5)
-    untempered, _ = forward_response(policy, QUERY, QUERY_MASK, sampled.ids[row:row + 1], sampled.mask[row:row + 1])
+    untempered, _ = forward_response(policy, QUERY, QUERY_MASK, sampled.ids[row : row + 1], sampled.mask[row : row + 1])
     assert abs((untempered * sampled.mask[row]).sum().exp().item() - frequency) > 0.05  # T = 1 would be wrong

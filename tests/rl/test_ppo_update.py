@@ -29,8 +29,14 @@ VALUE_LOSS_AT_V0 = 0.5 * 9 / 12
 
 def ppo_config(**overrides) -> PPOParams:
     """The tiny profile's ppo section, one rollout of 4, with `overrides`."""
-    section = {**tiny_params()["ppo"], "rollout_batch_size": 4, "micro_batch_size": 4,
-               "gradient_accumulation_steps": 1, "ppo_epochs": 1, **overrides}
+    section = {
+        **tiny_params()["ppo"],
+        "rollout_batch_size": 4,
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "ppo_epochs": 1,
+        **overrides,
+    }
     return PPOParams.model_validate(section)
 
 
@@ -42,11 +48,19 @@ def fixed_rollout(policy, vocab_size: int, config: PPOParams) -> Rollout:
     response_ids = torch.randint(3, vocab_size, (4, 4), generator=generator)
     query_mask = torch.ones_like(query_ids)
     with torch.no_grad():
-        logprobs, _ = forward_response(policy, query_ids, query_mask, response_ids, MASK,
-                                       temperature=config.temperature)
-    return Rollout(query_ids=query_ids, query_mask=query_mask, response_ids=response_ids, response_mask=MASK,
-                   logprobs=logprobs, values=torch.zeros(4, 4), advantages=ADVANTAGES.clone(),
-                   returns=RETURNS.clone())
+        logprobs, _ = forward_response(
+            policy, query_ids, query_mask, response_ids, MASK, temperature=config.temperature
+        )
+    return Rollout(
+        query_ids=query_ids,
+        query_mask=query_mask,
+        response_ids=response_ids,
+        response_mask=MASK,
+        logprobs=logprobs,
+        values=torch.zeros(4, 4),
+        advantages=ADVANTAGES.clone(),
+        returns=RETURNS.clone(),
+    )
 
 
 def actor_and_critic(tokenizer):
@@ -86,8 +100,9 @@ def test_an_epoch_moves_the_weights_and_zero_epochs_are_refused(tiny_tokenizer):
     critic_now = dict(critic.module.named_parameters())
     assert not torch.equal(critic_now["value_head.weight"], critic_before["value_head.weight"])
     assert not torch.equal(critic_now["value_head.bias"], critic_before["value_head.bias"])
-    assert all(torch.equal(critic_now[name], before) for name, before in critic_before.items()
-               if name.startswith("backbone."))
+    assert all(
+        torch.equal(critic_now[name], before) for name, before in critic_before.items() if name.startswith("backbone.")
+    )
 
 
 @pytest.mark.slow
@@ -95,7 +110,7 @@ def test_two_accumulated_micro_batches_give_the_weights_of_one_twice_as_large(tm
     # In a subprocess: DeepSpeed engines join a process group, which must not outlive the test. Two epochs,
     # so the second optimizer step's Adam moments depend on the gradients' sizes, not only their signs.
     # micro 2 without accumulation (two optimizer steps per epoch) is the control that must differ.
-    script = textwrap.dedent('''
+    script = textwrap.dedent("""
         import torch
         from robust_rlhf.config import DeepSpeedParams
         from robust_rlhf.data.task import tokenizer_corpus
@@ -124,8 +139,15 @@ def test_two_accumulated_micro_batches_give_the_weights_of_one_twice_as_large(tm
                 torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
         assert any(not torch.allclose(one[0][name], stepped[0][name], rtol=1e-4, atol=1e-5) for name in one[0])
         print("ok")
-    ''')
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (
-        result.stdout[-2000:] + result.stderr[-3000:])
+        result.stdout[-2000:] + result.stderr[-3000:]
+    )

@@ -11,9 +11,15 @@ def rollout(policy, tokenizer):
     prompts = ["Write a short review of the library.", "Say hello."]
     query_ids, query_mask = encode_prompts(tokenizer, prompts, max_prompt_tokens=32)
     torch.manual_seed(3)
-    response_ids, response_mask = sample_responses(policy, query_ids, query_mask, max_new_tokens=5, temperature=1.0,
-                                                   eos_token_id=tokenizer.eos_token_id,
-                                                   pad_token_id=tokenizer.pad_token_id)
+    response_ids, response_mask = sample_responses(
+        policy,
+        query_ids,
+        query_mask,
+        max_new_tokens=5,
+        temperature=1.0,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return query_ids, query_mask, response_ids, response_mask
 
 
@@ -37,7 +43,7 @@ def test_values_read_the_final_hidden_state_before_each_response_token(tiny_poli
         _, _, values = response_logprobs_and_values(actor, *batch)
         hidden = tiny_policy(**response_inputs(*batch), output_hidden_states=True).hidden_states[-1]
         query_len = batch[0].shape[1]
-        expected = hidden[:, query_len - 1:-1] @ actor.value_head.weight[0] + 0.5  # column Tq - 1 + t
+        expected = hidden[:, query_len - 1 : -1] @ actor.value_head.weight[0] + 0.5  # column Tq - 1 + t
     torch.testing.assert_close(values, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -53,7 +59,7 @@ def test_one_backward_of_the_summed_loss_reaches_head_and_backbone(tiny_tokenize
     # at each, so the bias gets -0.2 and the weight -0.2 * the mean final hidden state the head reads.
     with torch.no_grad():
         hidden = policy(**response_inputs(*batch), output_hidden_states=True).hidden_states[-1]
-        read = hidden[:, batch[0].shape[1] - 1:-1]  # (B, T, H): the state before each response token
+        read = hidden[:, batch[0].shape[1] - 1 : -1]  # (B, T, H): the state before each response token
     torch.testing.assert_close(actor.value_head.bias.grad, torch.tensor([-0.2]))
     torch.testing.assert_close(actor.value_head.weight.grad[0], -0.2 * read.mean(dim=(0, 1)), atol=1e-6, rtol=1e-5)
     assert all(p.grad is not None for p in policy.model.layers[-1].parameters())

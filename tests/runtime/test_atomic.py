@@ -33,11 +33,11 @@ def test_a_killed_writers_temporaries_are_removed_by_the_next_writer(tmp_path):
     from robust_rlhf.runtime.atomic import atomic_directory
 
     out = tmp_path / "data"
-    (tmp_path / ".data.abc123.tmp").mkdir()           # a folder write killed midway
+    (tmp_path / ".data.abc123.tmp").mkdir()  # a folder write killed midway
     (tmp_path / ".data.abc123.tmp" / "half.jsonl").write_text("{")
-    (tmp_path / ".data.old").mkdir()                   # a swap killed midway
-    (tmp_path / ".data.resume").mkdir()                # a resume folder is not a temporary
-    (tmp_path / ".other.x.tmp").mkdir()                # another output's temporary is not ours
+    (tmp_path / ".data.old").mkdir()  # a swap killed midway
+    (tmp_path / ".data.resume").mkdir()  # a resume folder is not a temporary
+    (tmp_path / ".other.x.tmp").mkdir()  # another output's temporary is not ours
     with atomic_directory(out) as tmp:
         (tmp / "rows.jsonl").write_text("{}\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".data.resume", ".other.x.tmp", "data"]

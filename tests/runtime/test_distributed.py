@@ -7,19 +7,29 @@ from tests.conftest import tiny_section
 
 def test_deepspeed_config_batch_identity_and_optimizer():
     deepspeed = DeepSpeedParams(**tiny_section("deepspeed", zero_stage=2, precision="bf16"))
-    config = deepspeed_config(deepspeed=deepspeed, micro_batch_size=4, gradient_accumulation_steps=3, world_size=2,
-                              learning_rate=1e-5, weight_decay=0.1)
+    config = deepspeed_config(
+        deepspeed=deepspeed,
+        micro_batch_size=4,
+        gradient_accumulation_steps=3,
+        world_size=2,
+        learning_rate=1e-5,
+        weight_decay=0.1,
+    )
     assert config["train_batch_size"] == 4 * 3 * 2
     assert config["zero_optimization"] == {"stage": 2}
     assert config["bf16"] == {"enabled": True} and config["fp16"] == {"enabled": False}
-    assert config["optimizer"]["params"] == {"lr": 1e-5, "weight_decay": 0.1, "torch_adam": True,
-                                           "fused": True}
+    assert config["optimizer"]["params"] == {"lr": 1e-5, "weight_decay": 0.1, "torch_adam": True, "fused": True}
     assert config["gradient_clipping"] == 1.0
 
 
 def test_inference_config_has_no_optimizer():
-    config = deepspeed_config(deepspeed=DeepSpeedParams(**tiny_section("deepspeed")), micro_batch_size=8,
-                              gradient_accumulation_steps=1, world_size=1, learning_rate=None)
+    config = deepspeed_config(
+        deepspeed=DeepSpeedParams(**tiny_section("deepspeed")),
+        micro_batch_size=8,
+        gradient_accumulation_steps=1,
+        world_size=1,
+        learning_rate=None,
+    )
     assert "optimizer" not in config and "gradient_clipping" not in config
     assert config["bf16"]["enabled"] is False
 
@@ -50,7 +60,7 @@ def test_engines_step_with_torchs_fused_adamw(tmp_path):
     import sys
     import textwrap
 
-    script = textwrap.dedent('''
+    script = textwrap.dedent("""
         import torch
         from robust_rlhf.config import DeepSpeedParams
         from robust_rlhf.runtime.distributed import init_distributed, training_engine
@@ -71,7 +81,8 @@ def test_engines_step_with_torchs_fused_adamw(tmp_path):
             torch.testing.assert_close(engine.module.weight.detach(), weight - 0.1, atol=1e-6, rtol=0)
             torch.testing.assert_close(engine.module.bias.detach(), bias - 0.1, atol=1e-6, rtol=0)
         print("ok")
-    ''')
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                            cwd=tmp_path)
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout[-2000:] + result.stderr[-3000:]
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (
+        result.stdout[-2000:] + result.stderr[-3000:]
+    )

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from robust_rlhf.config import LauncherParams
+from robust_rlhf.rl.normalization import RewardNormalizer
+from robust_rlhf.rl.ppo import rank_sampling_seed, rollout_prompts
 from robust_rlhf.runtime.distributed import gather_from_ranks, mean_over_ranks
 from robust_rlhf.runtime.launcher import deepspeed_launch_command, launch_environment, launched_by_launcher
-from robust_rlhf.rl.ppo import rank_sampling_seed, rollout_prompts
-from robust_rlhf.rl.normalization import RewardNormalizer
 from tests.conftest import tiny_section
 
 STAGE_ARGV = ["--params", "params.yaml", "--method", "brme"]
@@ -18,10 +18,21 @@ def _launcher(**fields) -> LauncherParams:
 
 
 def test_one_node_command_runs_the_stage_module_on_num_gpus_processes():
-    command = deepspeed_launch_command(_launcher(num_gpus=2), "stages.ppo", STAGE_ARGV, python="/venv/python",
-                                       master_port=29511)
-    assert command == ["/venv/python", "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", "29511",
-                       "--module", "stages.ppo", *STAGE_ARGV]
+    command = deepspeed_launch_command(
+        _launcher(num_gpus=2), "stages.ppo", STAGE_ARGV, python="/venv/python", master_port=29511
+    )
+    assert command == [
+        "/venv/python",
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        "2",
+        "--master_port",
+        "29511",
+        "--module",
+        "stages.ppo",
+        *STAGE_ARGV,
+    ]
 
 
 def test_multi_node_command_names_the_hostfile_nodes_and_master():
@@ -29,7 +40,7 @@ def test_multi_node_command_names_the_hostfile_nodes_and_master():
     command = deepspeed_launch_command(launcher, "stages.ppo", STAGE_ARGV, python="py", master_port=29500)
     assert command[:5] == ["py", "-m", "deepspeed.launcher.runner", "--num_gpus", "8"]
     assert command[5:11] == ["--hostfile", "/etc/hosts.ds", "--num_nodes", "2", "--master_addr", "10.0.0.1"]
-    assert command[-len(STAGE_ARGV) - 2:] == ["--module", "stages.ppo", *STAGE_ARGV]
+    assert command[-len(STAGE_ARGV) - 2 :] == ["--module", "stages.ppo", *STAGE_ARGV]
     assert launcher.world_size == 16
 
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from robust_rlhf.runtime.atomic import read_jsonl
 from robust_rlhf.evaluation.curves import best_of_n_grid
+from robust_rlhf.runtime.atomic import read_jsonl
 from tests.conftest import tiny_params
 
 INTERVAL = {"value", "ci_low", "ci_high", "p_value", "p_holm"}
@@ -21,8 +21,20 @@ def test_evaluate_writes_one_table_row_per_method(pipeline_run):
         row = json.loads((pipeline_run["table"] / f"{method}.json").read_text())
         assert (row["reward_model"], row["aggregation"]) == (spec["reward_model"], spec["aggregation"])
         assert row["steps"] == config["ppo"]["steps"] and row["prompts"] == config["prepare"]["num_eval_prompts"]
-        assert all(math.isfinite(row[key]) for key in ("gold", "gold_gain", "proxy", "kl", "kl_k1", "sqrt_kl",
-                                                       "win_rate", "best_of_n_gold", "truncated"))
+        assert all(
+            math.isfinite(row[key])
+            for key in (
+                "gold",
+                "gold_gain",
+                "proxy",
+                "kl",
+                "kl_k1",
+                "sqrt_kl",
+                "win_rate",
+                "best_of_n_gold",
+                "truncated",
+            )
+        )
         assert 0.0 <= row["win_rate"] <= 1.0 and row["seeds"] == 1 and row["gold_seed_std"] == 0.0
         assert set(row["gold_gain_interval"]) == INTERVAL and row["gold_gain_interval"]["value"] == row["gold_gain"]
         assert row["best_of_n"] == config["evaluate"]["best_of_n"] and 0 <= row["truncated"] <= 1
@@ -43,14 +55,18 @@ def test_comparisons_are_paired_and_holm_adjusted_per_family(pipeline_run):
             assert set(row) == INTERVAL and row["ci_low"] <= row["value"] <= row["ci_high"]
             assert row["p_value"] <= row["p_holm"] <= 1.0
     assert evaluation["near_identical_objectives"] == [
-        "kl_dro (kl_dro, beta 1.0) and uwo (uwo, c 0.5) optimise the same objective to second order"]
+        "kl_dro (kl_dro, beta 1.0) and uwo (uwo, c 0.5) optimise the same objective to second order"
+    ]
 
 
 def test_initial_policy_has_zero_kl_and_every_methods_proxy(pipeline_run):
     initial = _eval(pipeline_run)["initial"]
     assert initial["kl"] == 0.0 and initial["kl_k1"] == 0.0
     assert set(initial["proxy"]) == set(tiny_params()["methods"])
-    assert initial["samples"] == tiny_params()["prepare"]["num_eval_prompts"] * tiny_params()["evaluate"]["samples_per_prompt"]
+    assert (
+        initial["samples"]
+        == tiny_params()["prepare"]["num_eval_prompts"] * tiny_params()["evaluate"]["samples_per_prompt"]
+    )
 
 
 def test_curves_follow_every_checkpoint_on_the_curve_prompts(pipeline_run):

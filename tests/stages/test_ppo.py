@@ -10,19 +10,40 @@ from robust_rlhf.runtime.checkpoint import read_checkpoints
 from tests.conftest import run_stage, tiny_params, write_params
 
 METHODS = list(tiny_params()["methods"])
-REQUIRED_COLUMNS = {"step", "reward/optimised", "reward/normalised", "objective/kl", "policy/entropy", "loss/policy",
-                    "loss/value", "policy/clipfrac"}
+REQUIRED_COLUMNS = {
+    "step",
+    "reward/optimised",
+    "reward/normalised",
+    "objective/kl",
+    "policy/entropy",
+    "loss/policy",
+    "loss/value",
+    "policy/clipfrac",
+}
 # Every run logs the reward under every aggregation of every reward model, not only its own.
-EVERY_AGGREGATION = {"reward/single/single", *(f"reward/ensemble/{a}" for a in ("mean", "min", "uwo", "kl_dro")),
-                     *(f"reward/brme/{a}" for a in ("mean", "min", "uwo", "kl_dro", "nominal", "brme"))}
+EVERY_AGGREGATION = {
+    "reward/single/single",
+    *(f"reward/ensemble/{a}" for a in ("mean", "min", "uwo", "kl_dro")),
+    *(f"reward/brme/{a}" for a in ("mean", "min", "uwo", "kl_dro", "nominal", "brme")),
+}
 
 
 def run_ppo(pipeline_run, tmp_path, params, method="brme", seed="0"):
     """The ppo stage on the session's data and reward models, its outputs under tmp_path."""
-    return run_stage("ppo", params, method=method, seed=seed, data=pipeline_run["data"],
-                     policy_init=pipeline_run["policy_init"], reward=pipeline_run["reward"],
-                     ensemble=pipeline_run["ensemble"], policy=tmp_path / "p", steps=tmp_path / "s.csv",
-                     metrics=tmp_path / "m.json", resume=tmp_path / ".p.resume")
+    return run_stage(
+        "ppo",
+        params,
+        method=method,
+        seed=seed,
+        data=pipeline_run["data"],
+        policy_init=pipeline_run["policy_init"],
+        reward=pipeline_run["reward"],
+        ensemble=pipeline_run["ensemble"],
+        policy=tmp_path / "p",
+        steps=tmp_path / "s.csv",
+        metrics=tmp_path / "m.json",
+        resume=tmp_path / ".p.resume",
+    )
 
 
 def read_steps(pipeline_run, method):
@@ -54,7 +75,10 @@ def test_ppo_optimises_its_own_methods_reward(pipeline_run, method):
     spec = tiny_params()["methods"][method]
     metrics = json.loads((pipeline_run["metrics"] / "ppo" / f"{method}-seed0.json").read_text())
     assert (metrics["method"], metrics["reward_model"], metrics["aggregation"]) == (
-        method, spec["reward_model"], spec["aggregation"])
+        method,
+        spec["reward_model"],
+        spec["aggregation"],
+    )
     own_column = f"reward/{spec['reward_model']}/{spec['aggregation']}"
     assert metrics["final"]["reward/optimised"] == pytest.approx(metrics["final"][own_column], abs=1e-6)
     normalization = metrics["reward_normalization"]
@@ -66,8 +90,9 @@ def test_ppo_checkpoints_every_n_steps_and_changes_the_policy(pipeline_run):
     config = tiny_params()["ppo"]
     run_dir = pipeline_run["policies"] / "brme-seed0"
     checkpoints = read_checkpoints(run_dir)
-    assert [c["step"] for c in checkpoints] == list(range(config["checkpoint_every"], config["steps"] + 1,
-                                                          config["checkpoint_every"]))
+    assert [c["step"] for c in checkpoints] == list(
+        range(config["checkpoint_every"], config["steps"] + 1, config["checkpoint_every"])
+    )
     initial = load_file(str(pipeline_run["policy_init"] / "model.safetensors"))
     final = load_file(str(run_dir / checkpoints[-1]["path"] / "model.safetensors"))
     assert initial.keys() <= final.keys()  # a tied lm_head may be written out explicitly
@@ -110,8 +135,10 @@ def test_another_seed_is_another_run_from_the_same_reward_models(pipeline_run, t
 
 
 def test_a_shared_value_head_trains_one_model_and_checkpoints_the_policy_alone(pipeline_run, tmp_path):
-    params = write_params(tmp_path / "params.yaml", tiny_params(**{"ppo.value_model": "shared", "ppo.steps": 2,
-                                                                   "ppo.checkpoint_every": 1}))
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_params(**{"ppo.value_model": "shared", "ppo.steps": 2, "ppo.checkpoint_every": 1}),
+    )
     result = run_ppo(pipeline_run, tmp_path, params)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "m.json").read_text())["value_model"] == "shared"

@@ -17,10 +17,18 @@ STEPS, EVERY = 6, 2
 
 
 def ppo_paths(pipeline_run, out, reward=None):
-    return {"method": "brme", "seed": "0", "data": pipeline_run["data"], "policy_init": pipeline_run["policy_init"],
-            "reward": reward or pipeline_run["reward"], "ensemble": pipeline_run["ensemble"],
-            "policy": out / "policy", "steps": out / "steps.csv", "metrics": out / "metrics.json",
-            "resume": out / ".policy.resume"}
+    return {
+        "method": "brme",
+        "seed": "0",
+        "data": pipeline_run["data"],
+        "policy_init": pipeline_run["policy_init"],
+        "reward": reward or pipeline_run["reward"],
+        "ensemble": pipeline_run["ensemble"],
+        "policy": out / "policy",
+        "steps": out / "steps.csv",
+        "metrics": out / "metrics.json",
+        "resume": out / ".policy.resume",
+    }
 
 
 def rows(path):
@@ -29,8 +37,7 @@ def rows(path):
 
 
 def kill_ppo(params, paths, at_least_step):
-    return kill_after_checkpoint(stage_command("ppo", params, **paths),
-                                 paths["resume"] / "state.json", at_least_step)
+    return kill_after_checkpoint(stage_command("ppo", params, **paths), paths["resume"] / "state.json", at_least_step)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +54,10 @@ def test_same_params_and_seed_give_the_same_run(pipeline_run, uninterrupted, tmp
     result = run_stage("ppo", params, **ppo_paths(pipeline_run, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
     assert rows(tmp_path / "steps.csv") == rows(out / "steps.csv")
-    assert json.loads((tmp_path / "metrics.json").read_text())["final"] == \
-        json.loads((out / "metrics.json").read_text())["final"]
+    assert (
+        json.loads((tmp_path / "metrics.json").read_text())["final"]
+        == json.loads((out / "metrics.json").read_text())["final"]
+    )
 
 
 def test_killed_run_resumes_and_ends_like_the_uninterrupted_one(pipeline_run, uninterrupted, tmp_path):
@@ -75,8 +84,13 @@ def changed_reward(pipeline_run, folder, change):
     shutil.copytree(pipeline_run["reward"], folder)
     weights = next(folder.rglob("*.safetensors"))
     tensors = load_file(str(weights))
-    save_file({name: change(tensor.float()).to(tensor.dtype) if tensor.is_floating_point() else tensor
-               for name, tensor in tensors.items()}, str(weights))
+    save_file(
+        {
+            name: change(tensor.float()).to(tensor.dtype) if tensor.is_floating_point() else tensor
+            for name, tensor in tensors.items()
+        },
+        str(weights),
+    )
     return folder
 
 
@@ -92,8 +106,10 @@ def test_an_upstream_change_discards_the_state_and_the_run_equals_a_clean_one(pi
     retrained = changed_reward(pipeline_run, tmp_path / "retrained", lambda tensor: tensor * 1.5)
     rerun = run_stage("ppo", params, **{**paths, "reward": retrained})
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert (f"discarding the resume state in {paths['resume']} (step {killed_at}): it is from another run "
-            f"(changed: inputs.reward); starting over") in rerun.stderr
+    assert (
+        f"discarding the resume state in {paths['resume']} (step {killed_at}): it is from another run "
+        f"(changed: inputs.reward); starting over"
+    ) in rerun.stderr
     assert "resuming" not in rerun.stderr
     clean = ppo_paths(pipeline_run, tmp_path / "clean", reward=retrained)
     (tmp_path / "clean").mkdir()
@@ -115,17 +131,22 @@ def test_nan_reward_stops_with_exit_2_naming_the_step(pipeline_run, uninterrupte
 
 # Each guard, pushed to fire: (param overrides, the step it fires at, what the message names). Step 0's
 # rollout comes from the initial policy itself, so its KL is exactly 0 and max_kl fires at step 1.
-GUARDS = [({"ppo.guards.max_kl": 1e-9}, 1, "the KL to the reference is"),
-          ({"ppo.guards.min_entropy": 100.0}, 0, "the policy's entropy collapsed to"),
-          ({"ppo.guards.max_weight_norm_ratio": 1.0 + 1e-12}, 0, "the weights' norm is"),
-          ({"ppo.learning_rate": 1.0}, 0, "the weights")]  # the largest the params allow: Adam moves every weight by ~1
+GUARDS = [
+    ({"ppo.guards.max_kl": 1e-9}, 1, "the KL to the reference is"),
+    ({"ppo.guards.min_entropy": 100.0}, 0, "the policy's entropy collapsed to"),
+    ({"ppo.guards.max_weight_norm_ratio": 1.0 + 1e-12}, 0, "the weights' norm is"),
+    ({"ppo.learning_rate": 1.0}, 0, "the weights"),
+]  # the largest the params allow: Adam moves every weight by ~1
 
 
 @pytest.mark.parametrize("overrides, step, named", GUARDS, ids=["kl", "entropy", "weight_norm", "lr_1"])
-def test_a_divergence_guard_stops_the_run_and_keeps_the_last_good_checkpoint(pipeline_run, tmp_path, overrides,
-                                                                              step, named):
-    params = write_params(tmp_path / "params.yaml", tiny_params(**{"ppo.steps": STEPS, "ppo.checkpoint_every": 1,
-                                                                   "ppo.resume_every": 1, **overrides}))
+def test_a_divergence_guard_stops_the_run_and_keeps_the_last_good_checkpoint(
+    pipeline_run, tmp_path, overrides, step, named
+):
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_params(**{"ppo.steps": STEPS, "ppo.checkpoint_every": 1, "ppo.resume_every": 1, **overrides}),
+    )
     paths = ppo_paths(pipeline_run, tmp_path)
     result = run_stage("ppo", params, **paths)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -141,8 +162,10 @@ def test_a_divergence_guard_stops_the_run_and_keeps_the_last_good_checkpoint(pip
 
 def test_a_shared_value_head_run_resumes_like_the_uninterrupted_one(pipeline_run, tmp_path):
     # one engine (actor + value head) instead of two: its checkpoint must bring the head back too
-    params = write_params(tmp_path / "params.yaml", tiny_params(**{"ppo.steps": STEPS, "ppo.checkpoint_every": EVERY,
-                                                                   "ppo.value_model": "shared"}))
+    params = write_params(
+        tmp_path / "params.yaml",
+        tiny_params(**{"ppo.steps": STEPS, "ppo.checkpoint_every": EVERY, "ppo.value_model": "shared"}),
+    )
     (tmp_path / "full").mkdir()
     (tmp_path / "killed").mkdir()
     full = ppo_paths(pipeline_run, tmp_path / "full")

@@ -1,7 +1,7 @@
 import json
 
-from robust_rlhf.runtime.atomic import read_jsonl
 from robust_rlhf.models import load_causal_lm, load_tokenizer
+from robust_rlhf.runtime.atomic import read_jsonl
 from tests.conftest import tiny_params
 
 
@@ -32,11 +32,13 @@ def test_prepare_labels_follow_gold_unless_flipped(pipeline_run):
 
 def test_prepare_prompt_sets_are_disjoint(pipeline_run):
     data = pipeline_run["data"]
-    sets = {split: {r["prompt"] for r in read_jsonl(data / f"prefs_{split}.jsonl")} for split in ("train", "val", "test")}
+    sets = {
+        split: {r["prompt"] for r in read_jsonl(data / f"prefs_{split}.jsonl")} for split in ("train", "val", "test")
+    }
     sets |= {name: {r["prompt"] for r in read_jsonl(data / f"{name}_prompts.jsonl")} for name in ("ppo", "eval")}
     names = list(sets)
     for i, first in enumerate(names):
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             assert not sets[first] & sets[second], f"{first} and {second} share prompts"
 
 

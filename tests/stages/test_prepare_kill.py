@@ -14,20 +14,40 @@ SECRET = "hf_SENTINELtoken0123456789"
 
 
 def prepare_command(tmp_path, params):
-    return [sys.executable, "-m", "stages.prepare", "--params", str(params), "--data", str(tmp_path / "data"),
-            "--policy", str(tmp_path / "policy"), "--metrics", str(tmp_path / "prepare.json")]
+    return [
+        sys.executable,
+        "-m",
+        "stages.prepare",
+        "--params",
+        str(params),
+        "--data",
+        str(tmp_path / "data"),
+        "--policy",
+        str(tmp_path / "policy"),
+        "--metrics",
+        str(tmp_path / "prepare.json"),
+    ]
 
 
 def tree_digest(folder):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_prepare_killed_midway_leaves_nothing_and_reruns_cleanly(tmp_path):
     params = write_params(tmp_path / "params.yaml", tiny_params())
     env = dict(os.environ, HF_TOKEN=SECRET, HUGGING_FACE_HUB_TOKEN=SECRET)
-    killed = subprocess.Popen(prepare_command(tmp_path, params), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    killed = subprocess.Popen(
+        prepare_command(tmp_path, params),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     # kill once the policy is published and the pairs are being sampled
     deadline = time.time() + 300
     while not (tmp_path / "policy").exists() and time.time() < deadline and killed.poll() is None:

@@ -7,10 +7,16 @@ from tests.conftest import tiny_params
 
 def test_report_is_one_offline_html_file_with_every_section(pipeline_run):
     html = pipeline_run["report"].read_text()
-    for heading in ("What was measured", "Methods at the last PPO checkpoint", "Overoptimization",
-                    "Best-of-n from the initial policy", "Reward models on the test split", "Is the uncertainty informative?",
-                    "Sample responses",
-                    "Stage wall times"):
+    for heading in (
+        "What was measured",
+        "Methods at the last PPO checkpoint",
+        "Overoptimization",
+        "Best-of-n from the initial policy",
+        "Reward models on the test split",
+        "Is the uncertainty informative?",
+        "Sample responses",
+        "Stage wall times",
+    ):
         assert heading in html
     # plots are inlined PNGs; nothing is fetched from the network
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)

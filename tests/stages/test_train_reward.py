@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robust_rlhf.runtime.atomic import read_jsonl
 from robust_rlhf.reward.model import load_reward_model, score_texts
 from robust_rlhf.reward.scoring import load_reward_models
+from robust_rlhf.runtime.atomic import read_jsonl
 from tests.conftest import run_stage_ok, tiny_params, write_params
 
 INTERVAL_KEYS = {"value", "ci_low", "ci_high"}
@@ -15,9 +15,17 @@ INTERVAL_KEYS = {"value", "ci_low", "ci_high"}
 
 def _train_reward(pipeline_run, tmp_path, **overrides) -> dict:
     params = write_params(tmp_path / "params.yaml", tiny_params(**overrides))
-    run_stage_ok("train_reward", params, data=pipeline_run["data"], policy=pipeline_run["policy_init"],
-                 reward=tmp_path / "reward", ensemble=tmp_path / "ensemble", reliability=tmp_path / "reliability",
-                 metrics=tmp_path / "metrics.json", resume=tmp_path / ".reward.resume")
+    run_stage_ok(
+        "train_reward",
+        params,
+        data=pipeline_run["data"],
+        policy=pipeline_run["policy_init"],
+        reward=tmp_path / "reward",
+        ensemble=tmp_path / "ensemble",
+        reliability=tmp_path / "reliability",
+        metrics=tmp_path / "metrics.json",
+        resume=tmp_path / ".reward.resume",
+    )
     return json.loads((tmp_path / "metrics.json").read_text())
 
 
@@ -60,8 +68,10 @@ def test_reliability_diagram_per_reward_model(pipeline_run):
         with open(pipeline_run["reliability"] / f"{kind}.csv") as handle:
             rows = list(csv.DictReader(handle))
         # Each val pair enters the symmetrised diagram twice.
-        assert sum(int(row["count"]) for row in rows) == 2 * json.loads(
-            (pipeline_run["metrics"] / "train_reward.json").read_text())["val"]["pairs"]
+        assert (
+            sum(int(row["count"]) for row in rows)
+            == 2 * json.loads((pipeline_run["metrics"] / "train_reward.json").read_text())["val"]["pairs"]
+        )
 
 
 def test_ensemble_members_are_heads_on_the_stage1_backbone_and_differ(pipeline_run):
@@ -107,15 +117,26 @@ def test_frozen_backbone_stays_the_initial_policys(pipeline_run):
 
 
 def test_finetuned_backbone_changes_and_members_are_models(pipeline_run, tmp_path):
-    metrics = _train_reward(pipeline_run, tmp_path, **{
-        "train_reward.finetune_backbone": True, "train_reward.stage1.learning_rate": 1e-3,
-        "train_reward.stage1.epochs": 1, "train_reward.stage2.epochs": 1, "train_reward.ensemble_size": 2})
+    metrics = _train_reward(
+        pipeline_run,
+        tmp_path,
+        **{
+            "train_reward.finetune_backbone": True,
+            "train_reward.stage1.learning_rate": 1e-3,
+            "train_reward.stage1.epochs": 1,
+            "train_reward.stage2.epochs": 1,
+            "train_reward.ensemble_size": 2,
+        },
+    )
     assert metrics["train"]["ensemble_layout"] == "models"
     trained, _ = load_reward_model(tmp_path / "reward")
     policy_weights = load_file(str(pipeline_run["policy_init"] / "model.safetensors"))
     backbone_weights = trained.backbone.state_dict()
-    changed = [name for name, value in backbone_weights.items()
-               if f"model.{name}" in policy_weights and not torch.equal(value, policy_weights[f"model.{name}"])]
+    changed = [
+        name
+        for name, value in backbone_weights.items()
+        if f"model.{name}" in policy_weights and not torch.equal(value, policy_weights[f"model.{name}"])
+    ]
     assert len(changed) >= len(backbone_weights) // 2
     models = load_reward_models(tmp_path / "reward", tmp_path / "ensemble", trust_remote_code=False)
     assert len(models.ensemble) == 2 and models.brme.member_head is None
@@ -127,9 +148,16 @@ def test_finetuned_backbone_changes_and_members_are_models(pipeline_run, tmp_pat
 
 @pytest.mark.parametrize("loss", ["bt_sampled", "gaussian_nll"])
 def test_train_reward_stage2_losses(pipeline_run, tmp_path, loss):
-    metrics = _train_reward(pipeline_run, tmp_path, **{
-        "train_reward.stage2.loss": loss, "train_reward.stage2.epochs": 1, "train_reward.ensemble_size": 0,
-        "methods": {"brme": {"reward_model": "brme", "aggregation": "brme"}}})
+    metrics = _train_reward(
+        pipeline_run,
+        tmp_path,
+        **{
+            "train_reward.stage2.loss": loss,
+            "train_reward.stage2.epochs": 1,
+            "train_reward.ensemble_size": 0,
+            "methods": {"brme": {"reward_model": "brme", "aggregation": "brme"}},
+        },
+    )
     assert metrics["train"]["stage2_loss"] == loss
     assert math.isfinite(metrics["train"]["stage2_final_loss"])
     scores = _val_scores(tmp_path / "reward", tmp_path / "ensemble", pipeline_run)
@@ -162,16 +190,27 @@ def test_zero_stage_2_trains_the_same_reward_model_as_zero_0(pipeline_run, tmp_p
     zero0 = json.loads((pipeline_run["metrics"] / "train_reward.json").read_text())
     assert zero2["train"]["stage1_final_loss"] == pytest.approx(zero0["train"]["stage1_final_loss"], abs=1e-4)
     assert zero2["train"]["stage2_final_loss"] == pytest.approx(zero0["train"]["stage2_final_loss"], abs=1e-4)
-    assert (zero2["val"]["brme"]["aggregates"]["mean"]["accuracy"]
-            == zero0["val"]["brme"]["aggregates"]["mean"]["accuracy"])
+    assert (
+        zero2["val"]["brme"]["aggregates"]["mean"]["accuracy"] == zero0["val"]["brme"]["aggregates"]["mean"]["accuracy"]
+    )
 
 
 def test_zero_3_bf16_with_trainable_backbone_runs(pipeline_run, tmp_path):
     """The GPU profile's code path (ZeRO-3 partitioned weights, bf16) on DeepSpeed's CPU accelerator."""
-    metrics = _train_reward(pipeline_run, tmp_path, **{
-        "deepspeed.zero_stage": 3, "deepspeed.precision": "bf16", "train_reward.finetune_backbone": True,
-        "train_reward.stage1.learning_rate": 1e-3, "train_reward.stage2.freeze_backbone": False,
-        "train_reward.stage1.epochs": 1, "train_reward.stage2.epochs": 1, "train_reward.ensemble_size": 2})
+    metrics = _train_reward(
+        pipeline_run,
+        tmp_path,
+        **{
+            "deepspeed.zero_stage": 3,
+            "deepspeed.precision": "bf16",
+            "train_reward.finetune_backbone": True,
+            "train_reward.stage1.learning_rate": 1e-3,
+            "train_reward.stage2.freeze_backbone": False,
+            "train_reward.stage1.epochs": 1,
+            "train_reward.stage2.epochs": 1,
+            "train_reward.ensemble_size": 2,
+        },
+    )
     assert math.isfinite(metrics["train"]["stage2_final_loss"])
     model, _ = load_reward_model(tmp_path / "reward")
     assert all(torch.isfinite(p).all() for p in model.parameters())

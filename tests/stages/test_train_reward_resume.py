@@ -10,9 +10,9 @@ import subprocess
 import pytest
 from safetensors.torch import load_file, save_file
 
-from robust_rlhf.runtime.atomic import atomic_write_jsonl
-from robust_rlhf.models import TINY_POLICY, materialise_policy
 from robust_rlhf.data.task import NEGATIVE_WORDS, POSITIVE_WORDS, TEMPLATES, TOPICS, tokenizer_corpus
+from robust_rlhf.models import TINY_POLICY, materialise_policy
+from robust_rlhf.runtime.atomic import atomic_write_jsonl
 from tests.conftest import REPO, kill_after_checkpoint, run_stage, stage_command, tiny_params, write_params
 
 # 24 train pairs in micro-batches of 8: 3 batches an epoch, so 6 micro-batches in each of stage1,
@@ -20,8 +20,13 @@ from tests.conftest import REPO, kill_after_checkpoint, run_stage, stage_command
 # checkpoint after every one.
 PHASE_STEPS = 6
 TOTAL_STEPS = 3 * PHASE_STEPS
-SMALL = {"train_reward.stage1.epochs": 2, "train_reward.stage2.epochs": 2, "train_reward.ensemble_size": 1,
-         "train_reward.checkpoint_every": 1, "methods": {"brme": {"reward_model": "brme", "aggregation": "brme"}}}
+SMALL = {
+    "train_reward.stage1.epochs": 2,
+    "train_reward.stage2.epochs": 2,
+    "train_reward.ensemble_size": 1,
+    "train_reward.checkpoint_every": 1,
+    "methods": {"brme": {"reward_model": "brme", "aggregation": "brme"}},
+}
 
 
 def preference_pairs(count: int, offset: int) -> list[dict]:
@@ -30,8 +35,15 @@ def preference_pairs(count: int, offset: int) -> list[dict]:
     for index in range(offset, offset + count):
         prompt = TEMPLATES[index % len(TEMPLATES)].format(topic=TOPICS[index % len(TOPICS)])
         good, bad = POSITIVE_WORDS[index % len(POSITIVE_WORDS)], NEGATIVE_WORDS[index % len(NEGATIVE_WORDS)]
-        pairs.append({"prompt": prompt, "chosen": f"It was {good} and {good}.", "rejected": f"It was {bad}.",
-                      "gold_chosen": 1.0, "gold_rejected": -1.0})
+        pairs.append(
+            {
+                "prompt": prompt,
+                "chosen": f"It was {good} and {good}.",
+                "rejected": f"It was {bad}.",
+                "gold_chosen": 1.0,
+                "gold_rejected": -1.0,
+            }
+        )
     return pairs
 
 
@@ -43,14 +55,24 @@ def inputs(tmp_path_factory):
     atomic_write_jsonl(root / "data/prefs_train.jsonl", preference_pairs(24, 0))
     atomic_write_jsonl(root / "data/prefs_val.jsonl", preference_pairs(8, 100))
     atomic_write_jsonl(root / "data/prefs_test.jsonl", preference_pairs(8, 200))
-    return {"params": write_params(root / "params.yaml", tiny_params(**SMALL)), "data": root / "data",
-            "policy": root / "policy_init", "root": root}
+    return {
+        "params": write_params(root / "params.yaml", tiny_params(**SMALL)),
+        "data": root / "data",
+        "policy": root / "policy_init",
+        "root": root,
+    }
 
 
 def stage_paths(inputs, out):
-    return {"data": inputs["data"], "policy": inputs["policy"], "reward": out / "reward",
-            "ensemble": out / "ensemble", "reliability": out / "reliability", "metrics": out / "metrics.json",
-            "resume": out / ".reward.resume"}
+    return {
+        "data": inputs["data"],
+        "policy": inputs["policy"],
+        "reward": out / "reward",
+        "ensemble": out / "ensemble",
+        "reliability": out / "reliability",
+        "metrics": out / "metrics.json",
+        "resume": out / ".reward.resume",
+    }
 
 
 def saved_state(out):
@@ -58,8 +80,9 @@ def saved_state(out):
 
 
 def kill_train_reward(params, paths, at_least_step):
-    return kill_after_checkpoint(stage_command("train_reward", params, **paths),
-                                 paths["resume"] / "state.json", at_least_step)
+    return kill_after_checkpoint(
+        stage_command("train_reward", params, **paths), paths["resume"] / "state.json", at_least_step
+    )
 
 
 def published(out) -> dict:
@@ -81,19 +104,26 @@ def assert_same_outputs(expected: dict, got: dict, *, files: int) -> None:
 
 # (layout, last phase, published safetensors): frozen features publish the backbone, the BRME's heads
 # and the members' heads; a fine-tuned ensemble publishes each member's backbone and heads too.
-LAYOUTS = [({}, "ensemble", 3),
-           ({"train_reward.finetune_backbone": True, "train_reward.stage1.learning_rate": 1e-3}, "member_0", 4)]
+LAYOUTS = [
+    ({}, "ensemble", 3),
+    ({"train_reward.finetune_backbone": True, "train_reward.stage1.learning_rate": 1e-3}, "member_0", 4),
+]
 
 
 @pytest.mark.parametrize("overrides, last_phase, files", LAYOUTS, ids=["frozen", "finetuned"])
-def test_killed_run_resumes_and_publishes_what_an_uninterrupted_run_does(inputs, tmp_path, overrides, last_phase,
-                                                                          files):
+def test_killed_run_resumes_and_publishes_what_an_uninterrupted_run_does(
+    inputs, tmp_path, overrides, last_phase, files
+):
     params = write_params(tmp_path / "params.yaml", tiny_params(**SMALL, **overrides))
     reference = tmp_path / "uninterrupted"
     reference.mkdir()
     with open(reference / "stderr.log", "w") as log:  # runs beside the killed one, to save time
-        uninterrupted = subprocess.Popen(stage_command("train_reward", params, **stage_paths(inputs, reference)),
-                                         cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+        uninterrupted = subprocess.Popen(
+            stage_command("train_reward", params, **stage_paths(inputs, reference)),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
         out = tmp_path / "killed"
         paths = stage_paths(inputs, out)
         # in the last phase, after its 2nd micro-batch: stage1 and stage2 finished, its engine mid-way
@@ -129,8 +159,10 @@ def test_non_finite_features_stop_the_stage_before_anything_is_saved(inputs, tmp
     # an absurd learning rate is refused before any work, naming the key
     absurd = write_params(tmp_path / "absurd.yaml", tiny_params(**SMALL, **{"train_reward.stage1.learning_rate": 1e30}))
     refused = run_stage("train_reward", absurd, **paths)
-    assert refused.returncode == 2 and "train_reward.stage1.learning_rate: Input should be less than or equal to 1" \
-        in refused.stderr
+    assert (
+        refused.returncode == 2
+        and "train_reward.stage1.learning_rate: Input should be less than or equal to 1" in refused.stderr
+    )
 
 
 def test_a_changed_backbone_discards_the_state(inputs, tmp_path):
@@ -141,12 +173,18 @@ def test_a_changed_backbone_discards_the_state(inputs, tmp_path):
     backbone = tmp_path / "policy_init"
     shutil.copytree(inputs["policy"], backbone)
     weights = next(backbone.rglob("*.safetensors"))
-    save_file({name: tensor * 1.5 if tensor.is_floating_point() else tensor
-               for name, tensor in load_file(str(weights)).items()}, str(weights))
+    save_file(
+        {
+            name: tensor * 1.5 if tensor.is_floating_point() else tensor
+            for name, tensor in load_file(str(weights)).items()
+        },
+        str(weights),
+    )
     rerun = run_stage("train_reward", params, **{**paths, "policy": backbone})
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert (f"(step {killed_at}): it is from another run (changed: inputs.backbone); starting over"
-            in rerun.stderr) and "resuming" not in rerun.stderr
+    assert (
+        f"(step {killed_at}): it is from another run (changed: inputs.backbone); starting over" in rerun.stderr
+    ) and "resuming" not in rerun.stderr
 
 
 def test_a_reward_model_at_chance_stops_the_stage_and_publishes_nothing(inputs, tmp_path):
