@@ -11,19 +11,12 @@ kept in `failed_run_rejects_path(--data)` instead, since the failed stage leaves
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from robust_rlhf.config import Params
 from robust_rlhf.data.run import run_prepare
 from stages.cli import stage_main
 
 
-def run(params: Params, *, data: Path, policy: Path) -> dict:
-    return run_prepare(params, data=data, policy=policy)
-
-
 def main(argv: list[str] | None = None) -> None:
-    stage_main("prepare", run, ["data", "policy"], argv)
+    stage_main("prepare", run_prepare, ["data", "policy"], argv)
 
 
 if __name__ == "__main__":

@@ -8,42 +8,14 @@ reward-model metrics (--reward-metrics), the scored samples (--samples) and ever
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from robust_rlhf.config import Params
 from robust_rlhf.evaluation.report_run import run_report
 from stages.cli import stage_main
-
-
-def run(
-    params: Params,
-    *,
-    table: Path,
-    eval_metrics: Path,
-    curves: Path,
-    best_of_n: Path,
-    reward_metrics: Path,
-    samples: Path,
-    stage_metrics: Path,
-    report: Path,
-) -> dict:
-    return run_report(
-        params,
-        table=table,
-        eval_metrics=eval_metrics,
-        curves=curves,
-        best_of_n=best_of_n,
-        reward_metrics=reward_metrics,
-        samples=samples,
-        stage_metrics=stage_metrics,
-        report=report,
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
     stage_main(
         "report",
-        run,
+        run_report,
         ["table", "eval_metrics", "curves", "best_of_n", "reward_metrics", "samples", "stage_metrics", "report"],
         argv,
     )
