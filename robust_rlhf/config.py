@@ -66,6 +66,11 @@ class ModelsParams(_Section):
         "directory, or a hub model name."
     )
     trust_remote_code: bool = Field(description="Passed to transformers loaders.")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        description="Attention kernel of every transformers model loaded (policy, reference, critic, reward "
+        "backbone): `sdpa` (torch's scaled_dot_product_attention; CPU and GPU), `eager`, or `flash_attention_2` "
+        "(needs the flash-attn package and a GPU; refused at load time otherwise)."
+    )
 
 
 class DeepSpeedParams(_Section):
@@ -75,6 +80,59 @@ class DeepSpeedParams(_Section):
         description="Training precision; fp32 on CPUs without AMX (bf16 is ~10x slower there)."
     )
     gradient_clipping: float = Field(gt=0, le=MAX_COEF, description="Global gradient-norm clip.")
+    offload_optimizer: Literal["none", "cpu"] = Field(
+        description="ZeRO-Offload of the optimizer states (and the optimizer step) to CPU memory (ZeRO >= 1): "
+        "frees 12 bytes per trained parameter on the device, at the cost of PCIe traffic every step."
+    )
+    offload_param: Literal["none", "cpu"] = Field(
+        description="ZeRO-3 parameter offload: each parameter's shard lives in CPU memory and is fetched to "
+        "the device for its layer's forward and backward (ZeRO-Infinity without NVMe). ZeRO-3 only."
+    )
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> DeepSpeedParams:
+        if self.offload_optimizer != "none" and self.zero_stage < 1:
+            raise cross_field_error(
+                "optimizer offload needs ZeRO stage >= 1",
+                "offload_optimizer",
+                {"offload_optimizer": self.offload_optimizer, "zero_stage": self.zero_stage},
+            )
+        if self.offload_param != "none" and self.zero_stage != 3:
+            raise cross_field_error(
+                "parameter offload needs ZeRO stage 3",
+                "offload_param",
+                {"offload_param": self.offload_param, "zero_stage": self.zero_stage},
+            )
+        return self
+
+
+class LRScheduleParams(_Section):
+    """The learning rate over a run's optimizer steps (robust_rlhf/runtime/schedule.py): a linear warmup
+    from 0, then constant, linear or cosine decay to `final_fraction` of the peak at the last step."""
+
+    kind: Literal["constant", "linear", "cosine"] = Field(
+        description="After warmup: `constant` (the peak), `linear` or `cosine` decay (Coste et al.: cosine)."
+    )
+    warmup_steps: int = Field(
+        ge=0, le=MAX_PPO_STEPS, description="Optimizer steps of linear warmup from 0 to the peak (0: none)."
+    )
+    final_fraction: float = Field(
+        ge=0.0, le=1.0, description="linear, cosine: the learning rate at the last step as a fraction of the peak."
+    )
+
+
+class LoRAParams(_Section):
+    """Low-rank adapters (the `peft` library; Hu et al. 2021): the pretrained weights stay frozen and only
+    W + (alpha / rank) B A is trained, so gradients and optimizer states cover the adapters alone."""
+
+    enabled: bool = Field(description="Train adapters instead of the full weights.")
+    rank: int = Field(ge=1, le=4_096, description="r, the adapters' rank.")
+    alpha: float = Field(gt=0, le=MAX_COEF * 4, description="alpha; the update is scaled by alpha / r.")
+    target_modules: list[str] = Field(
+        min_length=1,
+        description="The modules adapted: names of linear layers (`q_proj`, `v_proj`, ...) or "
+        "[all-linear] (every linear layer but the output head).",
+    )
 
 
 class ColumnMapping(_Section):
@@ -277,8 +335,28 @@ class TrainRewardParams(_Section):
         "on the labels is at or below this after training (0.5 is chance): such a reward model gives PPO nothing "
         "to learn from. A check, not a param of what is trained.",
     )
+    gradient_checkpointing: bool = Field(
+        description="Recompute the backbone's activations in the backward pass instead of keeping them "
+        "(finetune_backbone only): memory of one layer's activations instead of all, for ~30% more compute."
+    )
+    lora: LoRAParams = Field(description="Adapters on the fine-tuned backbone (finetune_backbone only).")
+    lr_schedule: LRScheduleParams = Field(
+        description="Learning rate over each training phase's optimizer steps (stage 1, stage 2, each member)."
+    )
     stage1: Stage1Params
     stage2: Stage2Params
+
+    @model_validator(mode="after")
+    def _backbone_options_need_finetuning(self) -> TrainRewardParams:
+        # Both act on the backbone's training: on frozen features they would silently do nothing.
+        for key, on in (("gradient_checkpointing", self.gradient_checkpointing), ("lora.enabled", self.lora.enabled)):
+            if on and not self.finetune_backbone:
+                raise cross_field_error(
+                    f"{key} acts on the backbone's training: set finetune_backbone: true",
+                    key,
+                    {key: on, "finetune_backbone": self.finetune_backbone},
+                )
+        return self
 
 
 class AggregationParams(_Section):
@@ -391,7 +469,24 @@ class PPOParams(_Section):
         description="Save a resume state (actor, critic, optimizer states, RNGs) every N "
         "PPO steps; a killed run goes on from the last one. Not a param of what is trained.",
     )
+    gradient_checkpointing: bool = Field(
+        description="Recompute the actor's and the critic's activations in the backward pass instead of "
+        "keeping them: activation memory of one layer instead of all, for ~30% more training compute."
+    )
+    lora: LoRAParams = Field(
+        description="Adapters on the actor and on the critic's backbone; the reference policy is then the actor "
+        "with its adapters disabled (one copy of the pretrained weights, not two)."
+    )
+    lr_schedule: LRScheduleParams = Field(
+        description="Learning rate of the actor and the critic over the run's optimizer steps "
+        "(steps x ppo_epochs x rollout_batch_size / (micro_batch_size x gradient_accumulation_steps))."
+    )
     guards: PPOGuards
+
+    @property
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run (per process), the length of the learning-rate schedule."""
+        return self.steps * self.ppo_epochs * (self.rollout_batch_size // self.minibatch_size)
 
     @property
     def minibatch_size(self) -> int:
@@ -460,6 +555,12 @@ class LauncherParams(_Section):
     )
     master_addr: str | None = Field(description="Rank 0's address for multi-node runs (null: the first host).")
     master_port: int | None = Field(ge=1024, le=65535, description="Rendezvous port; null picks a free one.")
+    device_memory_gib: float | None = Field(
+        gt=0,
+        le=1_048_576,
+        description="Memory of one accelerator (GiB) that the memory plan checks each stage against "
+        "(robust_rlhf/runtime/memory_plan.py); null: the GPU's own, and no check on DeepSpeed's CPU accelerator.",
+    )
 
     @property
     def world_size(self) -> int:

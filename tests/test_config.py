@@ -251,6 +251,30 @@ CROSS_FIELD = [
         id="schedule",
     ),
     pytest.param(
+        {"deepspeed.offload_optimizer": "cpu"},
+        "deepspeed.offload_optimizer",
+        ["deepspeed.offload_optimizer = 'cpu'", "deepspeed.zero_stage = 0"],
+        id="offload-optimizer",
+    ),
+    pytest.param(
+        {"deepspeed.zero_stage": 2, "deepspeed.offload_param": "cpu"},
+        "deepspeed.offload_param",
+        ["deepspeed.offload_param = 'cpu'", "deepspeed.zero_stage = 2"],
+        id="offload-param",
+    ),
+    pytest.param(
+        {"train_reward.lora.enabled": True},
+        "train_reward.lora.enabled",
+        ["train_reward.lora.enabled = True", "train_reward.finetune_backbone = False"],
+        id="reward-lora",
+    ),
+    pytest.param(
+        {"train_reward.gradient_checkpointing": True},
+        "train_reward.gradient_checkpointing",
+        ["train_reward.gradient_checkpointing = True", "train_reward.finetune_backbone = False"],
+        id="reward-checkpointing",
+    ),
+    pytest.param(
         {"prepare.task": "preference_data"}, "prepare.source", ["prepare.task = 'preference_data'"], id="prepare-source"
     ),
     pytest.param(

@@ -124,7 +124,8 @@ def test_two_accumulated_micro_batches_give_the_weights_of_one_twice_as_large(tm
         def trained(micro_batch_size, gradient_accumulation_steps):
             config = ppo_config(micro_batch_size=micro_batch_size, ppo_epochs=2,
                                 gradient_accumulation_steps=gradient_accumulation_steps)
-            deepspeed = DeepSpeedParams(zero_stage=0, precision="fp32", gradient_clipping=1.0)
+            deepspeed = DeepSpeedParams(zero_stage=0, precision="fp32", gradient_clipping=1.0,
+                                        offload_optimizer="none", offload_param="none")
             engines = [training_engine(model, deepspeed=deepspeed, micro_batch_size=micro_batch_size,
                                        gradient_accumulation_steps=gradient_accumulation_steps, world_size=1,
                                        learning_rate=1e-2, weight_decay=0.0)

@@ -67,7 +67,8 @@ def test_engines_step_with_torchs_fused_adamw(tmp_path):
         init_distributed()
         for zero_stage in (0, 2):
             engine = training_engine(torch.nn.Linear(3, 1), deepspeed=DeepSpeedParams(
-                                         zero_stage=zero_stage, precision='fp32', gradient_clipping=1.0),
+                                         zero_stage=zero_stage, precision='fp32', gradient_clipping=1.0,
+                                         offload_optimizer='none', offload_param='none'),
                                      micro_batch_size=2, gradient_accumulation_steps=1, world_size=1,
                                      learning_rate=0.1, weight_decay=0.0)
             weight, bias = (p.detach().clone() for p in (engine.module.weight, engine.module.bias))
