@@ -40,6 +40,7 @@ from robust_rlhf.reward.training import (
     bootstrap_weights,
     bt_objective,
     checkpoint_due,
+    phase_optimizer_steps,
     pooled_features,
     stage2_objective,
     train_heads_on_features,
@@ -144,6 +145,13 @@ class _RewardRun:
             gradient_accumulation_steps=stage.gradient_accumulation_steps,
             learning_rate=stage.learning_rate,
             weight_decay=stage.weight_decay,
+            lr_schedule=self.config.lr_schedule,
+            total_steps=phase_optimizer_steps(
+                len(self.train_pairs),
+                epochs=stage.epochs,
+                micro_batch_size=stage.micro_batch_size,
+                gradient_accumulation_steps=stage.gradient_accumulation_steps,
+            ),
         )
         progress = PhaseProgress(**(self.resume.restore(phase, engine) or {}))
 

@@ -129,6 +129,15 @@ def bootstrap_weights(num_items: int, num_heads: int, *, seed: int, enabled: boo
     return counts.T.contiguous()
 
 
+def phase_optimizer_steps(
+    num_pairs: int, *, epochs: int, micro_batch_size: int, gradient_accumulation_steps: int
+) -> int:
+    """Optimizer steps of one training phase, the length of its learning-rate schedule: every epoch runs
+    ceil(num_pairs / micro_batch_size) micro-batches (the last may be short) and DeepSpeed steps the
+    optimizer at every gradient_accumulation_steps-th micro-batch of the phase, across epochs."""
+    return epochs * -(-num_pairs // micro_batch_size) // gradient_accumulation_steps
+
+
 def backward_and_step(engine, loss: torch.Tensor, name: str, *, phase: str, losses: list[float]) -> None:
     """Stop on a non-finite loss before it reaches the weights (the last checkpoint stays the last good
     one), else backward and step `engine` and append the loss to `losses`."""

@@ -82,6 +82,8 @@ def build_ppo_models(params: Params, paths: PPOPaths, *, world_size: int) -> PPO
             world_size=world_size,
             learning_rate=learning_rate,
             weight_decay=config.weight_decay,
+            lr_schedule=config.lr_schedule,
+            total_steps=config.optimizer_steps,
         )
 
     def frozen(model: torch.nn.Module) -> torch.nn.Module:

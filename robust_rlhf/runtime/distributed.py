@@ -9,12 +9,14 @@ import contextlib
 import fcntl
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from robust_rlhf.config import DeepSpeedParams
+from robust_rlhf.config import DeepSpeedParams, LRScheduleParams
 from robust_rlhf.runtime.launcher import free_port
+from robust_rlhf.runtime.schedule import lr_multiplier
 
 
 def seed_everything(seed: int) -> None:
@@ -119,13 +121,20 @@ def _extension_build_guard(extension: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def initialize_engine(model: torch.nn.Module, config: dict):
-    """Wrap `model` in a DeepSpeed engine; with an optimizer in `config`, its trainable parameters are trained."""
+def initialize_engine(model: torch.nn.Module, config: dict, *, lr_scheduler: Callable | None = None):
+    """Wrap `model` in a DeepSpeed engine; with an optimizer in `config`, its trainable parameters are trained.
+
+    `lr_scheduler`: optimizer -> torch scheduler, which DeepSpeed builds on the optimizer it makes from
+    `config` and steps once per optimizer step (at gradient-accumulation boundaries, never on a skipped
+    fp16 overflow step); save_checkpoint / load_checkpoint carry its state.
+    """
     import deepspeed
 
     if "optimizer" in config:
         trainable = [p for p in model.parameters() if p.requires_grad]
-        engine, *_ = deepspeed.initialize(model=model, model_parameters=trainable, config=config)
+        engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=trainable, config=config, lr_scheduler=lr_scheduler
+        )
     else:
         engine, *_ = deepspeed.initialize(model=model, config=config)
     return engine
@@ -140,8 +149,21 @@ def training_engine(
     world_size: int,
     learning_rate: float,
     weight_decay: float,
+    lr_schedule: LRScheduleParams,
+    total_steps: int,
 ):
-    """The DeepSpeed engine that trains `model` (actor, critic, reward model): every stage builds it here."""
+    """The DeepSpeed engine that trains `model` (actor, critic, reward model): every stage builds it here.
+
+    The learning rate of optimizer step s is `learning_rate` * lr_multiplier(s) over `total_steps`
+    optimizer steps (robust_rlhf/runtime/schedule.py).
+    """
+
+    def scheduler(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        # LambdaLR calls the lambda with the number of scheduler steps taken, 0 at construction.
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_multiplier(step, total_steps=total_steps, schedule=lr_schedule)
+        )
+
     return initialize_engine(
         model,
         deepspeed_config(
@@ -152,6 +174,7 @@ def training_engine(
             learning_rate=learning_rate,
             weight_decay=weight_decay,
         ),
+        lr_scheduler=scheduler,
     )
 
 

@@ -9,6 +9,7 @@ from robust_rlhf.reward.model import GaussianHeads
 from robust_rlhf.reward.training import (
     PhaseProgress,
     checkpoint_due,
+    phase_optimizer_steps,
     remaining_batches,
     stage2_objective,
     train_heads_on_features,
@@ -75,3 +76,11 @@ def test_frozen_stage2_restarted_from_a_checkpoint_goes_on_like_the_uninterrupte
     assert resumed == expected and len(expected) == 9
     for name, value in uninterrupted.module.state_dict().items():
         assert torch.equal(value, saved["engine"].module.state_dict()[name]), name
+
+
+def test_phase_optimizer_steps_counts_accumulation_boundaries_across_epochs():
+    # 10 pairs at micro-batch 4: 3 micro-batches an epoch (4, 4, 2); 2 epochs = 6; at accumulation 4,
+    # DeepSpeed steps at micro-batches 4 only (the 2 left over never reach a boundary).
+    assert phase_optimizer_steps(10, epochs=2, micro_batch_size=4, gradient_accumulation_steps=4) == 1
+    assert phase_optimizer_steps(10, epochs=2, micro_batch_size=4, gradient_accumulation_steps=1) == 6
+    assert phase_optimizer_steps(8, epochs=3, micro_batch_size=4, gradient_accumulation_steps=2) == 3

@@ -112,7 +112,7 @@ def test_two_accumulated_micro_batches_give_the_weights_of_one_twice_as_large(tm
     # micro 2 without accumulation (two optimizer steps per epoch) is the control that must differ.
     script = textwrap.dedent("""
         import torch
-        from robust_rlhf.config import DeepSpeedParams
+        from robust_rlhf.config import DeepSpeedParams, LRScheduleParams
         from robust_rlhf.data.task import tokenizer_corpus
         from robust_rlhf.models import build_tiny_policy, build_tiny_tokenizer
         from robust_rlhf.rl.ppo import ValueModel, ppo_update
@@ -128,7 +128,9 @@ def test_two_accumulated_micro_batches_give_the_weights_of_one_twice_as_large(tm
                                         offload_optimizer="none", offload_param="none")
             engines = [training_engine(model, deepspeed=deepspeed, micro_batch_size=micro_batch_size,
                                        gradient_accumulation_steps=gradient_accumulation_steps, world_size=1,
-                                       learning_rate=1e-2, weight_decay=0.0)
+                                       learning_rate=1e-2, weight_decay=0.0, total_steps=config.optimizer_steps,
+                                       lr_schedule=LRScheduleParams(kind="constant", warmup_steps=0,
+                                                                    final_fraction=1.0))
                        for model in (build_tiny_policy(tokenizer, seed=0),
                                      ValueModel(build_tiny_policy(tokenizer, seed=1).model))]
             torch.manual_seed(5)  # the minibatch order's seed: the same permutations in every run

@@ -62,7 +62,7 @@ def test_engines_step_with_torchs_fused_adamw(tmp_path):
 
     script = textwrap.dedent("""
         import torch
-        from robust_rlhf.config import DeepSpeedParams
+        from robust_rlhf.config import DeepSpeedParams, LRScheduleParams
         from robust_rlhf.runtime.distributed import init_distributed, training_engine
         init_distributed()
         for zero_stage in (0, 2):
@@ -70,7 +70,9 @@ def test_engines_step_with_torchs_fused_adamw(tmp_path):
                                          zero_stage=zero_stage, precision='fp32', gradient_clipping=1.0,
                                          offload_optimizer='none', offload_param='none'),
                                      micro_batch_size=2, gradient_accumulation_steps=1, world_size=1,
-                                     learning_rate=0.1, weight_decay=0.0)
+                                     learning_rate=0.1, weight_decay=0.0, total_steps=1,
+                                     lr_schedule=LRScheduleParams(kind="constant", warmup_steps=0,
+                                                                  final_fraction=1.0))
             weight, bias = (p.detach().clone() for p in (engine.module.weight, engine.module.bias))
             engine.backward(engine(torch.ones(2, 3)).sum())
             engine.step()
@@ -87,3 +89,56 @@ def test_engines_step_with_torchs_fused_adamw(tmp_path):
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (
         result.stdout[-2000:] + result.stderr[-3000:]
     )
+
+
+_SCHEDULED_ENGINE = """
+import sys
+import torch
+from robust_rlhf.config import DeepSpeedParams, LRScheduleParams
+from robust_rlhf.runtime.distributed import init_distributed, training_engine
+init_distributed()
+folder, mode = sys.argv[1], sys.argv[2]
+engine = training_engine(
+    torch.nn.Linear(3, 1),
+    deepspeed=DeepSpeedParams(zero_stage=2, precision="fp32", gradient_clipping=1.0,
+                              offload_optimizer="none", offload_param="none"),
+    micro_batch_size=2, gradient_accumulation_steps=2, world_size=1, learning_rate=0.1, weight_decay=0.0,
+    lr_schedule=LRScheduleParams(kind="linear", warmup_steps=2, final_fraction=0.5), total_steps=5,
+)
+if mode == "resume":
+    engine.load_checkpoint(folder, tag="t", load_optimizer_states=True, load_lr_scheduler_states=True)
+seen = []
+for micro_batch in range(6):  # 3 optimizer steps at accumulation 2
+    seen.append(engine.get_lr()[0])
+    engine.backward(engine(torch.ones(2, 3)).sum())
+    engine.step()
+if mode == "save":
+    engine.save_checkpoint(folder, tag="t")
+print("lrs", ",".join(repr(lr) for lr in seen))
+"""
+
+
+@pytest.mark.slow
+def test_lr_schedule_steps_per_optimizer_step_and_resumes(tmp_path):
+    # Each run in its own subprocess: a second deepspeed.initialize in one process fails.
+    import subprocess
+    import sys
+
+    def lrs(mode: str) -> list[float]:
+        result = subprocess.run(
+            [sys.executable, "-c", _SCHEDULED_ENGINE, str(tmp_path / "ckpt"), mode],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        line = next(line for line in result.stdout.splitlines() if line.startswith("lrs "))
+        return [float(value) for value in line.split(" ", 1)[1].split(",")]
+
+    # By hand, lr 0.1 x lr_multiplier: warmup (s + 1) / 2 at steps 0, 1; then linear over steps 2..4,
+    # p = (s - 2) / 2, 1 - 0.5 p. Each optimizer step's LR holds for its 2 micro-batches.
+    first = lrs("save")
+    assert first == pytest.approx([0.05, 0.05, 0.1, 0.1, 0.1, 0.1])
+    resumed = lrs("resume")  # goes on at optimizer step 3: 0.075, then 0.05 (the final fraction), and stays
+    assert resumed == pytest.approx([0.075, 0.075, 0.05, 0.05, 0.05, 0.05])
