@@ -4,9 +4,10 @@ reward backbone (all-MiniLM-L6-v2), through the library's own `score_texts`."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from bench.timing import median_seconds
-from bench.workload import bench_prompts, new_reward_model
+from bench.workload import bench_prompts, default_params, new_reward_model
 
 # A response of about the default generation length (32 tokens) for every prompt.
 RESPONSE = (
@@ -20,8 +21,10 @@ def scoring_times(
 ) -> dict[str, dict[int, float]]:
     """Seconds to score one batch: `heads[k]` with k heads on one backbone, `models[k]` with k
     separate one-head reward models scored one after another (as an ensemble is)."""
-    from robust_rlhf.models import load_tokenizer
+    from robust_rlhf.models import load_tokenizer, model_options
     from robust_rlhf.reward.model import BRMERewardModel, score_texts
+
+    options = model_options(default_params(Path.cwd()))
 
     tokenizer = load_tokenizer(backbone_spec, padding_side="right")
     prompts = bench_prompts(batch_size)
@@ -30,14 +33,16 @@ def scoring_times(
     def score(models):
         return lambda: [score_texts(model, tokenizer, prompts, responses, batch_size=batch_size) for model in models]
 
-    one_head = new_reward_model(backbone_spec, 1, max_length=max_length, seed=0)
+    one_head = new_reward_model(backbone_spec, 1, max_length=max_length, seed=0, options=options)
     heads, models = {}, {}
     for k in head_counts:
         # k heads share the one backbone: a new BRME around the same backbone module.
         k_heads = BRMERewardModel(one_head.backbone, replace(one_head.config, num_heads=k), seed=k).eval()
         heads[k] = median_seconds(score([k_heads]), repeats)
     for k in head_counts:
-        separate = [one_head] + [new_reward_model(backbone_spec, 1, max_length=max_length, seed=i) for i in range(1, k)]
+        separate = [one_head] + [
+            new_reward_model(backbone_spec, 1, max_length=max_length, seed=i, options=options) for i in range(1, k)
+        ]
         models[k] = median_seconds(score(separate), repeats)
         del separate
     return {"heads": heads, "models": models}

@@ -9,15 +9,16 @@ from pathlib import Path
 import torch
 
 from bench.timing import median_seconds
-from bench.workload import POLICY_DIR
+from bench.workload import POLICY_DIR, default_params
 
 
 def optimizer_step_times(work: Path, *, repeats: int) -> dict[str, float]:
     """Median seconds of one AdamW step over every parameter of the default policy: `before` (the
     per-tensor loop) and `after` (fused)."""
-    from robust_rlhf.models import load_causal_lm
+    from robust_rlhf.models import load_causal_lm, model_options
 
-    parameters = [p for p in load_causal_lm(work / POLICY_DIR).parameters() if p.requires_grad]
+    model = load_causal_lm(work / POLICY_DIR, **model_options(default_params(Path.cwd())))
+    parameters = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(0)
     for parameter in parameters:
         parameter.grad = torch.randn(parameter.shape, generator=generator) * 1e-3

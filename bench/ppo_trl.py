@@ -102,14 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from robust_rlhf.models import load_causal_lm, load_tokenizer
+    from robust_rlhf.models import load_causal_lm, load_tokenizer, model_options
     from robust_rlhf.reward.scoring import load_reward_models
 
     args = child_parser("python -m bench.ppo_trl").parse_args(argv)
     workload = workload_from_args(args)
     params = default_params(Path.cwd())
     policy_init = args.work / POLICY_DIR
-    reward_models = load_reward_models(*build_reward_models(params, args.work), trust_remote_code=False)
+    reward_models = load_reward_models(*build_reward_models(params, args.work), **model_options(params))
     prompts = bench_prompts(workload.batch_size * (workload.steps + 1) // GROUP_SIZE)
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": prompt}]} for prompt in prompts])
     record = StepRecord("trl", vars(workload), note=f"GRPOTrainer, {GROUP_SIZE} completions per prompt")
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
             dataloader_num_workers=0,
         )
         trainer = GRPOTrainer(
-            model=load_causal_lm(policy_init),
+            model=load_causal_lm(policy_init, **model_options(params)),
             args=config,
             train_dataset=dataset,
             processing_class=load_tokenizer(policy_init),

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from bench.timing import median_seconds
-from bench.workload import POLICY_DIR, bench_prompts
+from bench.workload import POLICY_DIR, bench_prompts, default_params
 
 
 def full_sequence_logprobs(model, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
@@ -27,9 +27,10 @@ def response_forward_times(
     """Median seconds of `forward_response` (after) and the full-sequence path (before), under
     inference_mode (the rollout's reference pass) and as forward + backward (the update)."""
     from robust_rlhf.generation import encode_prompts, forward_response
-    from robust_rlhf.models import load_causal_lm, load_tokenizer
+    from robust_rlhf.models import load_causal_lm, load_tokenizer, model_options
 
-    model, tokenizer = load_causal_lm(work / POLICY_DIR), load_tokenizer(work / POLICY_DIR)
+    model = load_causal_lm(work / POLICY_DIR, **model_options(default_params(Path.cwd())))
+    tokenizer = load_tokenizer(work / POLICY_DIR)
     query_ids, query_mask = encode_prompts(tokenizer, bench_prompts(batch_size), max_prompt_tokens=max_prompt_tokens)
     response_ids = torch.randint(
         0, len(tokenizer), (batch_size, response_len), generator=torch.Generator().manual_seed(0)

@@ -44,16 +44,18 @@ def build_policy(params, work: Path) -> Path:
                 seed=params.seed,
                 corpus=tokenizer_corpus(),
                 trust_remote_code=params.models.trust_remote_code,
+                attn_implementation=params.models.attn_implementation,
             )
     return out
 
 
-def new_reward_model(backbone_spec: str, num_heads: int, *, max_length: int, seed: int):
-    """A BRME on a fresh copy of the backbone with `num_heads` random Gaussian heads."""
+def new_reward_model(backbone_spec: str, num_heads: int, *, max_length: int, seed: int, options: dict):
+    """A BRME on a fresh copy of the backbone with `num_heads` random Gaussian heads; `options`: the
+    loader keywords (robust_rlhf/models.py model_options)."""
     from robust_rlhf.models import load_backbone
     from robust_rlhf.reward.model import BRMERewardModel, RewardModelConfig, resolve_pooling
 
-    backbone = load_backbone(backbone_spec)
+    backbone = load_backbone(backbone_spec, **options)
     config = RewardModelConfig(
         num_heads=num_heads, sigma_min=0.01, max_length=max_length, pooling=resolve_pooling("auto", backbone.config)
     )
@@ -63,22 +65,26 @@ def new_reward_model(backbone_spec: str, num_heads: int, *, max_length: int, see
 def build_reward_models(params, work: Path) -> tuple[Path, Path]:
     """The BRME (`train_reward.num_heads` heads) and the `ensemble_size` independent members, written
     as `train_reward` writes them, so `load_reward_models` reads them as in the ppo stage."""
-    from robust_rlhf.models import load_tokenizer
+    from robust_rlhf.models import load_tokenizer, model_options
     from robust_rlhf.reward.model import save_reward_model
     from robust_rlhf.reward.scoring import ENSEMBLE_MANIFEST
 
-    config, spec = params.train_reward, params.models.reward_backbone
+    config, spec, options = params.train_reward, params.models.reward_backbone, model_options(params)
     tokenizer = load_tokenizer(spec, padding_side="right")
     reward, ensemble = work / REWARD_DIR, work / ENSEMBLE_DIR
     if not (reward / "reward_config.json").exists():
         with atomic_directory(reward) as tmp:
-            brme = new_reward_model(spec, config.num_heads, max_length=config.max_length, seed=params.seed)
+            brme = new_reward_model(
+                spec, config.num_heads, max_length=config.max_length, seed=params.seed, options=options
+            )
             save_reward_model(brme, tokenizer, tmp, brme.state_dict())
     if not (ensemble / "ensemble.json").exists():
         with atomic_directory(ensemble) as tmp:
             names = [f"member_{index}" for index in range(config.ensemble_size)]
             for index, name in enumerate(names):
-                member = new_reward_model(spec, 0, max_length=config.max_length, seed=params.seed + 1 + index)
+                member = new_reward_model(
+                    spec, 0, max_length=config.max_length, seed=params.seed + 1 + index, options=options
+                )
                 save_reward_model(member, tokenizer, tmp / name, member.state_dict())
             (tmp / ENSEMBLE_MANIFEST).write_text(json.dumps({"members": names}))
     return reward, ensemble

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from robust_rlhf.config import Params, StageInputError
+
 logger = logging.getLogger(__name__)
 
 TINY_POLICY = "tiny-random"
@@ -53,10 +55,12 @@ def build_tiny_tokenizer(corpus: list[str]):
     )
 
 
-def build_tiny_policy(tokenizer, seed: int):
-    """A randomly initialised tiny Llama causal LM sized to `tokenizer`, seeded."""
+def build_tiny_policy(tokenizer, seed: int, *, attn_implementation: str):
+    """A randomly initialised tiny Llama causal LM sized to `tokenizer`, seeded, in fp32 (it is saved
+    and loaded back by `load_causal_lm`, which sets the dtype)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    check_attn_implementation(attn_implementation)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -64,9 +68,43 @@ def build_tiny_policy(tokenizer, seed: int):
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
         tie_word_embeddings=True,
+        attn_implementation=attn_implementation,
         **TINY_LLAMA_SHAPE,
     )
     return LlamaForCausalLM(config)
+
+
+def model_options(params: Params) -> dict:
+    """The keywords every loader takes, from params: remote code, the attention kernel, and the dtype
+    weights load in (bf16 under `deepspeed.precision: bf16`, so the host never holds an fp32 copy;
+    DeepSpeed's bf16 optimizer keeps its own fp32 master copy of the trained weights)."""
+    return dict(
+        trust_remote_code=params.models.trust_remote_code,
+        attn_implementation=params.models.attn_implementation,
+        dtype=torch.bfloat16 if params.deepspeed.precision == "bf16" else torch.float32,
+    )
+
+
+def check_attn_implementation(attn_implementation: str) -> None:
+    """Fail before any model loads when `flash_attention_2` cannot run here (transformers would fail
+    only inside from_pretrained, after reading the weights)."""
+    if attn_implementation != "flash_attention_2":
+        return
+    if importlib.util.find_spec("flash_attn") is None:
+        why = "the flash-attn package is not installed"
+    elif not torch.cuda.is_available():
+        why = "there is no CUDA device"
+    else:
+        return
+    raise StageInputError(f"models.attn_implementation: flash_attention_2 cannot run here: {why}; use sdpa (or eager)")
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> torch.nn.Module:
+    """Recompute `model`'s (a transformers PreTrainedModel) layer activations in the backward pass
+    instead of keeping them. The non-reentrant variant (torch.utils.checkpoint, use_reentrant=False)
+    gives gradients even when a layer's inputs need none (frozen embeddings, adapters)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def resolve_model_source(spec: str | Path) -> tuple[str, str | None]:
@@ -86,7 +124,9 @@ def resolve_model_source(spec: str | Path) -> tuple[str, str | None]:
     return str(path), None
 
 
-def materialise_policy(name: str, out_dir: Path, *, seed: int, corpus: list[str], trust_remote_code: bool) -> None:
+def materialise_policy(
+    name: str, out_dir: Path, *, seed: int, corpus: list[str], trust_remote_code: bool, attn_implementation: str
+) -> None:
     """Write the initial policy and its tokenizer to `out_dir` as safetensors.
 
     `tiny-random` builds the tiny test model; a GGUF file is de-quantised once to fp32; anything
@@ -94,10 +134,13 @@ def materialise_policy(name: str, out_dir: Path, *, seed: int, corpus: list[str]
     """
     if name == TINY_POLICY:
         tokenizer = build_tiny_tokenizer(corpus)
-        model = build_tiny_policy(tokenizer, seed)
+        model = build_tiny_policy(tokenizer, seed, attn_implementation=attn_implementation)
     else:
         tokenizer = load_tokenizer(name, trust_remote_code=trust_remote_code)
-        model = load_causal_lm(name, trust_remote_code=trust_remote_code)
+        # fp32 whatever the run's precision: the initial policy is written once, at full precision.
+        model = load_causal_lm(
+            name, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation, dtype=torch.float32
+        )
         if resolve_model_source(name)[1] is not None:
             model = _plain_copy(model)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -130,24 +173,32 @@ def load_tokenizer(name_or_dir: str | Path, *, trust_remote_code: bool = False, 
     return tokenizer
 
 
-def load_causal_lm(name_or_dir: str | Path, *, trust_remote_code: bool = False):
-    """Load a causal LM in fp32 (DeepSpeed casts for bf16/fp16) from safetensors or GGUF."""
+def load_causal_lm(
+    name_or_dir: str | Path, *, trust_remote_code: bool = False, attn_implementation: str, dtype: torch.dtype
+):
+    """Load a causal LM in `dtype` (see `model_options`) from safetensors or GGUF."""
     from transformers import AutoModelForCausalLM
 
+    check_attn_implementation(attn_implementation)
     _log_remote_code(name_or_dir, trust_remote_code)
     source, weights = _weights(name_or_dir)
     return AutoModelForCausalLM.from_pretrained(
-        source, trust_remote_code=trust_remote_code, dtype=torch.float32, **weights
+        source, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation=attn_implementation, **weights
     )
 
 
-def load_backbone(name_or_dir: str | Path, *, trust_remote_code: bool = False):
-    """Load a bare backbone (no LM head) in fp32 from safetensors or GGUF."""
+def load_backbone(
+    name_or_dir: str | Path, *, trust_remote_code: bool = False, attn_implementation: str, dtype: torch.dtype
+):
+    """Load a bare backbone (no LM head) in `dtype` (see `model_options`) from safetensors or GGUF."""
     from transformers import AutoModel
 
+    check_attn_implementation(attn_implementation)
     _log_remote_code(name_or_dir, trust_remote_code)
     source, weights = _weights(name_or_dir)
-    return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch.float32, **weights)
+    return AutoModel.from_pretrained(
+        source, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation=attn_implementation, **weights
+    )
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:

@@ -191,4 +191,4 @@ def tiny_tokenizer():
 def tiny_policy(tiny_tokenizer):
     from robust_rlhf.models import build_tiny_policy
 
-    return build_tiny_policy(tiny_tokenizer, seed=0).eval()
+    return build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa").eval()

@@ -12,7 +12,7 @@ from robust_rlhf.data.gold import GoldScorer
 from robust_rlhf.data.pairs import preference_stats, reject_counts, sample_preference_pairs, sample_shifted_responses
 from robust_rlhf.data.sources import SourceError, TooManyRejects, load_source, split_pairs
 from robust_rlhf.data.task import split_prompts, tokenizer_corpus, topic_of
-from robust_rlhf.models import load_causal_lm, load_tokenizer, materialise_policy
+from robust_rlhf.models import load_causal_lm, load_tokenizer, materialise_policy, model_options
 from robust_rlhf.runtime.atomic import atomic_directory, atomic_write_jsonl
 from robust_rlhf.runtime.distributed import frozen_model, init_distributed
 
@@ -32,13 +32,14 @@ def run_prepare(params: Params, *, data: Path, policy: Path) -> dict:
             seed=params.seed,
             corpus=tokenizer_corpus(),
             trust_remote_code=params.models.trust_remote_code,
+            attn_implementation=params.models.attn_implementation,
         )
     tokenizer = load_tokenizer(policy, trust_remote_code=params.models.trust_remote_code)
     if config.task == "preference_data":
         return _prepare_from_source(params, data, tokenizer)
     # The sampler and the gold's fluency model: the initial policy, placed and cast by DeepSpeed.
     sampler = frozen_model(
-        load_causal_lm(policy, trust_remote_code=params.models.trust_remote_code),
+        load_causal_lm(policy, **model_options(params)),
         deepspeed=params.deepspeed,
         micro_batch_size=config.batch_size,
         world_size=world_size,

@@ -24,7 +24,7 @@ from robust_rlhf.config import Params, policy_run_name
 from robust_rlhf.data.gold import GoldScorer
 from robust_rlhf.evaluation.curves import best_of_n_grid, best_of_n_kl, best_of_n_per_prompt, mean_and_spread, win_rate
 from robust_rlhf.evaluation.policy import evaluate_policy
-from robust_rlhf.models import load_causal_lm, load_tokenizer
+from robust_rlhf.models import load_causal_lm, load_tokenizer, model_options
 from robust_rlhf.reward.scoring import load_reward_models
 from robust_rlhf.runtime.atomic import atomic_directory, atomic_write_jsonl, read_jsonl
 from robust_rlhf.runtime.checkpoint import MANIFEST, read_checkpoints
@@ -65,8 +65,8 @@ def run_evaluate(params: Params, paths: EvaluatePaths) -> dict:
         )
 
     tokenizer = load_tokenizer(paths.policy_init, trust_remote_code=remote)
-    ref_model = frozen(load_causal_lm(paths.policy_init, trust_remote_code=remote))
-    reward_models = load_reward_models(paths.reward, paths.ensemble, trust_remote_code=remote, prepare=frozen)
+    ref_model = frozen(load_causal_lm(paths.policy_init, **model_options(params)))
+    reward_models = load_reward_models(paths.reward, paths.ensemble, **model_options(params), prepare=frozen)
     prompts = [row["prompt"] for row in read_jsonl(paths.data / "eval_prompts.jsonl")]
     curve_prompts, bon_prompts = prompts[: config.curve_prompts], prompts[: config.best_of_n_prompts]
     bootstrap = ClusterBootstrap(params.statistics.bootstrap_resamples, params.statistics.confidence_level, params.seed)
@@ -124,7 +124,7 @@ def run_evaluate(params: Params, paths: EvaluatePaths) -> dict:
             checkpoints = read_checkpoints(paths.policies / name)
             for index, checkpoint in enumerate(checkpoints):
                 last = index == len(checkpoints) - 1
-                policy = frozen(load_causal_lm(paths.policies / name / checkpoint["path"], trust_remote_code=remote))
+                policy = frozen(load_causal_lm(paths.policies / name / checkpoint["path"], **model_options(params)))
                 result = evaluate(
                     policy, f"evaluate {name} step {checkpoint['step']}", prompts if last else curve_prompts, spp
                 )

@@ -229,15 +229,23 @@ def save_reward_model(model: BRMERewardModel, tokenizer, out_dir: Path, state_di
     (out_dir / "reward_config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
 
 
-def load_reward_model(model_dir: str | Path, *, trust_remote_code: bool = False):
-    """Load a reward model saved by `save_reward_model`. Returns (model in eval mode, tokenizer)."""
+def load_reward_model(
+    model_dir: str | Path, *, trust_remote_code: bool = False, attn_implementation: str, dtype: torch.dtype
+):
+    """Load a reward model saved by `save_reward_model`, its backbone in `dtype` (robust_rlhf/models.py
+    `model_options`). Returns (model in eval mode, tokenizer)."""
     from safetensors.torch import load_file
 
     from robust_rlhf.models import load_backbone, load_tokenizer
 
     model_dir = Path(model_dir)
     config = RewardModelConfig(**json.loads((model_dir / "reward_config.json").read_text()))
-    backbone = load_backbone(model_dir / "backbone", trust_remote_code=trust_remote_code)
+    backbone = load_backbone(
+        model_dir / "backbone",
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
+        dtype=dtype,
+    )
     model = BRMERewardModel(backbone, config)
     missing, unexpected = model.load_state_dict(load_file(str(model_dir / "heads.safetensors")), strict=False)
     if unexpected or any(not key.startswith("backbone.") for key in missing):

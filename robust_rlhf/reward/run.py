@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from robust_rlhf.config import Params, Stage1Params, Stage2Params
-from robust_rlhf.models import load_backbone, load_tokenizer
+from robust_rlhf.models import enable_gradient_checkpointing, load_backbone, load_tokenizer, model_options
 from robust_rlhf.reward.centering import anchored_heads, centring_affine, fold_affine
 from robust_rlhf.reward.evaluation import evaluate_reward_models
 from robust_rlhf.reward.model import (
@@ -101,7 +101,7 @@ class _RewardRun:
         self.train_pairs = read_jsonl(paths.data / "prefs_train.jsonl")
         source = paths.policy if params.models.reward_backbone == "policy" else params.models.reward_backbone
         self.tokenizer = load_tokenizer(source, trust_remote_code=remote, padding_side="right")
-        self.factory = _ModelFactory(source, remote, self.config)
+        self.factory = _ModelFactory(source, model_options(params), self.config)
         self.seed = self.config.seed
         self.member_names = [f"member_{index}" for index in range(self.config.ensemble_size)]
         phases = (
@@ -416,14 +416,17 @@ class _RewardRun:
 class _ModelFactory:
     """Fresh reward models on a fresh copy of the backbone, all of one config."""
 
-    def __init__(self, source, trust_remote_code: bool, config) -> None:
-        self.source, self.trust_remote_code, self.config = source, trust_remote_code, config
+    def __init__(self, source, options: dict, config) -> None:
+        # options: the loader keywords (robust_rlhf/models.py model_options)
+        self.source, self.options, self.config = source, options, config
         backbone_config = self.backbone().config
         self.pooling = resolve_pooling(config.pooling, backbone_config)
         self.hidden = backbone_config.hidden_size
 
     def backbone(self):
-        return load_backbone(self.source, trust_remote_code=self.trust_remote_code)
+        backbone = load_backbone(self.source, **self.options)
+        # The params allow it only with finetune_backbone, where the backbone is trained.
+        return enable_gradient_checkpointing(backbone) if self.config.gradient_checkpointing else backbone
 
     def _config(self, num_heads: int) -> RewardModelConfig:
         return RewardModelConfig(

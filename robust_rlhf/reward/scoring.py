@@ -81,22 +81,23 @@ def load_reward_models(
     ensemble_dir: Path,
     *,
     trust_remote_code: bool,
+    attn_implementation: str,
+    dtype: torch.dtype,
     prepare: Callable[[BRMERewardModel], BRMERewardModel] = lambda model: model,
 ) -> RewardModels:
-    """Load what `train_reward` wrote; `prepare` wraps each model (e.g. in a DeepSpeed inference engine)."""
-    brme, tokenizer = load_reward_model(brme_dir, trust_remote_code=trust_remote_code)
+    """Load what `train_reward` wrote, backbones in `dtype` with `attn_implementation` (models.py
+    `model_options`); `prepare` wraps each model (e.g. in a DeepSpeed inference engine)."""
+    options = dict(trust_remote_code=trust_remote_code, attn_implementation=attn_implementation, dtype=dtype)
+    brme, tokenizer = load_reward_model(brme_dir, **options)
     stage1 = None
     if (Path(brme_dir) / STAGE1_FOLDER).exists():
-        stage1 = load_reward_model(Path(brme_dir) / STAGE1_FOLDER, trust_remote_code=trust_remote_code)[0]
+        stage1 = load_reward_model(Path(brme_dir) / STAGE1_FOLDER, **options)[0]
     manifest = json.loads((Path(ensemble_dir) / ENSEMBLE_MANIFEST).read_text())
     members = []
     if manifest.get("layout") == "heads":
         (stage1 or brme).attach_member_head(load_member_heads(ensemble_dir).eval())
     else:
-        members = [
-            prepare(load_reward_model(Path(ensemble_dir) / name, trust_remote_code=trust_remote_code)[0])
-            for name in manifest["members"]
-        ]
+        members = [prepare(load_reward_model(Path(ensemble_dir) / name, **options)[0]) for name in manifest["members"]]
     return RewardModels(prepare(brme), tokenizer, members, prepare(stage1) if stage1 is not None else None)
 
 

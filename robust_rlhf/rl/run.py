@@ -17,7 +17,14 @@ import torch
 from tqdm import tqdm
 
 from robust_rlhf.config import Params
-from robust_rlhf.models import disable_dropout, load_backbone, load_causal_lm, load_tokenizer
+from robust_rlhf.models import (
+    disable_dropout,
+    enable_gradient_checkpointing,
+    load_backbone,
+    load_causal_lm,
+    load_tokenizer,
+    model_options,
+)
 from robust_rlhf.reward.scoring import RewardModels, load_reward_models
 from robust_rlhf.rl.normalization import RewardNormalizer
 from robust_rlhf.rl.ppo import (
@@ -71,7 +78,7 @@ class PPOModels:
 
 def build_ppo_models(params: Params, paths: PPOPaths, *, world_size: int) -> PPOModels:
     """Actor and critic engines, the frozen reference policy and the frozen reward models."""
-    config, remote = params.ppo, params.models.trust_remote_code
+    config, remote, options = params.ppo, params.models.trust_remote_code, model_options(params)
 
     def trained(model: torch.nn.Module, learning_rate: float):
         return training_engine(
@@ -86,6 +93,9 @@ def build_ppo_models(params: Params, paths: PPOPaths, *, world_size: int) -> PPO
             total_steps=config.optimizer_steps,
         )
 
+    def checkpointed(model: torch.nn.Module) -> torch.nn.Module:
+        return enable_gradient_checkpointing(model) if config.gradient_checkpointing else model
+
     def frozen(model: torch.nn.Module) -> torch.nn.Module:
         return frozen_model(
             model, deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size, world_size=world_size
@@ -93,14 +103,14 @@ def build_ppo_models(params: Params, paths: PPOPaths, *, world_size: int) -> PPO
 
     tokenizer = load_tokenizer(paths.policy_init, trust_remote_code=remote)
     actor_module, critic_module = build_actor_critic(
-        lambda: disable_dropout(load_causal_lm(paths.policy_init, trust_remote_code=remote)),
-        lambda: disable_dropout(load_backbone(paths.policy_init, trust_remote_code=remote)),
+        lambda: checkpointed(disable_dropout(load_causal_lm(paths.policy_init, **options))),
+        lambda: checkpointed(disable_dropout(load_backbone(paths.policy_init, **options))),
         config.value_model,
     )
     actor = trained(actor_module, config.learning_rate)
     critic = None if critic_module is None else trained(critic_module, config.critic_learning_rate)
-    ref_model = frozen(disable_dropout(load_causal_lm(paths.policy_init, trust_remote_code=remote)))
-    reward_models = load_reward_models(paths.reward, paths.ensemble, trust_remote_code=remote, prepare=frozen)
+    ref_model = frozen(disable_dropout(load_causal_lm(paths.policy_init, **options)))
+    reward_models = load_reward_models(paths.reward, paths.ensemble, **options, prepare=frozen)
     return PPOModels(tokenizer, actor, critic, ref_model, reward_models)
 
 

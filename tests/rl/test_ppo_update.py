@@ -66,8 +66,8 @@ def fixed_rollout(policy, vocab_size: int, config: PPOParams) -> Rollout:
 def actor_and_critic(tokenizer):
     from robust_rlhf.models import build_tiny_policy
 
-    policy = build_tiny_policy(tokenizer, seed=0)
-    critic = ValueModel(build_tiny_policy(tokenizer, seed=1).model)
+    policy = build_tiny_policy(tokenizer, seed=0, attn_implementation="sdpa")
+    critic = ValueModel(build_tiny_policy(tokenizer, seed=1, attn_implementation="sdpa").model)
     return PlainEngine(policy, lr=1e-2), PlainEngine(critic, lr=1e-2)
 
 
@@ -131,8 +131,9 @@ def test_two_accumulated_micro_batches_give_the_weights_of_one_twice_as_large(tm
                                        learning_rate=1e-2, weight_decay=0.0, total_steps=config.optimizer_steps,
                                        lr_schedule=LRScheduleParams(kind="constant", warmup_steps=0,
                                                                     final_fraction=1.0))
-                       for model in (build_tiny_policy(tokenizer, seed=0),
-                                     ValueModel(build_tiny_policy(tokenizer, seed=1).model))]
+                       for model in (build_tiny_policy(tokenizer, seed=0, attn_implementation="sdpa"),
+                                     ValueModel(build_tiny_policy(tokenizer, seed=1,
+                                                                  attn_implementation="sdpa").model))]
             torch.manual_seed(5)  # the minibatch order's seed: the same permutations in every run
             ppo_update(0, *engines, fixed_rollout(engines[0].module, len(tokenizer), config), config)
             return [full_state_dict(engine) for engine in engines]

@@ -50,7 +50,7 @@ def test_values_read_the_final_hidden_state_before_each_response_token(tiny_poli
 def test_one_backward_of_the_summed_loss_reaches_head_and_backbone(tiny_tokenizer):
     from robust_rlhf.models import build_tiny_policy
 
-    policy = build_tiny_policy(tiny_tokenizer, seed=1)
+    policy = build_tiny_policy(tiny_tokenizer, seed=1, attn_implementation="sdpa")
     batch = [tensor.clone() for tensor in rollout(policy.eval(), tiny_tokenizer)]  # out of inference mode
     actor = PolicyWithValueHead(policy)
     logprobs, _, values = response_logprobs_and_values(actor, *batch)

@@ -1,5 +1,7 @@
 import json
 
+import torch
+
 from robust_rlhf.models import load_causal_lm, load_tokenizer
 from robust_rlhf.runtime.atomic import read_jsonl
 from tests.conftest import tiny_params
@@ -45,7 +47,10 @@ def test_prepare_prompt_sets_are_disjoint(pipeline_run):
 def test_prepare_saves_a_loadable_initial_policy(pipeline_run):
     policy_dir = pipeline_run["policy_init"]
     assert (policy_dir / "model.safetensors").exists()
-    model, tokenizer = load_causal_lm(policy_dir), load_tokenizer(policy_dir)
+    model, tokenizer = (
+        load_causal_lm(policy_dir, attn_implementation="sdpa", dtype=torch.float32),
+        load_tokenizer(policy_dir),
+    )
     assert model.config.vocab_size == len(tokenizer)
 
 

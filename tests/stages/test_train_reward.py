@@ -98,7 +98,7 @@ def test_members_are_standardised_and_brme_heads_centred_on_the_training_respons
 
 
 def test_saved_reward_model_loads_and_scores_k_heads(pipeline_run):
-    model, tokenizer = load_reward_model(pipeline_run["reward"])
+    model, tokenizer = load_reward_model(pipeline_run["reward"], attn_implementation="sdpa", dtype=torch.float32)
     k = tiny_params()["train_reward"]["num_heads"]
     scores = score_texts(model, tokenizer, ["Rate this.", "And this."], ["great fun", "awful"], batch_size=2)
     assert scores["mu"].shape == (2, k) and scores["sigma"].shape == (2, k)
@@ -108,7 +108,7 @@ def test_saved_reward_model_loads_and_scores_k_heads(pipeline_run):
 def test_frozen_backbone_stays_the_initial_policys(pipeline_run):
     """With `finetune_backbone: false` the backbone is the initial policy's, bit for bit (that every
     head trained is tests/reward/test_brme_uncertainty.py's)."""
-    trained, _ = load_reward_model(pipeline_run["reward"])
+    trained, _ = load_reward_model(pipeline_run["reward"], attn_implementation="sdpa", dtype=torch.float32)
     policy_weights = load_file(str(pipeline_run["policy_init"] / "model.safetensors"))
     backbone_weights = trained.backbone.state_dict()
     compared = [name for name in backbone_weights if f"model.{name}" in policy_weights]
@@ -129,7 +129,7 @@ def test_finetuned_backbone_changes_and_members_are_models(pipeline_run, tmp_pat
         },
     )
     assert metrics["train"]["ensemble_layout"] == "models"
-    trained, _ = load_reward_model(tmp_path / "reward")
+    trained, _ = load_reward_model(tmp_path / "reward", attn_implementation="sdpa", dtype=torch.float32)
     policy_weights = load_file(str(pipeline_run["policy_init"] / "model.safetensors"))
     backbone_weights = trained.backbone.state_dict()
     changed = [
@@ -212,5 +212,5 @@ def test_zero_3_bf16_with_trainable_backbone_runs(pipeline_run, tmp_path):
         },
     )
     assert math.isfinite(metrics["train"]["stage2_final_loss"])
-    model, _ = load_reward_model(tmp_path / "reward")
+    model, _ = load_reward_model(tmp_path / "reward", attn_implementation="sdpa", dtype=torch.float32)
     assert all(torch.isfinite(p).all() for p in model.parameters())

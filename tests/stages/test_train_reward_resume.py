@@ -51,7 +51,14 @@ def preference_pairs(count: int, offset: int) -> list[dict]:
 def inputs(tmp_path_factory):
     """A tiny policy (the reward backbone) and preference splits, built in-process: no prepare run."""
     root = tmp_path_factory.mktemp("train_reward_inputs")
-    materialise_policy(TINY_POLICY, root / "policy_init", seed=0, corpus=tokenizer_corpus(), trust_remote_code=False)
+    materialise_policy(
+        TINY_POLICY,
+        root / "policy_init",
+        seed=0,
+        corpus=tokenizer_corpus(),
+        trust_remote_code=False,
+        attn_implementation="sdpa",
+    )
     atomic_write_jsonl(root / "data/prefs_train.jsonl", preference_pairs(24, 0))
     atomic_write_jsonl(root / "data/prefs_val.jsonl", preference_pairs(8, 100))
     atomic_write_jsonl(root / "data/prefs_test.jsonl", preference_pairs(8, 200))
