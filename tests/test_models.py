@@ -155,3 +155,14 @@ def test_model_options_load_bf16_only_under_bf16_precision():
     params = tiny_params()
     params["deepspeed"]["precision"] = "bf16"
     assert model_options(Params.model_validate(params))["dtype"] is torch.bfloat16
+
+
+def test_a_bf16_backbone_scores_with_the_fp32_heads(tiny_tokenizer):
+    # train_reward evaluates its reward models as plain modules: a bf16 backbone feeds fp32 heads.
+    config = RewardModelConfig(num_heads=2, sigma_min=0.01, max_length=16, pooling="last")
+    backbone = build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa").model.to(torch.bfloat16)
+    model = BRMERewardModel(backbone, config, seed=0).eval()
+    input_ids, attention_mask, _ = _inputs(tiny_tokenizer)
+    with torch.no_grad():
+        scores = model(input_ids=input_ids, attention_mask=attention_mask)
+    assert scores["mu"].dtype is torch.float32 and torch.isfinite(scores["mu"]).all()

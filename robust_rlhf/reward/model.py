@@ -129,7 +129,9 @@ class BRMERewardModel(nn.Module):
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled representation, (B, L) -> (B, H): last real token (decoders) or masked mean (encoders)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool_hidden(hidden, attention_mask, self.config.pooling)
+        # A backbone loaded in bf16 (deepspeed.precision bf16) scored outside DeepSpeed meets the fp32
+        # heads: the features go to the heads' dtype (a no-op, no copy, when the two already agree).
+        return pool_hidden(hidden, attention_mask, self.config.pooling).to(self.bt_head.weight.dtype)
 
     def bt_reward(self, pooled: torch.Tensor) -> torch.Tensor:
         """Stage-1 scalar reward. (B, H) -> (B,)."""
