@@ -30,9 +30,7 @@ def add_lora(model: nn.Module, lora: LoRAParams) -> nn.Module:
 
     # `all-linear` is peft's own keyword (every linear layer but the output head), passed as a string.
     targets = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
-    config = LoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, target_modules=targets, lora_dropout=0.0, bias="none"
-    )
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=targets, lora_dropout=0.0, bias="none")
     return get_peft_model(model, config)
 
 
