@@ -11,11 +11,13 @@ base model's own format, which anything that reads a transformers model loads un
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from robust_rlhf.config import LoRAParams
+if TYPE_CHECKING:
+    from robust_rlhf.config import LoRAParams
 
 ADAPTER_DIR = "adapter"  # where a checkpoint folder keeps the adapters (peft's save_pretrained)
 _PEFT_PREFIX = "base_model.model."  # where a PeftModel's state dict puts the base model's keys
@@ -90,11 +92,17 @@ def merged_state_dict(
     return merged
 
 
-def save_adapted(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
-    """Write a peft `model` whose full state dict is `state` into `folder`: the merged weights in the base
-    model's transformers format (safetensors) and the adapters alone under `folder / ADAPTER_DIR`."""
+def save_merged(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Write a peft `model` whose full state dict is `state` into `folder` merged: the base model's
+    transformers format (safetensors), which loads without peft."""
     config = model.peft_config["default"]
     merged = merged_state_dict(state, scaling=config.lora_alpha / config.r, fan_in_fan_out=config.fan_in_fan_out)
     model.get_base_model().save_pretrained(folder, state_dict=merged, safe_serialization=True)
+
+
+def save_adapted(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Write a peft `model` whose full state dict is `state` into `folder`: the merged weights
+    (`save_merged`) and the adapters alone under `folder / ADAPTER_DIR`."""
+    save_merged(model, state, folder)
     # peft picks the adapters' entries out of the full state dict itself (get_peft_model_state_dict).
     model.save_pretrained(folder / ADAPTER_DIR, state_dict=state, safe_serialization=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from robust_rlhf.config import Params, Stage1Params, Stage2Params
+from robust_rlhf.lora import add_lora
 from robust_rlhf.models import load_backbone, load_tokenizer
 from robust_rlhf.reward.centering import anchored_heads, centring_affine, fold_affine
 from robust_rlhf.reward.evaluation import evaluate_reward_models
@@ -406,7 +407,8 @@ class _RewardRun:
 
 
 class _ModelFactory:
-    """Fresh reward models on a fresh copy of the backbone, all of one config."""
+    """Fresh reward models on a fresh copy of the backbone, all of one config; under `train_reward.lora`
+    each backbone carries its own adapters (the same keys in every model, so states move between phases)."""
 
     def __init__(self, source, trust_remote_code: bool, config) -> None:
         self.source, self.trust_remote_code, self.config = source, trust_remote_code, config
@@ -415,7 +417,8 @@ class _ModelFactory:
         self.hidden = backbone_config.hidden_size
 
     def backbone(self):
-        return load_backbone(self.source, trust_remote_code=self.trust_remote_code)
+        backbone = load_backbone(self.source, trust_remote_code=self.trust_remote_code)
+        return add_lora(backbone, self.config.lora) if self.config.lora.enabled else backbone
 
     def _config(self, num_heads: int) -> RewardModelConfig:
         return RewardModelConfig(
