@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robust_rlhf.lora import is_adapted, save_merged
 from robust_rlhf.reward.losses import anchor_penalty, l2_penalty
 
 ENCODER_TYPES = {"bert", "roberta", "distilbert", "xlm-roberta", "mpnet", "deberta", "deberta-v2", "electra"}
@@ -224,7 +225,10 @@ def save_reward_model(model: BRMERewardModel, tokenizer, out_dir: Path, state_di
     from safetensors.torch import save_file
 
     backbone_state = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
-    model.backbone.save_pretrained(out_dir / "backbone", state_dict=backbone_state, safe_serialization=True)
+    if is_adapted(model.backbone):  # merged (train_reward.lora): the saved backbone loads without peft
+        save_merged(model.backbone, backbone_state, out_dir / "backbone")
+    else:
+        model.backbone.save_pretrained(out_dir / "backbone", state_dict=backbone_state, safe_serialization=True)
     tokenizer.save_pretrained(out_dir / "backbone")
     heads = {k: v.contiguous() for k, v in state_dict.items() if not k.startswith("backbone.")}
     save_file(heads, str(out_dir / "heads.safetensors"))

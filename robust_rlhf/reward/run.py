@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from robust_rlhf.config import Params, Stage1Params, Stage2Params
+from robust_rlhf.lora import add_lora
 from robust_rlhf.models import enable_gradient_checkpointing, load_backbone, load_tokenizer, model_options
 from robust_rlhf.reward.centering import anchored_heads, centring_affine, fold_affine
 from robust_rlhf.reward.evaluation import evaluate_reward_models
@@ -414,7 +415,8 @@ class _RewardRun:
 
 
 class _ModelFactory:
-    """Fresh reward models on a fresh copy of the backbone, all of one config."""
+    """Fresh reward models on a fresh copy of the backbone, all of one config; under `train_reward.lora`
+    each backbone carries its own adapters (the same keys in every model, so states move between phases)."""
 
     def __init__(self, source, options: dict, config) -> None:
         # options: the loader keywords (robust_rlhf/models.py model_options)
@@ -425,8 +427,10 @@ class _ModelFactory:
 
     def backbone(self):
         backbone = load_backbone(self.source, **self.options)
-        # The params allow it only with finetune_backbone, where the backbone is trained.
-        return enable_gradient_checkpointing(backbone) if self.config.gradient_checkpointing else backbone
+        # The params allow both only with finetune_backbone, where the backbone is trained.
+        if self.config.gradient_checkpointing:
+            backbone = enable_gradient_checkpointing(backbone)
+        return add_lora(backbone, self.config.lora) if self.config.lora.enabled else backbone
 
     def _config(self, num_heads: int) -> RewardModelConfig:
         return RewardModelConfig(

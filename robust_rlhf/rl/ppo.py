@@ -3,7 +3,8 @@ whiten -> minibatch epochs of clipped losses -> log (Ziegler et al. 2019; docs/m
 
 Actor and critic are DeepSpeed engines; the reference policy and the reward model are frozen. The
 critic is a separate model, or (`ppo.value_model: shared`) a value head on the actor's backbone, in
-which case the actor engine wraps a `PolicyWithValueHead` and there is no critic engine.
+which case the actor engine wraps a `PolicyWithValueHead` and there is no critic engine. Under
+`ppo.lora` actor and critic train adapters, and the reference is the actor with them disabled.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from robust_rlhf.config import AggregationParams, MethodParams, PPOParams
+from robust_rlhf.config import AggregationParams, LoRAParams, MethodParams, PPOParams
 from robust_rlhf.generation import (
     decode,
     encode_prompts,
@@ -25,6 +26,7 @@ from robust_rlhf.generation import (
     sample_responses,
     truncated,
 )
+from robust_rlhf.lora import AdaptersDisabled, add_lora
 from robust_rlhf.reward.metrics import head_disagreement, head_shares
 from robust_rlhf.reward.scoring import RewardModels, every_aggregation, method_rewards
 from robust_rlhf.rl.gae import gae
@@ -96,12 +98,29 @@ class PolicyWithValueHead(nn.Module):
         return self.value_head(last_hidden).squeeze(-1).float()
 
 
-def build_actor_critic(load_policy, load_backbone, value_model: str) -> tuple[nn.Module, nn.Module | None]:
+def build_actor_critic(
+    load_policy, load_backbone, value_model: str, *, lora: LoRAParams
+) -> tuple[nn.Module, nn.Module | None]:
     """The actor module and the critic module (None when the value head shares the actor's backbone).
-    `load_policy()` / `load_backbone()` load fresh copies of the initial policy and of its backbone."""
+    `load_policy()` / `load_backbone()` load fresh copies of the initial policy and of its backbone.
+    With `lora.enabled` each of them carries its own adapters and only those (and the value heads,
+    added after, so never frozen) train."""
+    if lora.enabled:
+        load_policy = _adapted(load_policy, lora)
+        load_backbone = _adapted(load_backbone, lora)
     if value_model == "shared":
         return PolicyWithValueHead(load_policy()), None
     return load_policy(), ValueModel(load_backbone())
+
+
+def _adapted(load, lora: LoRAParams):
+    return lambda: add_lora(load(), lora)
+
+
+def reference_policy(actor) -> nn.Module:
+    """Under `ppo.lora`, the reference policy: the actor's own causal LM with its adapters disabled, i.e.
+    the initial policy, with no second copy of its weights."""
+    return AdaptersDisabled(policy_module(actor))
 
 
 def policy_module(actor) -> nn.Module:

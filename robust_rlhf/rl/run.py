@@ -33,6 +33,7 @@ from robust_rlhf.rl.ppo import (
     policy_state_dict,
     ppo_step,
     rank_sampling_seed,
+    reference_policy,
     reference_reward_moments,
     rollout_prompts,
 )
@@ -77,7 +78,8 @@ class PPOModels:
 
 
 def build_ppo_models(params: Params, paths: PPOPaths, *, world_size: int) -> PPOModels:
-    """Actor and critic engines, the frozen reference policy and the frozen reward models."""
+    """Actor and critic engines, the frozen reference policy and the frozen reward models. Under `ppo.lora`
+    the reference is the actor engine's module with its adapters disabled, not an engine of its own."""
     config, remote, options = params.ppo, params.models.trust_remote_code, model_options(params)
 
     def trained(model: torch.nn.Module, learning_rate: float):
@@ -106,10 +108,14 @@ def build_ppo_models(params: Params, paths: PPOPaths, *, world_size: int) -> PPO
         lambda: checkpointed(disable_dropout(load_causal_lm(paths.policy_init, **options))),
         lambda: checkpointed(disable_dropout(load_backbone(paths.policy_init, **options))),
         config.value_model,
+        lora=config.lora,
     )
     actor = trained(actor_module, config.learning_rate)
     critic = None if critic_module is None else trained(critic_module, config.critic_learning_rate)
-    ref_model = frozen(disable_dropout(load_causal_lm(paths.policy_init, **options)))
+    if config.lora.enabled:  # the initial policy is the actor without its adapters: one copy of the weights
+        ref_model = reference_policy(actor)
+    else:
+        ref_model = frozen(disable_dropout(load_causal_lm(paths.policy_init, **options)))
     reward_models = load_reward_models(paths.reward, paths.ensemble, **options, prepare=frozen)
     return PPOModels(tokenizer, actor, critic, ref_model, reward_models)
 

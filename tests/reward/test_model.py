@@ -73,3 +73,35 @@ def test_l2_linear_heads_return_the_l2_term_and_keep_linear_keys():
     assert torch.equal(rewards, base(torch.ones(3, 2)))
     assert term.item() == pytest.approx(0.05 * base.weight.pow(2).sum(dim=1).mean().item())
     assert set(heads.state_dict()) == {"weight", "bias"}
+
+
+def test_reward_model_with_adapted_backbone_saves_merged_and_scores_the_same_after_reload(tiny_tokenizer, tmp_path):
+    from robust_rlhf.config import LoRAParams
+    from robust_rlhf.lora import add_lora
+    from robust_rlhf.models import build_tiny_policy
+    from robust_rlhf.reward.model import (
+        BRMERewardModel,
+        RewardModelConfig,
+        load_reward_model,
+        save_reward_model,
+        score_texts,
+    )
+
+    lora = LoRAParams(enabled=True, rank=4, alpha=8.0, target_modules=["all-linear"])
+    backbone = add_lora(build_tiny_policy(tiny_tokenizer, seed=0).model, lora)
+    config = RewardModelConfig(num_heads=3, sigma_min=0.01, pooling="last", max_length=32)
+    model = BRMERewardModel(backbone, config, seed=0).eval()
+    with torch.no_grad():  # trained adapters: B != 0, so the merged backbone differs from the base
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(1))
+    save_reward_model(model, tiny_tokenizer, tmp_path, model.state_dict())
+    reloaded, tokenizer = load_reward_model(tmp_path)
+    assert not any("lora" in name for name in reloaded.state_dict())  # a plain backbone: no peft to load it
+    texts = (["Rate this.", "And this one?"], ["great fun", "awful, really"])
+    expected = score_texts(model, tokenizer, *texts, batch_size=2)
+    got = score_texts(reloaded, tokenizer, *texts, batch_size=2)
+    for key in ("mu", "sigma"):
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-5)
+    base = BRMERewardModel(build_tiny_policy(tiny_tokenizer, seed=0).model, config, seed=0).eval()
+    assert not torch.allclose(score_texts(base, tokenizer, *texts, batch_size=2)["mu"], got["mu"], atol=1e-4)

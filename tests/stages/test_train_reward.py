@@ -214,3 +214,37 @@ def test_zero_3_bf16_with_trainable_backbone_runs(pipeline_run, tmp_path):
     assert math.isfinite(metrics["train"]["stage2_final_loss"])
     model, _ = load_reward_model(tmp_path / "reward", attn_implementation="sdpa", dtype=torch.float32)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_finetuned_backbone_with_lora_saves_a_merged_backbone_that_changed(pipeline_run, tmp_path):
+    """`train_reward.lora`: the backbones train adapters and are saved merged, so every reader loads a
+    plain transformers backbone whose weights moved from the initial policy's."""
+    metrics = _train_reward(
+        pipeline_run,
+        tmp_path,
+        **{
+            "train_reward.finetune_backbone": True,
+            "train_reward.lora.enabled": True,
+            "train_reward.stage1.learning_rate": 1e-3,
+            "train_reward.stage1.epochs": 1,
+            "train_reward.stage2.freeze_backbone": False,
+            "train_reward.stage2.epochs": 1,
+            "train_reward.ensemble_size": 2,
+        },
+    )
+    assert math.isfinite(metrics["train"]["stage2_final_loss"])
+    trained, _ = load_reward_model(tmp_path / "reward")
+    policy_weights = load_file(str(pipeline_run["policy_init"] / "model.safetensors"))
+    backbone_weights = trained.backbone.state_dict()
+    assert not any("lora" in name for name in backbone_weights)
+    changed = [
+        name
+        for name, value in backbone_weights.items()
+        if f"model.{name}" in policy_weights and not torch.equal(value, policy_weights[f"model.{name}"])
+    ]
+    # all-linear: the attention and MLP projections moved; embeddings and norms are not adapted
+    assert any("q_proj" in name for name in changed) and not any("norm" in name for name in changed)
+    models = load_reward_models(tmp_path / "reward", tmp_path / "ensemble", trust_remote_code=False)
+    assert len(models.ensemble) == 2
+    scores = _val_scores(tmp_path / "reward", tmp_path / "ensemble", pipeline_run)
+    assert all(torch.isfinite(mu).all() for mu, _ in scores.values())
