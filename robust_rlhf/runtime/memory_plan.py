@@ -426,7 +426,10 @@ def check_stage_fits(params, stage: str) -> None:
     available = available_memory_gib(params.launcher.device_memory_gib)
     if available is None:
         return
-    memory = next(m for m in plan_stages(params) if m.stage == stage)
+    try:
+        memory = next(m for m in plan_stages(params) if m.stage == stage)
+    except FileNotFoundError as error:  # a model whose config is nowhere: say so, exit 2 (stages/cli.py)
+        raise StageInputError(str(error)) from None
     short = shortfall_gib(memory, available)
     if short > 0:
         raise StageInputError(
