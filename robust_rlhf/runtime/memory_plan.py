@@ -61,6 +61,8 @@ def trained_model_states(
         offload_param: ZeRO-3's weights live in CPU memory; only the gathered layer is on the device.
         largest_layer_params: the largest module's parameter count, gathered in full under ZeRO-3.
     """
+    # DeepSpeed's estimators cover a fully trained 16-bit model; fp32, ZeRO-0/1 and LoRA (frozen base
+    # weights) take the paper's counts below.
     if precision != "fp32" and zero_stage in (2, 3) and num_params == trainable_params:
         return deepspeed_model_states(
             num_params,
