@@ -15,6 +15,7 @@ from robust_rlhf.data.task import split_prompts, tokenizer_corpus, topic_of
 from robust_rlhf.models import load_causal_lm, load_tokenizer, materialise_policy, model_options
 from robust_rlhf.runtime.atomic import atomic_directory, atomic_write_jsonl
 from robust_rlhf.runtime.distributed import frozen_model, init_distributed
+from robust_rlhf.runtime.memory_plan import check_stage_fits
 
 SPLITS = ("train", "val", "test")
 DVC_SOURCES_DIR = "data_sources"  # a dep of prepare in dvc.yaml: local preference files belong here
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 def run_prepare(params: Params, *, data: Path, policy: Path) -> dict:
     """Materialise the initial policy into `policy` and write the data splits into `data`; return the metrics."""
     config = params.prepare
+    check_stage_fits(params, "prepare")  # before any model loads: refuse a run that cannot fit
     world_size = init_distributed()
     with atomic_directory(policy) as policy_tmp:
         materialise_policy(

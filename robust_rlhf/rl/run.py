@@ -51,6 +51,7 @@ from robust_rlhf.runtime.distributed import (
     weight_norm,
 )
 from robust_rlhf.runtime.guards import check_finite, check_ppo_step
+from robust_rlhf.runtime.memory_plan import check_stage_fits
 from robust_rlhf.runtime.metrics import StepLog
 from robust_rlhf.runtime.resume import load_state, prune_finished, restore_engines, run_key, save_state
 
@@ -124,6 +125,7 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     """Train the initial policy with PPO on `method`'s reward; return the run's metrics."""
     config, method_params = params.ppo, params.methods[method]
     name = f"ppo@{method}-{seed}"
+    check_stage_fits(params, "ppo")  # before any model loads: refuse a run that cannot fit
     # The run's seed drives the critic's head init, sampling and minibatch order; data and reward
     # models come from `seed`, shared by every run.
     seed_everything(seed)
