@@ -35,14 +35,14 @@ def trained_one_step(model, input_ids):
 
 
 def test_adapted_model_equals_its_base_at_init(tiny_tokenizer, tiny_policy, input_ids):
-    adapted = add_lora(build_tiny_policy(tiny_tokenizer, seed=0), LORA).eval()
+    adapted = add_lora(build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa"), LORA).eval()
     assert is_adapted(adapted) and not is_adapted(tiny_policy)
     # peft starts B at zero: not close, equal
     assert torch.equal(adapted(input_ids=input_ids).logits, tiny_policy(input_ids=input_ids).logits)
 
 
 def test_only_the_adapters_train(tiny_tokenizer):
-    adapted = add_lora(build_tiny_policy(tiny_tokenizer, seed=0), LORA)
+    adapted = add_lora(build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa"), LORA)
     trainable = [name for name, p in adapted.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable)
     # all-linear: every projection of every layer, not the (tied) output head
@@ -52,7 +52,9 @@ def test_only_the_adapters_train(tiny_tokenizer):
 
 
 def test_adapters_disabled_is_the_base_after_training(tiny_tokenizer, tiny_policy, input_ids):
-    adapted = trained_one_step(add_lora(build_tiny_policy(tiny_tokenizer, seed=0), LORA), input_ids)
+    adapted = trained_one_step(
+        add_lora(build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa"), LORA), input_ids
+    )
     base_logits = tiny_policy(input_ids=input_ids).logits
     assert not torch.allclose(adapted(input_ids=input_ids).logits, base_logits, atol=1e-3)
     reference = AdaptersDisabled(adapted)(input_ids=input_ids).logits
@@ -82,22 +84,26 @@ def test_merge_is_w_plus_scaled_b_a():
 def test_saved_folder_loads_back_as_the_trained_model(tiny_tokenizer, input_ids, tmp_path):
     from peft import PeftModel
 
-    adapted = trained_one_step(add_lora(build_tiny_policy(tiny_tokenizer, seed=0), LORA), input_ids)
+    adapted = trained_one_step(
+        add_lora(build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa"), LORA), input_ids
+    )
     expected = adapted(input_ids=input_ids).logits
     save_adapted(adapted, adapted.state_dict(), tmp_path)
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / ADAPTER_DIR).iterdir()}
-    merged = load_causal_lm(tmp_path).eval()
+    merged = load_causal_lm(tmp_path, attn_implementation="sdpa", dtype=torch.float32).eval()
     torch.testing.assert_close(merged(input_ids=input_ids).logits, expected, atol=1e-5, rtol=1e-5)
-    reloaded = PeftModel.from_pretrained(build_tiny_policy(tiny_tokenizer, seed=0), tmp_path / ADAPTER_DIR).eval()
+    reloaded = PeftModel.from_pretrained(
+        build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa"), tmp_path / ADAPTER_DIR
+    ).eval()
     torch.testing.assert_close(reloaded(input_ids=input_ids).logits, expected, atol=1e-6, rtol=1e-6)
 
 
 def test_actor_critic_under_lora_train_adapters_and_value_heads(tiny_tokenizer):
     def policy():
-        return build_tiny_policy(tiny_tokenizer, seed=0)
+        return build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa")
 
     def backbone():
-        return build_tiny_policy(tiny_tokenizer, seed=0).model
+        return build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa").model
 
     actor, critic = build_actor_critic(policy, backbone, "separate", lora=LORA)
     assert is_adapted(actor) and isinstance(critic, ValueModel) and is_adapted(critic.backbone)
@@ -116,6 +122,6 @@ def test_actor_critic_under_lora_train_adapters_and_value_heads(tiny_tokenizer):
 
 
 def test_reference_policy_is_the_actor_without_adapters(tiny_tokenizer):
-    actor = PolicyWithValueHead(add_lora(build_tiny_policy(tiny_tokenizer, seed=0), LORA))
+    actor = PolicyWithValueHead(add_lora(build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa"), LORA))
     reference = reference_policy(PlainEngine(actor))
     assert reference.adapted is policy_module(PlainEngine(actor))  # the same weights, not a copy

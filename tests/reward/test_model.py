@@ -88,7 +88,7 @@ def test_reward_model_with_adapted_backbone_saves_merged_and_scores_the_same_aft
     )
 
     lora = LoRAParams(enabled=True, rank=4, alpha=8.0, target_modules=["all-linear"])
-    backbone = add_lora(build_tiny_policy(tiny_tokenizer, seed=0).model, lora)
+    backbone = add_lora(build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa").model, lora)
     config = RewardModelConfig(num_heads=3, sigma_min=0.01, pooling="last", max_length=32)
     model = BRMERewardModel(backbone, config, seed=0).eval()
     with torch.no_grad():  # trained adapters: B != 0, so the merged backbone differs from the base
@@ -96,12 +96,14 @@ def test_reward_model_with_adapted_backbone_saves_merged_and_scores_the_same_aft
             if "lora_B" in name:
                 parameter.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(1))
     save_reward_model(model, tiny_tokenizer, tmp_path, model.state_dict())
-    reloaded, tokenizer = load_reward_model(tmp_path)
+    reloaded, tokenizer = load_reward_model(tmp_path, attn_implementation="sdpa", dtype=torch.float32)
     assert not any("lora" in name for name in reloaded.state_dict())  # a plain backbone: no peft to load it
     texts = (["Rate this.", "And this one?"], ["great fun", "awful, really"])
     expected = score_texts(model, tokenizer, *texts, batch_size=2)
     got = score_texts(reloaded, tokenizer, *texts, batch_size=2)
     for key in ("mu", "sigma"):
         torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-5)
-    base = BRMERewardModel(build_tiny_policy(tiny_tokenizer, seed=0).model, config, seed=0).eval()
+    base = BRMERewardModel(
+        build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa").model, config, seed=0
+    ).eval()
     assert not torch.allclose(score_texts(base, tokenizer, *texts, batch_size=2)["mu"], got["mu"], atol=1e-4)

@@ -24,8 +24,8 @@ def test_reference_is_the_initial_policy_after_an_update(tiny_tokenizer, tiny_po
 
     config = ppo_config()
     actor_module, critic_module = build_actor_critic(
-        lambda: build_tiny_policy(tiny_tokenizer, seed=0),
-        lambda: build_tiny_policy(tiny_tokenizer, seed=1).model,
+        lambda: build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa"),
+        lambda: build_tiny_policy(tiny_tokenizer, seed=1, attn_implementation="sdpa").model,
         "separate",
         lora=LORA,
     )
@@ -53,7 +53,7 @@ def test_deepspeed_actor_with_adapters_updates_references_and_resumes(tmp_path):
         import json
         from pathlib import Path
         import torch
-        from robust_rlhf.config import DeepSpeedParams
+        from robust_rlhf.config import DeepSpeedParams, LRScheduleParams
         from robust_rlhf.data.task import tokenizer_corpus
         from robust_rlhf.generation import forward_response
         from robust_rlhf.models import build_tiny_policy, build_tiny_tokenizer
@@ -70,16 +70,19 @@ def test_deepspeed_actor_with_adapters_updates_references_and_resumes(tmp_path):
 
         def engines():
             torch.manual_seed(3)
-            modules = build_actor_critic(lambda: build_tiny_policy(tokenizer, seed=0),
-                                         lambda: build_tiny_policy(tokenizer, seed=1).model, "separate", lora=LORA)
+            modules = build_actor_critic(lambda: build_tiny_policy(tokenizer, seed=0, attn_implementation="sdpa"),
+                                         lambda: build_tiny_policy(tokenizer, seed=1, attn_implementation="sdpa").model,
+                                         "separate", lora=LORA)
+            schedule = LRScheduleParams(kind="constant", warmup_steps=0, final_fraction=1.0)
             return [training_engine(m, deepspeed=deepspeed, micro_batch_size=4, gradient_accumulation_steps=1,
-                                    world_size=1, learning_rate=1e-2, weight_decay=0.0) for m in modules]
+                                    world_size=1, learning_rate=1e-2, weight_decay=0.0, lr_schedule=schedule,
+                                    total_steps=config.optimizer_steps) for m in modules]
 
         actor, critic = engines()
         reference = reference_policy(actor)
         rollout = fixed_rollout(actor.module, len(tokenizer), config)
         batch = (rollout.query_ids, rollout.query_mask, rollout.response_ids, rollout.response_mask)
-        base = build_tiny_policy(tokenizer, seed=0).eval()
+        base = build_tiny_policy(tokenizer, seed=0, attn_implementation="sdpa").eval()
 
         def logprobs(model):
             with torch.inference_mode():

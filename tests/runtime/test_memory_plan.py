@@ -81,7 +81,7 @@ def test_shapes_count_parameters_exactly_without_downloading(tiny_tokenizer):
     from robust_rlhf.models import build_tiny_policy
 
     tiny = model_shape("tiny-random", trust_remote_code=False)
-    model = build_tiny_policy(tiny_tokenizer, seed=0)
+    model = build_tiny_policy(tiny_tokenizer, seed=0, attn_implementation="sdpa")
     assert tiny.num_params == sum(p.numel() for p in model.parameters())
     assert (tiny.layers, tiny.hidden, tiny.kv_heads, tiny.head_dim) == (2, 64, 2, 16)
     # Offline and not cached: the published config.json (Qwen2.5-0.5B: 494,032,768 weights, tied).

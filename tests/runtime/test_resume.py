@@ -226,9 +226,9 @@ def test_deepspeed_checkpoints_of_every_zero_stage_load_without_unpickling(tmp_p
         for zero_stage in (0, 2, 3):
             for precision in ("fp32", "bf16"):
                 folder = Path(f"z{zero_stage}-{precision}")
-                config = deepspeed_config(deepspeed=DeepSpeedParams(zero_stage=zero_stage, precision=precision,
-                                                                            gradient_clipping=1.0, offload_optimizer='none',
-                                                                            offload_param='none'),
+                deepspeed = DeepSpeedParams(zero_stage=zero_stage, precision=precision, gradient_clipping=1.0,
+                                            offload_optimizer='none', offload_param='none')
+                config = deepspeed_config(deepspeed=deepspeed,
                                           micro_batch_size=2, gradient_accumulation_steps=1, world_size=1,
                                           learning_rate=0.1, weight_decay=0.0)
                 torch.manual_seed(0)

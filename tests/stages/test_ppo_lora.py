@@ -36,9 +36,12 @@ def test_ppo_with_lora_saves_adapters_and_a_loadable_merged_policy(
     assert [c["step"] for c in checkpoints] == [1, 2]
     folder = tmp_path / "p" / checkpoints[-1]["path"]
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (folder / ADAPTER_DIR).iterdir()}
-    merged = load_causal_lm(folder).eval()
-    initial = load_causal_lm(pipeline_run["policy_init"]).eval()
-    adapted = PeftModel.from_pretrained(load_causal_lm(pipeline_run["policy_init"]), folder / ADAPTER_DIR).eval()
+    merged = load_causal_lm(folder, attn_implementation="sdpa", dtype=torch.float32).eval()
+    initial = load_causal_lm(pipeline_run["policy_init"], attn_implementation="sdpa", dtype=torch.float32).eval()
+    adapted = PeftModel.from_pretrained(
+        load_causal_lm(pipeline_run["policy_init"], attn_implementation="sdpa", dtype=torch.float32),
+        folder / ADAPTER_DIR,
+    ).eval()
     input_ids = torch.randint(3, merged.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         logits = merged(input_ids=input_ids).logits.float()
