@@ -588,7 +588,7 @@ def resume_params(params: Params, *, world_size: int) -> dict:
     taken) nor `min_val_accuracy` (a check after training): neither changes what is trained."""
     return {
         "seed": params.seed,
-        "models": params.models.model_dump(include={"reward_backbone", "trust_remote_code"}),
+        "models": params.models.model_dump(include={"reward_backbone", "trust_remote_code", "attn_implementation"}),
         "deepspeed": params.deepspeed.model_dump(),
         "train_reward": params.train_reward.model_dump(exclude={"checkpoint_every", "min_val_accuracy"}),
         "world_size": world_size,

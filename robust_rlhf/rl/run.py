@@ -145,6 +145,7 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
             "ppo": config.model_dump(exclude={"resume_every", "guards"}),
             "aggregation": params.aggregation.model_dump(),
             "deepspeed": params.deepspeed.model_dump(),
+            "attn_implementation": params.models.attn_implementation,  # kernels differ in rounding
             "max_prompt_tokens": max_prompt_tokens,
             "world_size": world_size,
         },
