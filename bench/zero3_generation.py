@@ -51,7 +51,7 @@ def sampling_times(model: torch.nn.Module, tokenizer, *, max_new_tokens: int, re
             torch.ones_like(query),
             max_new_tokens=max_new_tokens,
             temperature=1.0,
-            eos_token_id=-1,  # never stops early: every draw samples max_new_tokens
+            eos_token_id=tokenizer.eos_token_id,  # both draws stop where the same seed makes them stop
             pad_token_id=tokenizer.pad_token_id,
         ).ids
 
