@@ -144,3 +144,29 @@ def test_zero3_with_cpu_offload_trains_as_zero0(tmp_path):
         print("ok")
     """,
     )
+
+
+@pytest.mark.slow
+def test_a_submodule_is_gathered_through_its_engine_root(tmp_path):
+    # PPO samples `policy_module(actor)`: the causal LM inside a shared-value-head actor engine.
+    _run(
+        tmp_path,
+        """
+        from robust_rlhf.rl.ppo import PolicyWithValueHead
+        reference = engine(0).module
+        config = deepspeed_config(
+            deepspeed=DeepSpeedParams(zero_stage=3, precision="fp32", gradient_clipping=1.0,
+                                      offload_optimizer="none", offload_param="none"),
+            micro_batch_size=2, gradient_accumulation_steps=1, world_size=1, learning_rate=1e-2, weight_decay=0.0)
+        config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+        actor = initialize_engine(PolicyWithValueHead(build_tiny_policy(tokenizer, seed=0)), config)
+        with gathered_for_generation(actor.module.policy) as module:
+            assert torch.equal(draw(module, 4), draw(reference, 4))
+        ids = torch.cat([query, query], 1)
+        positions = torch.arange(ids.shape[1]).expand_as(ids)
+        logits, values = actor(ids, torch.ones_like(ids), positions, logits_to_keep=3)
+        actor.backward(values.sum() + logits.float().logsumexp(-1).sum())  # the hooks are back: it trains
+        actor.step()
+        print("ok")
+    """,
+    )
