@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from robust_rlhf.data.gold import GoldScorer, masked_token_mean
 from robust_rlhf.generation import decode, encode_prompts, sample, sample_responses
+from robust_rlhf.runtime.distributed import gathered_for_generation
 
 
 def label_pair(gold_a: float, gold_b: float, *, mode: str, label_noise: float, rng: random.Random) -> tuple[bool, bool]:
@@ -58,17 +59,18 @@ def sample_preference_pairs(
         batch_prompts = prompts[start : start + batch_size]
         query_ids, query_mask = encode_prompts(tokenizer, batch_prompts, max_prompt_tokens=max_prompt_tokens)
         # Both responses of a prompt in one pass that shares the prompt's prefill; rows alternate a, b.
-        sampled = sample(
-            policy,
-            query_ids,
-            query_mask,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            with_logprobs=True,
-            samples_per_query=2,
-        )
+        with gathered_for_generation(policy):
+            sampled = sample(
+                policy,
+                query_ids,
+                query_mask,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                with_logprobs=True,
+                samples_per_query=2,
+            )
         both = decode(tokenizer, sampled.ids, sampled.mask)
         scores = gold(
             [prompt for prompt in batch_prompts for _ in range(2)],
@@ -121,15 +123,16 @@ def sample_shifted_responses(
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
         batch_prompts = prompts[start : start + batch_size]
         query_ids, query_mask = encode_prompts(tokenizer, batch_prompts, max_prompt_tokens=max_prompt_tokens)
-        response_ids, response_mask = sample_responses(
-            policy,
-            query_ids,
-            query_mask,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        with gathered_for_generation(policy):
+            response_ids, response_mask = sample_responses(
+                policy,
+                query_ids,
+                query_mask,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         rows += [
             {"prompt": prompt, "response": response}
             for prompt, response in zip(batch_prompts, decode(tokenizer, response_ids, response_mask))

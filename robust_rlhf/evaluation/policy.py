@@ -14,6 +14,7 @@ from robust_rlhf.generation import decode, encode_prompts, forward_response, sam
 from robust_rlhf.reward.metrics import head_disagreement
 from robust_rlhf.reward.scoring import RewardModels, method_rewards
 from robust_rlhf.rl.kl import sequence_kl
+from robust_rlhf.runtime.distributed import gathered_for_generation
 
 
 @torch.inference_mode()
@@ -61,17 +62,18 @@ def evaluate_policy(
         )
         # The policy's log-probs come with the sample (generate's logits): one forward less per batch. The
         # initial policy is the reference itself: its KL is 0 by definition, no forward needed.
-        sampled = sample(
-            policy,
-            query_ids,
-            query_mask,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            with_logprobs=True,
-            samples_per_query=samples_per_prompt,
-        )
+        with gathered_for_generation(policy):
+            sampled = sample(
+                policy,
+                query_ids,
+                query_mask,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                with_logprobs=True,
+                samples_per_query=samples_per_prompt,
+            )
         ids, mask = sampled.ids, sampled.mask
         queries = [t.repeat_interleave(samples_per_prompt, dim=0) for t in (query_ids, query_mask)]
         if is_reference:

@@ -33,7 +33,7 @@ from robust_rlhf.rl.gae import gae
 from robust_rlhf.rl.kl import kl_k1, sequence_kl
 from robust_rlhf.rl.losses import kl_shaped_rewards, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
 from robust_rlhf.rl.normalization import RewardNormalizer
-from robust_rlhf.runtime.distributed import gather_from_ranks
+from robust_rlhf.runtime.distributed import gather_from_ranks, gathered_for_generation
 from robust_rlhf.runtime.guards import check_finite
 
 
@@ -186,15 +186,16 @@ def reference_reward_moments(
         query_ids, query_mask = (
             t.to(device) for t in encode_prompts(tokenizer, batch, max_prompt_tokens=max_prompt_tokens)
         )
-        response_ids, response_mask = sample_responses(
-            policy,
-            query_ids,
-            query_mask,
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        with gathered_for_generation(policy):
+            response_ids, response_mask = sample_responses(
+                policy,
+                query_ids,
+                query_mask,
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         scores = reward_models.score(batch, decode(tokenizer, response_ids, response_mask), batch_size=len(batch))
         check_scores_finite(scores, step=0)
         rewards.append(method_rewards(scores, {"reference": method}, aggregation)["reference"])
@@ -242,17 +243,18 @@ def ppo_step(
     query_ids, query_mask = (
         t.to(device) for t in encode_prompts(tokenizer, prompts, max_prompt_tokens=max_prompt_tokens)
     )
-    sampled = sample(
-        policy_module(actor),
-        query_ids,
-        query_mask,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        with_logprobs=True,
-        with_hidden=shared_value_head,
-    )
+    with gathered_for_generation(policy_module(actor)):
+        sampled = sample(
+            policy_module(actor),
+            query_ids,
+            query_mask,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            with_logprobs=True,
+            with_hidden=shared_value_head,
+        )
     response_ids, response_mask, logprobs = sampled.ids, sampled.mask, sampled.logprobs
     responses = decode(tokenizer, response_ids, response_mask)
     with torch.inference_mode():

@@ -57,6 +57,14 @@ def deepspeed_config(
         "steps_per_print": 10**9,  # our own progress lines say what matters
         "wall_clock_breakdown": False,
     }
+    # ZeRO-Offload keeps `torch_adam`: DeepSpeed builds the config's optimizer as torch's AdamW on the
+    # CPU-resident fp32 partitions (engine.get_optimizer_configuration returns it before choosing
+    # DeepSpeedCPUAdam), so offload needs no JIT-compiled op; the fused kernel runs on CPU tensors too.
+    # Pinned host memory makes the device<->host copies asynchronous; it exists only with CUDA.
+    if deepspeed.offload_optimizer == "cpu":
+        config["zero_optimization"]["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if deepspeed.offload_param == "cpu":
+        config["zero_optimization"]["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if learning_rate is not None:
         if weight_decay is None:
             raise ValueError("a DeepSpeed config with an optimizer needs its weight_decay")
@@ -193,6 +201,69 @@ def frozen_model(
             learning_rate=None,
         ),
     ).module
+
+
+def _zero3_offload(module: torch.nn.Module):
+    """The DeepSpeedZeRoOffload whose ZeRO-3 hooks sit on `module` (the engine's module or a submodule,
+    e.g. the policy inside a shared-value-head actor); None if it has none.
+
+    `frozen_model` hands back the engine's module, not the engine, so the offload object is found from
+    the module: each of its forward pre-hooks is a closure over it (parameter_offload.py,
+    `setup_zero_stage3_hooks` and `_register_deepspeed_module`)."""
+    from deepspeed.runtime.zero.parameter_offload import DeepSpeedZeRoOffload
+
+    # The hooks come wrapped (instrument_w_nvtx, torch.compiler.disable): look through the wrappers too.
+    functions, seen = list(module._forward_pre_hooks.values()), set()
+    while functions:
+        function = functions.pop()
+        if id(function) in seen:
+            continue
+        seen.add(id(function))
+        for cell in getattr(function, "__closure__", None) or ():
+            contents = cell.cell_contents
+            if isinstance(contents, DeepSpeedZeRoOffload):
+                return contents
+            if callable(contents):
+                functions.append(contents)
+        if hasattr(function, "__wrapped__"):
+            functions.append(function.__wrapped__)
+    return None
+
+
+@contextlib.contextmanager
+def gathered_for_generation(module: torch.nn.Module):
+    """Hold every ZeRO-3 parameter of `module` gathered for a whole rollout; a no-op for unpartitioned ones.
+
+    ZeRO-3's per-submodule hooks fetch a layer's parameters before its forward and release them after,
+    so sampling T tokens all-gathers the model T times. Here it is gathered once and the hooks are
+    removed meanwhile (as TRL's unwrap_model_for_generation does), then re-registered on exit so that
+    training forwards and backwards partition again. Memory: the full model on every rank for the
+    duration.
+    """
+    if not any(hasattr(parameter, "ds_id") for parameter in module.parameters()):
+        yield module
+        return
+    import deepspeed
+
+    offload = _zero3_offload(module)
+    if offload is None:
+        raise RuntimeError("a ZeRO-3 partitioned module without DeepSpeed's hooks: pass the engine's module")
+    # The whole engine module (a submodule's hooks are its root's), so no hook is left that would
+    # release a parameter the submodule shares with its root.
+    root = offload.module
+    with deepspeed.zero.GatheredParameters(list(root.parameters())):
+        # The root's start-of-forward hook (the coordinator's step reset) stays; the per-submodule fetch
+        # and release hooks go, and the record of which submodules hold a parameter with them.
+        for hook in offload.forward_hooks + offload.backward_hooks:
+            hook.remove()
+        offload.forward_hooks, offload.backward_hooks = [], []
+        for parameter in root.parameters():
+            parameter.ds_active_sub_modules.clear()
+        try:
+            yield module
+        finally:
+            # Re-registering on the root also invalidates the coordinator's recorded fetch order.
+            offload._register_deepspeed_module(root)
 
 
 def full_state_dict(engine) -> dict[str, torch.Tensor]:
