@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     init_distributed()
     tokenizer = build_tiny_tokenizer(["the cat sat on the mat", "hello world", "a b c d e f g"] * 20)
     tokens, repeats = (4, 1) if args.reduced else (32, 3)
-    models = {"tiny": lambda: build_tiny_policy(tokenizer, seed=0)}
+    models = {"tiny": lambda: build_tiny_policy(tokenizer, seed=0, attn_implementation="sdpa")}
     if not args.reduced:
         config = LlamaConfig(
             vocab_size=len(tokenizer),

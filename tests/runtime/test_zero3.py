@@ -55,7 +55,7 @@ def _run(tmp_path, body: str) -> str:
             # The tiny model's tensors are all under DeepSpeed's persistence threshold (1e5 elements),
             # which would keep them gathered for good; 0 partitions every one, as for a real model.
             config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-            model = build_tiny_policy(tokenizer, seed=0)
+            model = build_tiny_policy(tokenizer, seed=0, attn_implementation="sdpa")
             if learning_rate is None:
                 model.eval().requires_grad_(False)
             return initialize_engine(model, config)
@@ -159,7 +159,8 @@ def test_a_submodule_is_gathered_through_its_engine_root(tmp_path):
                                       offload_optimizer="none", offload_param="none"),
             micro_batch_size=2, gradient_accumulation_steps=1, world_size=1, learning_rate=1e-2, weight_decay=0.0)
         config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-        actor = initialize_engine(PolicyWithValueHead(build_tiny_policy(tokenizer, seed=0)), config)
+        policy = build_tiny_policy(tokenizer, seed=0, attn_implementation="sdpa")
+        actor = initialize_engine(PolicyWithValueHead(policy), config)
         with gathered_for_generation(actor.module.policy) as module:
             assert torch.equal(draw(module, 4), draw(reference, 4))
         ids = torch.cat([query, query], 1)
