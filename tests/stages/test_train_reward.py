@@ -30,7 +30,9 @@ def _train_reward(pipeline_run, tmp_path, **overrides) -> dict:
 
 
 def _val_scores(reward, ensemble, pipeline_run, rows: int = 6) -> dict:
-    models = load_reward_models(reward, ensemble, trust_remote_code=False)
+    models = load_reward_models(
+        reward, ensemble, trust_remote_code=False, attn_implementation="sdpa", dtype=torch.float32
+    )
     pairs = read_jsonl(pipeline_run["data"] / "prefs_val.jsonl")[:rows]
     return models.score([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], batch_size=rows)
 
@@ -75,7 +77,13 @@ def test_reliability_diagram_per_reward_model(pipeline_run):
 
 
 def test_ensemble_members_are_heads_on_the_stage1_backbone_and_differ(pipeline_run):
-    models = load_reward_models(pipeline_run["reward"], pipeline_run["ensemble"], trust_remote_code=False)
+    models = load_reward_models(
+        pipeline_run["reward"],
+        pipeline_run["ensemble"],
+        trust_remote_code=False,
+        attn_implementation="sdpa",
+        dtype=torch.float32,
+    )
     members = tiny_params()["train_reward"]["ensemble_size"]
     assert models.ensemble == [] and models.brme.member_head.weight.shape[0] == members
     scores = models.score(["Rate this."] * 2, ["great fun", "awful"], batch_size=2)
@@ -85,7 +93,13 @@ def test_ensemble_members_are_heads_on_the_stage1_backbone_and_differ(pipeline_r
 
 
 def test_members_are_standardised_and_brme_heads_centred_on_the_training_responses(pipeline_run):
-    models = load_reward_models(pipeline_run["reward"], pipeline_run["ensemble"], trust_remote_code=False)
+    models = load_reward_models(
+        pipeline_run["reward"],
+        pipeline_run["ensemble"],
+        trust_remote_code=False,
+        attn_implementation="sdpa",
+        dtype=torch.float32,
+    )
     pairs = read_jsonl(pipeline_run["data"] / "prefs_train.jsonl")
     responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     scores = models.score([p["prompt"] for p in pairs] * 2, responses, batch_size=32)
@@ -138,7 +152,13 @@ def test_finetuned_backbone_changes_and_members_are_models(pipeline_run, tmp_pat
         if f"model.{name}" in policy_weights and not torch.equal(value, policy_weights[f"model.{name}"])
     ]
     assert len(changed) >= len(backbone_weights) // 2
-    models = load_reward_models(tmp_path / "reward", tmp_path / "ensemble", trust_remote_code=False)
+    models = load_reward_models(
+        tmp_path / "reward",
+        tmp_path / "ensemble",
+        trust_remote_code=False,
+        attn_implementation="sdpa",
+        dtype=torch.float32,
+    )
     assert len(models.ensemble) == 2 and models.brme.member_head is None
     pairs = read_jsonl(pipeline_run["data"] / "prefs_train.jsonl")
     responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
@@ -233,7 +253,7 @@ def test_finetuned_backbone_with_lora_saves_a_merged_backbone_that_changed(pipel
         },
     )
     assert math.isfinite(metrics["train"]["stage2_final_loss"])
-    trained, _ = load_reward_model(tmp_path / "reward")
+    trained, _ = load_reward_model(tmp_path / "reward", attn_implementation="sdpa", dtype=torch.float32)
     policy_weights = load_file(str(pipeline_run["policy_init"] / "model.safetensors"))
     backbone_weights = trained.backbone.state_dict()
     assert not any("lora" in name for name in backbone_weights)
@@ -244,7 +264,13 @@ def test_finetuned_backbone_with_lora_saves_a_merged_backbone_that_changed(pipel
     ]
     # all-linear: the attention and MLP projections moved; embeddings and norms are not adapted
     assert any("q_proj" in name for name in changed) and not any("norm" in name for name in changed)
-    models = load_reward_models(tmp_path / "reward", tmp_path / "ensemble", trust_remote_code=False)
+    models = load_reward_models(
+        tmp_path / "reward",
+        tmp_path / "ensemble",
+        trust_remote_code=False,
+        attn_implementation="sdpa",
+        dtype=torch.float32,
+    )
     assert len(models.ensemble) == 2
     scores = _val_scores(tmp_path / "reward", tmp_path / "ensemble", pipeline_run)
     assert all(torch.isfinite(mu).all() for mu, _ in scores.values())
