@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -181,6 +181,18 @@ class SourceParams(_Section):
         return self
 
 
+# `prepare.source` is one source (a mapping) or a list of them: a union picked by the value's own type, so an
+# error is reported against that branch alone. pydantic puts the branch's tag into an error's location;
+# `_problem` leaves these tags out, so a bad key reads `prepare.source.name` or `prepare.source.1.name`.
+ONE_SOURCE_TAG, SOURCE_LIST_TAG = "<one source>", "<source list>"
+UNION_BRANCH_TAGS = (ONE_SOURCE_TAG, SOURCE_LIST_TAG)
+SourceSpec = Annotated[
+    Annotated[SourceParams, Tag(ONE_SOURCE_TAG)]
+    | Annotated[list[SourceParams], Tag(SOURCE_LIST_TAG), Field(min_length=1)],
+    Discriminator(lambda value: SOURCE_LIST_TAG if isinstance(value, list) else ONE_SOURCE_TAG),
+]
+
+
 class StatisticsParams(_Section):
     """Intervals of every reported figure (robust_rlhf/statistics.py): cluster bootstrap over prompts."""
 
@@ -193,7 +205,12 @@ class PrepareParams(_Section):
         description="synthetic_gold: the offline task of docs/study.md#task-and-gold (pairs sampled "
         "from the policy, labelled by the gold scorer); preference_data: pairs read from `source`."
     )
-    source: SourceParams | None = Field(None, description="Where preference_data reads its pairs.")
+    source: SourceSpec | None = Field(
+        None,
+        description="Where preference_data reads its pairs: one source, or a list of sources (each with its own "
+        "kind, layout and limits) read in order and pooled before the split (a pair already read from an earlier "
+        "source is a duplicate_pair reject).",
+    )
     num_train_pairs: int = Field(
         ge=2, le=MAX_COUNT, description="Preference pairs in the train split (preference_data: at most)."
     )
@@ -219,6 +236,13 @@ class PrepareParams(_Section):
     shift_temperature: float = Field(
         gt=0, le=MAX_TEMPERATURE, description="Sampling temperature of the shifted responses."
     )
+
+    @property
+    def sources(self) -> list[SourceParams]:
+        """`source` as a list, in reading order: empty, the one source, or the sources listed."""
+        if self.source is None:
+            return []
+        return list(self.source) if isinstance(self.source, list) else [self.source]
 
     @model_validator(mode="after")
     def _source_for_preference_data(self) -> PrepareParams:
@@ -711,7 +735,7 @@ def _problem(item: Mapping) -> str:
 
     A section's own input (a mapping) is never echoed: pydantic gives it as the input of a model
     validator's error and of a missing field, and on one line it is the whole section."""
-    where = [str(part) for part in item["loc"]]
+    where = [str(part) for part in item["loc"] if part not in UNION_BRANCH_TAGS]
     if item["type"] == CROSS_FIELD:
         context = item["ctx"]
         involved = ", ".join(f"{_dotted(*where, key)} = {_shown(value)}" for key, value in context["values"].items())

@@ -80,6 +80,10 @@ def assert_same_values(raw: dict, loaded: dict, prefix: str = "") -> None:
         got = loaded[key]
         if isinstance(written, dict):
             assert_same_values(written, got, f"{prefix}{key}.")
+        elif isinstance(written, list) and any(isinstance(item, dict) for item in written):  # prepare.source's list
+            assert len(got) == len(written), f"{prefix}{key}"
+            for index, (item, loaded_item) in enumerate(zip(written, got)):
+                assert_same_values(item, loaded_item, f"{prefix}{key}.{index}.")
         else:
             assert got == written, f"{prefix}{key}: {got!r} != {written!r}"
             assert type(got) is type(written) or (type(written), type(got)) == (int, float), f"{prefix}{key}"
@@ -283,6 +287,12 @@ CROSS_FIELD = [
         ["prepare.source.kind = 'hub'", "prepare.source.name = None"],
         id="hub-name",
     ),
+    pytest.param(
+        {"prepare.task": "preference_data", "prepare.source": [{"kind": "hub", "name": "a"}, {"kind": "files"}]},
+        "prepare.source.1.files",
+        ["prepare.source.1.kind = 'files'", "prepare.source.1.files = []"],
+        id="second-source-files",
+    ),
 ]
 
 
@@ -340,7 +350,7 @@ def test_every_bad_value_of_a_file_gets_its_own_short_line_and_the_stage_exits_2
 
 PARAMS_YAML = REPO / "params.yaml"
 # The only fields with a code default: the preference-data source, which applies only when
-# prepare.task is preference_data and which no shipped profile sets.
+# prepare.task is preference_data (the GPU profiles set it; params.yaml and tiny do not).
 OPTIONAL_PREFIXES = ("prepare.source",)
 
 
@@ -398,7 +408,13 @@ def test_only_the_preference_data_source_has_code_defaults():
 
 @pytest.mark.parametrize("profile", sorted((REPO / "profiles").glob("*.yaml")), ids=lambda path: path.name)
 def test_every_profile_sets_the_same_keys_as_params_yaml(profile):
-    assert key_paths(yaml.safe_load(profile.read_text())) == key_paths(yaml.safe_load(PARAMS_YAML.read_text()))
+    # ... but for prepare.source, which only a profile whose prepare.task is preference_data sets.
+    def required(raw: dict) -> list[str]:
+        return [path for path in key_paths(raw) if not path.startswith(OPTIONAL_PREFIXES)]
+
+    raw = yaml.safe_load(profile.read_text())
+    assert required(raw) == required(yaml.safe_load(PARAMS_YAML.read_text()))
+    assert ("source" in raw["prepare"]) == (raw["prepare"]["task"] == "preference_data")
 
 
 def test_params_yaml_is_the_only_copy_of_its_profile():

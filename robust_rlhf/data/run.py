@@ -10,7 +10,7 @@ from pathlib import Path
 from robust_rlhf.config import Params
 from robust_rlhf.data.gold import GoldScorer
 from robust_rlhf.data.pairs import preference_stats, reject_counts, sample_preference_pairs, sample_shifted_responses
-from robust_rlhf.data.sources import SourceError, TooManyRejects, load_source, split_pairs
+from robust_rlhf.data.sources import SourceError, TooManyRejects, load_sources, split_pairs
 from robust_rlhf.data.task import split_prompts, tokenizer_corpus, topic_of
 from robust_rlhf.models import load_causal_lm, load_tokenizer, materialise_policy, model_options
 from robust_rlhf.runtime.atomic import atomic_directory, atomic_write_jsonl
@@ -117,11 +117,13 @@ def run_prepare(params: Params, *, data: Path, policy: Path) -> dict:
 
 
 def _prepare_from_source(params: Params, data: Path, tokenizer) -> dict:
-    """Pairs from the configured source: validated, rejects kept, split by prompt; PPO prompts from
-    the train split's prompts and evaluation prompts from the test split's. Every row read is used,
-    rejected or counted as unused (`rows/unused_over_cap`: valid pairs beyond the split caps)."""
+    """Pairs from the configured source (or sources, pooled in order): validated, rejects kept, split by
+    prompt; PPO prompts from the train split's prompts and evaluation prompts from the test split's. Every
+    row read is used, rejected or counted as unused (`rows/unused_over_cap`: valid pairs beyond the split
+    caps)."""
     config = params.prepare
-    for outside in files_outside(config.source.files if config.source.kind == "files" else [], DVC_SOURCES_DIR):
+    local_files = [file for source in config.sources if source.kind == "files" for file in source.files]
+    for outside in files_outside(local_files, DVC_SOURCES_DIR):
         logger.warning(
             "%s is not under %s/, so it is no DVC dependency of prepare: `dvc repro` will not notice "
             "when it changes; move it there or add it to prepare's deps in dvc.yaml",
@@ -130,7 +132,7 @@ def _prepare_from_source(params: Params, data: Path, tokenizer) -> dict:
         )
     kept_on_failure = failed_run_rejects_path(data)
     try:
-        loaded = load_source(config.source, tokenizer, trust_remote_code=params.models.trust_remote_code)
+        loaded = load_sources(config.sources, tokenizer, trust_remote_code=params.models.trust_remote_code)
     except TooManyRejects as error:
         atomic_write_jsonl(kept_on_failure, error.rejects)
         raise SourceError(

@@ -763,6 +763,37 @@ def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> Mapped
         merged.rejects += result.rejects
         merged.rows_read += result.rows_read
     # The same pair in two files is a duplicate too: keep the first.
+    drop_repeated_pairs(merged)
+    for description, result in sources:
+        try:
+            check_reject_fraction(result, description, config.max_reject_fraction)
+        except TooManyRejects as error:
+            raise TooManyRejects(str(error), merged.rejects) from None
+    return merged
+
+
+def load_sources(configs: list, tokenizer, *, trust_remote_code: bool = False) -> MappedSource:
+    """`load_source` of each source (prepare.source's list, PrepareParams.sources) in order, pooled: the
+    pairs of the first, then of the next, ...; a pair an earlier source already gave is a duplicate_pair
+    reject. Each source's own `max_reject_fraction` applies to its own rows; TooManyRejects carries the
+    rejects of every source read so far. One source gives exactly what `load_source` gives."""
+    pooled = MappedSource()
+    for config in configs:
+        try:
+            loaded = load_source(config, tokenizer, trust_remote_code=trust_remote_code)
+        except TooManyRejects as error:
+            raise TooManyRejects(str(error), pooled.rejects + error.rejects) from None
+        pooled.pairs += loaded.pairs
+        pooled.rejects += loaded.rejects
+        pooled.rows_read += loaded.rows_read
+        pooled.ignored_columns.update(loaded.ignored_columns)
+    drop_repeated_pairs(pooled)
+    return pooled
+
+
+def drop_repeated_pairs(merged: MappedSource) -> None:
+    """Keep the first of pairs that repeat across files or sources; each later copy becomes a
+    duplicate_pair reject (appended after the rejects already there)."""
     seen: set[tuple[str, str, str]] = set()
     kept = []
     for pair in merged.pairs:
@@ -782,12 +813,6 @@ def load_source(config, tokenizer, *, trust_remote_code: bool = False) -> Mapped
         seen.add(key)
         kept.append(pair)
     merged.pairs = kept
-    for description, result in sources:
-        try:
-            check_reject_fraction(result, description, config.max_reject_fraction)
-        except TooManyRejects as error:
-            raise TooManyRejects(str(error), merged.rejects) from None
-    return merged
 
 
 def split_pairs(pairs: list[dict], *, seed: int, sizes: dict[str, int]) -> dict[str, list[dict]]:

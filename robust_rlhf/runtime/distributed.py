@@ -186,6 +186,15 @@ def training_engine(
     )
 
 
+def frozen_deepspeed(deepspeed: DeepSpeedParams) -> DeepSpeedParams:
+    """The DeepSpeed params of a frozen model's engine. ZeRO 1 and 2 partition optimizer states and gradients,
+    of which a frozen model has none (DeepSpeed refuses them without an optimizer), so it gets stage 0 and no
+    optimizer offload; ZeRO 3 also partitions the parameters, which is what it is for here, and stays."""
+    if deepspeed.zero_stage in (0, 3):
+        return deepspeed
+    return deepspeed.model_copy(update={"zero_stage": 0, "offload_optimizer": "none"})
+
+
 def frozen_model(
     model: torch.nn.Module, *, deepspeed: DeepSpeedParams, micro_batch_size: int, world_size: int
 ) -> torch.nn.Module:
@@ -194,7 +203,7 @@ def frozen_model(
     return initialize_engine(
         model.eval().requires_grad_(False),
         deepspeed_config(
-            deepspeed=deepspeed,
+            deepspeed=frozen_deepspeed(deepspeed),
             micro_batch_size=micro_batch_size,
             gradient_accumulation_steps=1,
             world_size=world_size,

@@ -5,6 +5,7 @@ import csv
 import json
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ from robust_rlhf.data.sources import (
     dataset_rows,
     load_hub_rows,
     load_source,
+    load_sources,
     map_rows,
     read_file_rows,
     split_conversation,
@@ -543,4 +545,73 @@ def test_columns_no_mapping_names_are_logged_once_per_source(tmp_path, tiny_toke
     assert notes == [
         f"{first}: column(s) ['id', 'score'] are not mapped (layout columns maps "
         f"['prompt', 'chosen', 'rejected']) and are ignored"
+    ]
+
+
+# ---------------------------------------------------------------- several sources (prepare.source as a list)
+
+
+def hh_row(prompt, chosen, rejected):
+    """An HH-RLHF row: two whole conversations that share the prompt."""
+    head = f"\n\nHuman: {prompt}\n\nAssistant:"
+    return {"chosen": f"{head} {chosen}", "rejected": f"{head} {rejected}"}
+
+
+def files_source(*paths, **fields):
+    return SourceParams(kind="files", files=[str(path) for path in paths], **fields)
+
+
+def test_sources_of_different_layouts_are_pooled_in_order(tmp_path, tiny_tokenizer):
+    # As the paper profile mixes HH-RLHF (conversation_pair) and UltraFeedback (messages).
+    hh = write_jsonl(
+        tmp_path / "hh.jsonl", [hh_row("Is the park nice?", "Lovely.", "No."), hh_row("Zoo?", "Fun.", "Bad.")]
+    )
+    cafe = ("user", "Cafe?")
+    chat = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [{"chosen": messages(cafe, ("assistant", "Cosy.")), "rejected": messages(cafe, ("assistant", "Cold."))}],
+    )
+    # hh's second pair again, as plain columns: the later copy is the duplicate
+    columns = write_jsonl(
+        tmp_path / "columns.jsonl",
+        [{"prompt": "\n\nHuman: Zoo?\n\nAssistant:", "chosen": "Fun.", "rejected": "Bad."}, GOOD],
+    )
+    result = load_sources(
+        [
+            files_source(hh, layout="conversation_pair"),
+            files_source(chat, layout="messages"),
+            files_source(columns, max_reject_fraction=0.5),
+        ],
+        tiny_tokenizer,
+    )
+    assert [(Path(pair["source"]).name, pair["source_row"], pair["chosen"]) for pair in result.pairs] == [
+        ("hh.jsonl", 1, "Lovely."),
+        ("hh.jsonl", 2, "Fun."),
+        ("chat.jsonl", 1, "Cosy."),
+        ("columns.jsonl", 2, GOOD["chosen"]),
+    ]
+    assert [(Path(r["source"]).name, r["row"], r["reason"]) for r in result.rejects] == [
+        ("columns.jsonl", 1, "duplicate_pair")
+    ]
+    assert result.rows_read == 5 and set(result.ignored_columns) == {str(hh), str(chat), str(columns)}
+
+
+def test_one_source_in_a_list_loads_as_the_source_alone(tmp_path, tiny_tokenizer):
+    path = write_jsonl(tmp_path / "prefs.jsonl", [GOOD, GOOD, GOOD | {"chosen": ""}, GOOD | {"prompt": "Rate it."}])
+    config = files_source(path, max_reject_fraction=0.6)
+    alone, listed = load_source(config, tiny_tokenizer), load_sources([config], tiny_tokenizer)
+    assert (listed.pairs, listed.rejects, listed.rows_read) == (alone.pairs, alone.rejects, alone.rows_read)
+    assert len(alone.pairs) == 2 and len(alone.rejects) == 2
+
+
+def test_too_many_rejects_in_a_later_source_keeps_every_earlier_reject(tmp_path, tiny_tokenizer):
+    first = write_jsonl(tmp_path / "first.jsonl", [GOOD, GOOD | {"chosen": ""}, GOOD | {"prompt": "Rate it."}])
+    second = write_jsonl(tmp_path / "second.jsonl", [GOOD | {"prompt": "Zoo?"}, {"prompt": "x"}, {"prompt": "y"}])
+    sources = [files_source(first, max_reject_fraction=0.5), files_source(second, max_reject_fraction=0.5)]
+    with pytest.raises(TooManyRejects, match=r"second.jsonl: 2 of 3 rows rejected") as raised:
+        load_sources(sources, tiny_tokenizer)
+    assert [(Path(r["source"]).name, r["row"]) for r in raised.value.rejects] == [
+        ("first.jsonl", 2),
+        ("second.jsonl", 2),
+        ("second.jsonl", 3),
     ]

@@ -1,7 +1,7 @@
 import pytest
 
 from robust_rlhf.config import DeepSpeedParams
-from robust_rlhf.runtime.distributed import deepspeed_config
+from robust_rlhf.runtime.distributed import deepspeed_config, frozen_deepspeed
 from tests.conftest import tiny_section
 
 
@@ -32,6 +32,19 @@ def test_inference_config_has_no_optimizer():
     )
     assert "optimizer" not in config and "gradient_clipping" not in config
     assert config["bf16"]["enabled"] is False
+
+
+@pytest.mark.parametrize(("stage", "frozen_stage"), [(0, 0), (1, 0), (2, 0), (3, 3)])
+def test_a_frozen_model_is_sharded_only_by_zero_3(stage, frozen_stage):
+    # DeepSpeed refuses ZeRO 1/2 without an optimizer ("zero stage 2 requires an optimizer"): a frozen model has
+    # nothing those stages partition; ZeRO 3 partitions its parameters. Precision and clipping are kept.
+    offload = "cpu" if stage else "none"
+    deepspeed = DeepSpeedParams(
+        **tiny_section("deepspeed", zero_stage=stage, precision="bf16", offload_optimizer=offload)
+    )
+    frozen = frozen_deepspeed(deepspeed)
+    assert frozen.zero_stage == frozen_stage and frozen.precision == "bf16"
+    assert frozen.offload_optimizer == ("cpu" if stage == 3 else "none")
 
 
 def test_zero_stage_out_of_range_is_rejected():

@@ -207,3 +207,27 @@ def test_files_outside_the_dvc_sources_folder_are_named(tmp_path, monkeypatch):
         ],
         "data_sources",
     ) == ["other/c.json", "/abs/d.parquet", "data_sources/../e.jsonl"]
+
+
+def test_a_list_of_sources_of_different_layouts_is_pooled_before_the_split(tmp_path):
+    # As the paper profile pools HH-RLHF (conversation_pair) and UltraFeedback (messages).
+    columns = tmp_path / "columns.jsonl"
+    columns.write_text("".join(json.dumps(row) + "\n" for row in good_rows(8)))
+    turns = [
+        {
+            "chosen": [{"role": "user", "content": f"Rate stop {i}."}, {"role": "assistant", "content": "Nice."}],
+            "rejected": [{"role": "user", "content": f"Rate stop {i}."}, {"role": "assistant", "content": "Bad."}],
+        }
+        for i in range(8)
+    ]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps(row) + "\n" for row in turns))
+    sources = [
+        {"kind": "files", "files": [str(columns)]},
+        {"kind": "files", "files": [str(chat)], "layout": "messages"},
+    ]
+    prepare(tmp_path, source_params(tmp_path, sources))
+    metrics = json.loads((tmp_path / "prepare.json").read_text())
+    assert metrics["rows"]["read"] == 16 and metrics["rejects"] == {"total": 0}
+    pairs = [pair for split in ("train", "val", "test") for pair in read_jsonl(tmp_path / f"data/prefs_{split}.jsonl")]
+    assert len(pairs) == 16 and {pair["source"] for pair in pairs} == {str(columns), str(chat)}
