@@ -215,6 +215,10 @@ PUBLISHED_CONFIGS: dict[str, dict] = {
         model_type="llama", num_hidden_layers=24, hidden_size=2048, intermediate_size=8192,
         num_attention_heads=32, num_key_value_heads=32, vocab_size=49152, tie_word_embeddings=True,
     ),
+    "HuggingFaceTB/SmolLM2-360M-Instruct": dict(
+        model_type="llama", num_hidden_layers=32, hidden_size=960, intermediate_size=2560,
+        num_attention_heads=15, num_key_value_heads=5, vocab_size=49152, tie_word_embeddings=True,
+    ),
     "HuggingFaceTB/SmolLM2-135M-Instruct": dict(
         model_type="llama", num_hidden_layers=30, hidden_size=576, intermediate_size=1536,
         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True,
