@@ -16,9 +16,12 @@ from robust_rlhf.runtime.launcher import deepspeed_launch_command
 from tests.conftest import REPO, run_stage_ok, tiny_params, write_params
 
 GPU_PROFILES = ("gpu-1x", "paper")
-# What a profile sets that is not a size: how the models are placed, cast, adapted and scheduled. Sizes (models,
-# data, steps, lengths, batches, GPUs) stay the tiny profile's. Warmup lengths are sizes: see overlay().
+# What a profile sets that is not a size: the methods it compares (and so the reward models it trains), how the
+# models are placed, cast, adapted and scheduled. Sizes (models, data, steps, lengths, batches, GPUs) stay the tiny
+# profile's. Warmup lengths are sizes: see overlay().
 NON_SIZE_KEYS = (
+    "methods",
+    "train_reward.ensemble_size",
     "models.attn_implementation",
     "deepspeed.precision",
     "deepspeed.zero_stage",
