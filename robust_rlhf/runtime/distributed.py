@@ -213,16 +213,19 @@ def frozen_model(
 
 
 def _zero3_offload(module: torch.nn.Module):
-    """The DeepSpeedZeRoOffload whose ZeRO-3 hooks sit on `module` (the engine's module or a submodule,
-    e.g. the policy inside a shared-value-head actor); None if it has none.
+    """The DeepSpeedZeRoOffload whose ZeRO-3 hooks sit on `module` or a module inside it (the engine's
+    module, a submodule such as the policy inside a shared-value-head actor, or a wrapper around one);
+    None if there are none.
 
     `frozen_model` hands back the engine's module, not the engine, so the offload object is found from
     the module: each of its forward pre-hooks is a closure over it (parameter_offload.py,
     `setup_zero_stage3_hooks` and `_register_deepspeed_module`)."""
     from deepspeed.runtime.zero.parameter_offload import DeepSpeedZeRoOffload
 
+    # A wrapper outside the engine (LoRA's AdaptersDisabled reference) holds the hooked module as a child.
     # The hooks come wrapped (instrument_w_nvtx, torch.compiler.disable): look through the wrappers too.
-    functions, seen = list(module._forward_pre_hooks.values()), set()
+    functions = [hook for submodule in module.modules() for hook in submodule._forward_pre_hooks.values()]
+    seen = set()
     while functions:
         function = functions.pop()
         if id(function) in seen:
