@@ -121,7 +121,8 @@ def check_safetensors_folder(name: str, folder: Path) -> None:
 
 def _where(name: str, spec: PretrainedRewardModelParams) -> str:
     revision = f" at revision {spec.revision!r}" if spec.revision else ""
-    offline = " (HF_HUB_OFFLINE is set: the hub cannot be reached)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    hub_offline = os.environ.get("HF_HUB_OFFLINE") and not Path(spec.source).is_dir()
+    offline = " (HF_HUB_OFFLINE is set: the hub cannot be reached)" if hub_offline else ""
     return f"reward_models.{name}.source: reward model {name!r} ({spec.source!r}{revision}){offline}"
 
 
