@@ -2,8 +2,9 @@
 
 Each field is documented once, here; its value lives once, in the params file: a field has no code
 default (a file that leaves it out is refused, naming it), except the preference-data `source`, which
-applies only to `prepare.task: preference_data`. `load_params` validates the whole file before a stage
-does any work, so a typo anywhere fails fast with the dotted key that is wrong and the value it holds.
+applies only to `prepare.task: preference_data`, and a method's `members`, which only a `mixture` has.
+`load_params` validates the whole file before a stage does any work, so a typo anywhere fails fast with
+the dotted key that is wrong and the value it holds.
 
 Validation is strict: an int field takes only ints (not `true`, not `6.5`, not `"6"`), a bool field
 only `true`/`false` (not `"yes"`, not `1`), a str field only strings; a float field takes floats and
@@ -399,15 +400,58 @@ class AggregationParams(_Section):
 AggregationName = Literal["single", "mean", "min", "uwo", "nominal", "brme", "kl_dro"]
 
 
+TRAINED_REWARD_MODELS = ("brme", "single", "ensemble")  # what train_reward writes; a mixture's other members
+
+
+class PretrainedRewardModelParams(_Section):
+    """A reward model the pipeline does not train (robust_rlhf/reward/pretrained.py): a transformers
+    AutoModelForSequenceClassification with one output, with its own tokenizer and chat template;
+    safetensors weights only, and never remote code (whatever `models.trust_remote_code` says)."""
+
+    source: str = Field(
+        description="A local folder written by transformers' save_pretrained (safetensors weights), or a hub "
+        "model name (`org/name`): a path that is not a folder is a hub name."
+    )
+    revision: str | None = Field(
+        description="hub: a git revision (tag, branch or commit) to pin; null: the default branch. Must be null "
+        "for a local folder."
+    )
+    max_length: int = Field(
+        ge=8,
+        le=MAX_TOKENS,
+        description="Tokens of the rendered prompt + response this member reads; over it, tokens go from the "
+        "left, so the response's end survives.",
+    )
+
+    @model_validator(mode="after")
+    def _revision_is_for_the_hub(self) -> PretrainedRewardModelParams:
+        if self.revision is not None and Path(self.source).is_dir():
+            raise cross_field_error(
+                "a local folder has no revision: set revision: null",
+                "revision",
+                {"source": self.source, "revision": self.revision},
+            )
+        return self
+
+
 class MethodParams(_Section):
     """One compared method: which reward model scores a response, and how its heads are aggregated."""
 
-    reward_model: Literal["brme", "single", "ensemble"] = Field(
+    reward_model: Literal["brme", "single", "ensemble", "mixture"] = Field(
         description="brme: the BRME's k Gaussian heads; single: the BRME's stage-1 Bradley-Terry RM (one "
-        "head, ordinary RLHF); ensemble: the independent reward models (Coste et al.)."
+        "head, ordinary RLHF); ensemble: the independent reward models (Coste et al.); mixture: the reward "
+        "models named in `members`, each centred and scaled on the initial policy's samples "
+        "(robust_rlhf/reward/pretrained.py)."
     )
     aggregation: AggregationName = Field(
         description="Aggregation of the reward model's heads (robust_rlhf/reward/aggregation.py)."
+    )
+    # The one field with a code default: only a mixture has members, and every other method leaves it out.
+    members: list[str] = Field(
+        [],
+        description="mixture only: its members, in order, each a name under `reward_models:` (one head) or a "
+        "trained kind: `single` (one head), `ensemble` (its M members), `brme` (its k heads' means, with their "
+        "sigmas; nominal and brme aggregations need it).",
     )
 
     @model_validator(mode="after")
@@ -416,10 +460,22 @@ class MethodParams(_Section):
         pair = {"reward_model": self.reward_model, "aggregation": self.aggregation}
         if (self.aggregation == "single") != (self.reward_model == "single"):
             raise cross_field_error("aggregation `single` goes with reward_model `single`, and only with it", "", pair)
-        if self.aggregation in ("nominal", "brme") and self.reward_model != "brme":
+        carries_sigma = self.reward_model == "brme" or (self.reward_model == "mixture" and "brme" in self.members)
+        if self.aggregation in ("nominal", "brme") and not carries_sigma:
             raise cross_field_error(
-                f"aggregation `{self.aggregation}` needs the BRME's sigmas: reward_model `brme`", "", pair
+                f"aggregation `{self.aggregation}` needs the BRME's sigmas: reward_model `brme`, or a mixture "
+                "with member `brme`",
+                "",
+                pair,
             )
+        if (self.reward_model == "mixture") != bool(self.members):
+            raise cross_field_error(
+                "reward_model `mixture` needs `members`, and only a mixture has them",
+                "members",
+                {**pair, "members": self.members},
+            )
+        if len(set(self.members)) != len(self.members):
+            raise cross_field_error("a mixture's members must be distinct", "members", {"members": self.members})
         return self
 
 
@@ -667,6 +723,10 @@ class Params(_Section):
     methods: dict[str, MethodParams] = Field(
         min_length=1, description="The methods compared, by name; `dvc.yaml` runs one PPO stage per entry."
     )
+    reward_models: dict[str, PretrainedRewardModelParams] = Field(
+        description="Reward models the pipeline does not train, by name, for `mixture` methods' `members` "
+        "({}: none; robust_rlhf/reward/pretrained.py)."
+    )
     deepspeed: DeepSpeedParams
     prepare: PrepareParams
     train_reward: TrainRewardParams
@@ -687,7 +747,16 @@ class Params(_Section):
                 raise cross_field_error(
                     "a method name is letters, digits and _ (it names files)", f"methods.{name}", {}
                 )
-            if method.reward_model == "ensemble" and self.train_reward.ensemble_size < 2:
+            for member in method.members:
+                if member not in TRAINED_REWARD_MODELS and member not in self.reward_models:
+                    raise cross_field_error(
+                        f"methods.{name}: member {member!r} is neither a trained kind "
+                        f"({', '.join(TRAINED_REWARD_MODELS)}) nor a name under `reward_models:`",
+                        f"methods.{name}.members",
+                        {f"methods.{name}.members": method.members, "reward_models": sorted(self.reward_models)},
+                    )
+            uses_ensemble = method.reward_model == "ensemble" or "ensemble" in method.members
+            if uses_ensemble and self.train_reward.ensemble_size < 2:
                 raise cross_field_error(
                     f"methods.{name} uses the ensemble; set train_reward.ensemble_size >= 2",
                     "train_reward.ensemble_size",
@@ -695,6 +764,13 @@ class Params(_Section):
                         f"methods.{name}.reward_model": method.reward_model,
                         "train_reward.ensemble_size": self.train_reward.ensemble_size,
                     },
+                )
+        for name in self.reward_models:
+            if not name.replace("_", "").isalnum() or name in (*TRAINED_REWARD_MODELS, "mixture"):
+                raise cross_field_error(
+                    "a reward model's name is letters, digits and _, and not a trained kind (it names metric keys)",
+                    f"reward_models.{name}",
+                    {},
                 )
         return self
 

@@ -25,6 +25,7 @@ from robust_rlhf.data.gold import GoldScorer
 from robust_rlhf.evaluation.curves import best_of_n_grid, best_of_n_kl, best_of_n_per_prompt, mean_and_spread, win_rate
 from robust_rlhf.evaluation.policy import evaluate_policy
 from robust_rlhf.models import load_causal_lm, load_tokenizer, model_options
+from robust_rlhf.reward.pretrained import read_run_affines, score_key, used_reward_models
 from robust_rlhf.reward.scoring import load_reward_models
 from robust_rlhf.runtime.atomic import atomic_directory, atomic_write_jsonl, read_jsonl
 from robust_rlhf.runtime.checkpoint import MANIFEST, read_checkpoints
@@ -66,7 +67,17 @@ def run_evaluate(params: Params, paths: EvaluatePaths) -> dict:
 
     tokenizer = load_tokenizer(paths.policy_init, trust_remote_code=remote)
     ref_model = frozen(load_causal_lm(paths.policy_init, **model_options(params)))
-    reward_models = load_reward_models(paths.reward, paths.ensemble, **model_options(params), prepare=frozen)
+    reward_models = load_reward_models(
+        paths.reward,
+        paths.ensemble,
+        **model_options(params),
+        prepare=frozen,
+        pretrained=used_reward_models(params.methods, params.reward_models),
+    )
+    # A mixture is scored with the affine its PPO runs fitted on the initial policy's samples.
+    reward_models.mixtures.update(
+        read_run_affines(paths.policies, [policy_run_name(m, s) for m in params.methods for s in params.ppo_seeds])
+    )
     prompts = [row["prompt"] for row in read_jsonl(paths.data / "eval_prompts.jsonl")]
     curve_prompts, bon_prompts = prompts[: config.curve_prompts], prompts[: config.best_of_n_prompts]
     bootstrap = ClusterBootstrap(params.statistics.bootstrap_resamples, params.statistics.confidence_level, params.seed)
@@ -335,7 +346,7 @@ def near_identical_objectives(params: Params) -> list[str]:
             if (
                 dro_method.aggregation == "kl_dro"
                 and uwo_method.aggregation == "uwo"
-                and dro_method.reward_model == uwo_method.reward_model
+                and score_key(dro_method) == score_key(uwo_method)
                 and math.isclose(coefficients.uwo_coef, 1 / (2 * coefficients.kl_dro_beta))
             ):
                 notes.append(

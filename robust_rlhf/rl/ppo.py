@@ -166,21 +166,20 @@ def check_scores_finite(scores: dict[str, tuple[torch.Tensor, torch.Tensor]], *,
 
 
 @torch.inference_mode()
-def reference_reward_moments(
+def reference_scores(
     policy,
     reward_models: RewardModels,
     tokenizer,
     prompts: list[str],
-    method: MethodParams,
     *,
     config: PPOParams,
-    aggregation: AggregationParams,
     max_prompt_tokens: int,
-) -> tuple[float, float]:
-    """Mean and std of a method's reward on the initial policy's samples for `prompts` (the
-    `reference` normalisation), sampled in rollout-sized batches."""
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every reward model's (mu, sigma) (N, heads) on the initial policy's samples for `prompts`,
+    sampled in rollout-sized batches: what the `reference` normalisation's moments and a mixture's
+    centring are fitted on."""
     device = next(policy.parameters()).device
-    rewards = []
+    batches = []
     for start in range(0, len(prompts), config.rollout_batch_size):
         batch = prompts[start : start + config.rollout_batch_size]
         query_ids, query_mask = (
@@ -198,8 +197,16 @@ def reference_reward_moments(
             )
         scores = reward_models.score(batch, decode(tokenizer, response_ids, response_mask), batch_size=len(batch))
         check_scores_finite(scores, step=0)
-        rewards.append(method_rewards(scores, {"reference": method}, aggregation)["reference"])
-    reward = torch.cat(rewards)
+        batches.append(scores)
+    return {kind: tuple(torch.cat([scores[kind][i] for scores in batches]) for i in range(2)) for kind in batches[0]}
+
+
+def reference_reward_moments(
+    scores: dict[str, tuple[torch.Tensor, torch.Tensor]], method: MethodParams, *, aggregation: AggregationParams
+) -> tuple[float, float]:
+    """Mean and (population) std of a method's reward on the initial policy's samples' `scores` (the
+    `reference` normalisation); std 1 for a single sample."""
+    reward = method_rewards(scores, {"reference": method}, aggregation)["reference"]
     return float(reward.mean()), float(reward.std(unbiased=False)) if reward.numel() > 1 else 1.0
 
 

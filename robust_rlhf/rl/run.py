@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from robust_rlhf.config import Params
+from robust_rlhf.config import Params, PretrainedRewardModelParams
 from robust_rlhf.models import (
     disable_dropout,
     enable_gradient_checkpointing,
@@ -24,6 +25,13 @@ from robust_rlhf.models import (
     load_causal_lm,
     load_tokenizer,
     model_options,
+)
+from robust_rlhf.reward.pretrained import (
+    affine_from_state,
+    fit_mixture_affine,
+    mixture_key,
+    used_reward_models,
+    write_affine,
 )
 from robust_rlhf.reward.scoring import RewardModels, load_reward_models
 from robust_rlhf.rl.normalization import RewardNormalizer
@@ -35,6 +43,7 @@ from robust_rlhf.rl.ppo import (
     rank_sampling_seed,
     reference_policy,
     reference_reward_moments,
+    reference_scores,
     rollout_prompts,
 )
 from robust_rlhf.runtime.atomic import publish_directory, read_jsonl
@@ -78,9 +87,16 @@ class PPOModels:
     reward_models: RewardModels
 
 
-def build_ppo_models(params: Params, paths: PPOPaths, *, world_size: int) -> PPOModels:
-    """Actor and critic engines, the frozen reference policy and the frozen reward models. Under `ppo.lora`
-    the reference is the actor engine's module with its adapters disabled, not an engine of its own."""
+def build_ppo_models(
+    params: Params,
+    paths: PPOPaths,
+    *,
+    world_size: int,
+    pretrained: Mapping[str, PretrainedRewardModelParams] = {},  # noqa: B006 - read only
+) -> PPOModels:
+    """Actor and critic engines, the frozen reference policy and the frozen reward models (with the
+    `pretrained` ones a mixture names). Under `ppo.lora` the reference is the actor engine's module with its
+    adapters disabled, not an engine of its own."""
     config, remote, options = params.ppo, params.models.trust_remote_code, model_options(params)
 
     def trained(model: torch.nn.Module, learning_rate: float):
@@ -117,7 +133,7 @@ def build_ppo_models(params: Params, paths: PPOPaths, *, world_size: int) -> PPO
         ref_model = reference_policy(actor)
     else:
         ref_model = frozen(disable_dropout(load_causal_lm(paths.policy_init, **options)))
-    reward_models = load_reward_models(paths.reward, paths.ensemble, **options, prepare=frozen)
+    reward_models = load_reward_models(paths.reward, paths.ensemble, **options, prepare=frozen, pretrained=pretrained)
     return PPOModels(tokenizer, actor, critic, ref_model, reward_models)
 
 
@@ -130,7 +146,10 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     # models come from `seed`, shared by every run.
     seed_everything(seed)
     world_size = init_distributed()
-    models = build_ppo_models(params, paths, world_size=world_size)
+    pretrained = used_reward_models({method: method_params}, params.reward_models)
+    models = build_ppo_models(params, paths, world_size=world_size, pretrained=pretrained)
+    reward_model_specs = {name: spec.model_dump() for name, spec in pretrained.items()}
+    mixture = method_params.reward_model == "mixture"
     actor, critic = models.actor, models.critic
     prompts = [row["prompt"] for row in read_jsonl(paths.data / "ppo_prompts.jsonl")]
     max_prompt_tokens = params.prepare.max_prompt_tokens
@@ -141,19 +160,22 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     key = run_key(
         {
             "seed": seed,
-            "method": method_params.model_dump(),
+            "method": method_params.model_dump(exclude_defaults=True),  # a non-mixture's key as before members
             "ppo": config.model_dump(exclude={"resume_every", "guards"}),
             "aggregation": params.aggregation.model_dump(),
             "deepspeed": params.deepspeed.model_dump(),
             "attn_implementation": params.models.attn_implementation,  # kernels differ in rounding
             "max_prompt_tokens": max_prompt_tokens,
             "world_size": world_size,
+            # A mixture's centring samples come from `seed`, and its members' specs are part of the run.
+            **({"mixture_seed": params.seed, "reward_models": reward_model_specs} if mixture else {}),
         },
         {
             "prompts": paths.data / "ppo_prompts.jsonl",
             "policy_init": paths.policy_init,
             "reward": paths.reward,
             "ensemble": paths.ensemble,
+            **{f"reward_models/{n}": Path(s.source) for n, s in pretrained.items() if Path(s.source).is_dir()},
         },
     )
     engines = {"actor": actor} if critic is None else {"actor": actor, "critic": critic}
@@ -161,25 +183,31 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     initial_weight_norm = weight_norm(actor)  # before any resumed weights: the guard compares with the init
     step_log = StepLog(paths.steps)
     if saved is None:
-        if config.reward_normalization == "reference":
-            normalizer.reference_mean, normalizer.reference_std = reference_reward_moments(
-                models.ref_model,
-                models.reward_models,
-                models.tokenizer,
-                prompts,
-                method_params,
-                config=config,
-                aggregation=params.aggregation,
-                max_prompt_tokens=max_prompt_tokens,
-            )
+        if config.reward_normalization == "reference" or mixture:
+            scores = initial_scores(params, models, prompts, fixed_seed=mixture)
+            if mixture:  # centred on these samples, then normalised (reference) like any other reward
+                models.reward_models.mixtures[mixture_key(method_params.members)] = affine = fit_mixture_affine(
+                    scores, method_params.members
+                )
+                scores = models.reward_models.with_mixtures(scores)
+                logger.info("%s: mixture affine on the initial policy's samples: %s", name, affine)
+            if config.reward_normalization == "reference":
+                normalizer.reference_mean, normalizer.reference_std = reference_reward_moments(
+                    scores, method_params, aggregation=params.aggregation
+                )
         first_step = 0
     else:
         restore_engines(paths.resume, engines, saved)
+        models.reward_models.mixtures.update(affine_from_state(saved["stage"].get("reward_affine")))
         normalizer.load_state(saved["stage"]["normalizer"])
         step_log.rows = saved["stage"]["step_log"]
         first_step = saved["step"]
         logger.info("resuming %s from step %d of %d (%s)", name, first_step, config.steps, paths.resume)
     run_dir = paths.resume / "policy"
+    affines = list(models.reward_models.mixtures.values())
+    if affines and is_main_process():  # published with the policy: evaluate scores with the same affine
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_affine(run_dir, affines[0])
     this_rank = rank()
     if world_size > 1:
         logger.info(
@@ -238,7 +266,11 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
                     step=done,
                     key=key,
                     outputs=[paths.policy],
-                    stage_state={"normalizer": normalizer.state(), "step_log": step_log.rows},
+                    stage_state={
+                        "normalizer": normalizer.state(),
+                        "step_log": step_log.rows,
+                        "reward_affine": asdict(affines[0]) if affines else None,
+                    },
                 )
     if is_main_process():
         publish_directory(run_dir, paths.policy)
@@ -256,5 +288,28 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
             "reference_mean": normalizer.reference_mean,
             "reference_std": normalizer.reference_std,
         },
+        **({"reward_affine": asdict(affines[0])} if affines else {}),
         "final": metrics,
     }
+
+
+def initial_scores(params: Params, models: PPOModels, prompts: list[str], *, fixed_seed: bool) -> dict:
+    """Every reward model's scores of the initial policy's samples for the PPO prompts. With `fixed_seed`
+    (a mixture, centred on them) they are drawn from params `seed`, not the run's: every PPO seed of a
+    method fits the same affine, and the run's own random stream is left as it was."""
+
+    def sampled() -> dict:
+        return reference_scores(
+            models.ref_model,
+            models.reward_models,
+            models.tokenizer,
+            prompts,
+            config=params.ppo,
+            max_prompt_tokens=params.prepare.max_prompt_tokens,
+        )
+
+    if not fixed_seed:
+        return sampled()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        torch.manual_seed(params.seed)  # sampling draws from torch's generators alone
+        return sampled()
