@@ -33,8 +33,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two xdist workers on 2 cores (at most 4 elsewhere), whole files each so that a file's fixtures are built
+# once; one intra-op thread each, or torch's spin-waiting threads of the two workers slow each other down.
 test: setup lint
-	. $(BIN)/activate && python -m pytest -q
+	. $(BIN)/activate && OMP_NUM_THREADS=1 python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 # One intra-op thread: the fast tests' tensors are tiny, and on a busy 2-core machine torch's default
 # threads made the subset 178 s instead of 40 s.
