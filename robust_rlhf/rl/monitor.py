@@ -96,7 +96,8 @@ class RewardHackingMonitor:
     fired: dict[str, dict] = field(default_factory=dict)  # signal -> its warning
 
     def observe(self, step: int, metrics: dict[str, float]) -> tuple[dict[str, float], list[dict]]:
-        """The step's signals (keys `monitor/<signal>`, undefined ones left out) and its new warnings."""
+        """The step's signals (keys `monitor/<signal>`, undefined ones and entropy left out) and its new
+        warnings."""
         if self.initial_length is None:
             self.initial_length = metrics["response/length"]
         proxy = standardised(metrics["reward/optimised"], *self.reference)
@@ -115,7 +116,8 @@ class RewardHackingMonitor:
                 values[signal] = disagreement_ratio(metrics[key], self.in_distribution[kind])
         warnings = new_warnings(values, self.thresholds, self.fired, step=step)
         self.fired.update({warning["signal"]: warning for warning in warnings})
-        signals = {f"monitor/{name}": value for name, value in values.items() if value is not None}
+        # `entropy` is the step's own `policy/entropy`: logged once, there.
+        signals = {f"monitor/{k}": v for k, v in values.items() if v is not None and k != "entropy"}
         signals["monitor/warnings"] = float(len(self.fired))
         return signals, warnings
 

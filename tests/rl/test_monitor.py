@@ -99,6 +99,7 @@ def test_the_monitor_signals_and_fires_each_signal_once():
     assert first_signals["monitor/kl_growth"] == 0.0 and first_warnings == []  # one point: no trend yet
     assert first_signals["monitor/brme_disagreement"] == pytest.approx(1.0)
     assert first_signals["monitor/ensemble_spread"] == pytest.approx(1.0)
+    assert "monitor/entropy" not in first_signals  # it is policy/entropy, logged by the step itself
     signals, warnings = logged[2]
     assert signals["monitor/kl_growth"] == pytest.approx(0.5)  # KL 0, 0.5, 1 over steps 0-2
     assert signals["monitor/proxy_trend"] == pytest.approx(0.75)  # 0, 0.5, 1.5: sxy 1.5 / sxx 2
