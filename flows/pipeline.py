@@ -297,6 +297,34 @@ def report_markdown(repo: Path) -> str:
     return "\n".join(lines)
 
 
+def warnings_markdown(repo: Path) -> str | None:
+    """The PPO runs' reward-hacking warnings as a markdown table, read from the `monitor.json` each
+    ppo stage wrote beside its checkpoints (published runs, and runs a warning stopped, still in their
+    resume folder). None when no run wrote one."""
+    files = sorted((repo / "models" / "policy").glob("*/monitor.json"))
+    stopped = sorted((repo / ".resume").glob("ppo@*/policy/monitor.json"))
+    if not files and not stopped:
+        return None
+    lines = [
+        "# Reward-hacking early warnings",
+        "",
+        "| run | signal | step | value | threshold |",
+        "|---|---|---|---|---|",
+    ]
+    for path, run in [
+        *((f, f.parent.name) for f in files),
+        *((f, f"{f.parent.parent.name} (stopped)") for f in stopped),
+    ]:
+        fired = json.loads(path.read_text()).get("fired", {})
+        for signal, warning in fired.items():
+            lines.append(
+                f"| {run} | {signal} | {warning['step']} | {warning['value']:.4g} | {warning['threshold']:g} |"
+            )
+        if not fired:
+            lines.append(f"| {run} | none fired | - | - | - |")
+    return "\n".join(lines)
+
+
 @flow(name="robust-rlhf-pipeline", flow_run_name=_flow_run_name)
 def pipeline(repo: str = ".", methods: list[str] | None = None) -> dict[str, dict]:
     """prepare -> train_reward -> ppo@<method>-<seed>... -> evaluate -> report, one task each, each
@@ -320,10 +348,19 @@ def pipeline(repo: str = ".", methods: list[str] | None = None) -> dict[str, dic
     # stage's deps); from then on DVC is asked stage by stage.
     up_to_date = stages_up_to_date(Path(repo), stages)
     results, ask_dvc = {}, False
-    for stage in stages:
-        known_up_to_date = stage in up_to_date and not ask_dvc
-        results[stage] = stage_task(stage, repo, deadline, up_to_date=known_up_to_date)
-        ask_dvc |= not known_up_to_date
+    try:
+        for stage in stages:
+            known_up_to_date = stage in up_to_date and not ask_dvc
+            results[stage] = stage_task(stage, repo, deadline, up_to_date=known_up_to_date)
+            ask_dvc |= not known_up_to_date
+    finally:  # a run stopped by its warning fails the flow: its warnings are what the UI must show
+        warnings = warnings_markdown(Path(repo))
+        if warnings is not None and any(stage.startswith("ppo@") for stage in stages):
+            create_markdown_artifact(
+                key="reward-hacking-warnings",
+                markdown=warnings,
+                description="Reward-hacking early warnings of the PPO runs (ppo.monitor)",
+            )
     if "report" in results:
         create_markdown_artifact(
             key="robust-rlhf-report",

@@ -499,6 +499,39 @@ class PPOGuards(_Section):
     )
 
 
+class MonitorThresholds(_Section):
+    """Where each reward-hacking signal warns (robust_rlhf/rl/monitor.py): above the value, or below it
+    for `entropy`."""
+
+    brme_disagreement: float = Field(
+        gt=0, le=MAX_COEF, description="BRME head disagreement on the policy's samples / on the val pairs."
+    )
+    ensemble_spread: float = Field(
+        gt=0, le=MAX_COEF, description="Ensemble members' spread on the policy's samples / on the val pairs."
+    )
+    kl_growth: float = Field(
+        gt=0, le=MAX_COEF * MAX_TOKENS, description="Slope of the sequence KL (nats per step) over the window."
+    )
+    entropy: float = Field(ge=0, le=MAX_COEF, description="Mean per-token entropy (nats); warns below it.")
+    length_drift: float = Field(gt=0, le=MAX_COEF, description="|mean response length / step 0's - 1| (a fraction).")
+    # standardised: (r - mean) / std with the initial policy's moments on the PPO prompts
+    proxy_trend: float = Field(gt=0, le=MAX_COEF, description="Slope per step of the standardised method reward.")
+
+
+class PPOMonitor(_Section):
+    """The reward-hacking early warning (robust_rlhf/rl/monitor.py): signals logged at every step as
+    `monitor/*`, each warning once when it crosses its threshold; evaluate measures the warnings
+    against the gold reward. Checks, not params of what is trained (unless `stop_on_warning`)."""
+
+    enabled: bool = Field(description="Compute and log the signals (and score the val pairs once at the start).")
+    window: int = Field(ge=2, le=MAX_PPO_STEPS, description="Trailing steps of the KL and proxy slopes.")
+    stop_on_warning: bool = Field(
+        description="Stop the run at the first warning, as a divergence guard does: exit code 2, the last "
+        "good checkpoint kept, nothing published."
+    )
+    thresholds: MonitorThresholds
+
+
 class PPOParams(_Section):
     steps: int = Field(ge=1, le=MAX_PPO_STEPS, description="PPO iterations (one rollout batch each).")
     rollout_batch_size: int = Field(ge=1, le=MAX_BATCH, description="Prompts per rollout.")
@@ -562,6 +595,7 @@ class PPOParams(_Section):
         "(steps x ppo_epochs x rollout_batch_size / (micro_batch_size x gradient_accumulation_steps))."
     )
     guards: PPOGuards
+    monitor: PPOMonitor
 
     @property
     def optimizer_steps(self) -> int:

@@ -5,6 +5,7 @@ Reads --policy-init, --reward, --ensemble, --data (ppo_prompts.jsonl). Writes po
 every `ppo.checkpoint_every` steps to --policy, per-step scalars (a DVC plot) to --steps and the
 last step's scalars to --metrics. Its resume state lives in --resume while it runs
 (robust_rlhf/runtime/resume.py); `ppo.guards` stop a diverged run (robust_rlhf/runtime/guards.py).
+`ppo.monitor`'s reward-hacking warnings (robust_rlhf/rl/monitor.py) go to monitor.json beside the checkpoints.
 The run itself is robust_rlhf/rl/run.py.
 """
 

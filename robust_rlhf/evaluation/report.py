@@ -317,6 +317,7 @@ gains: {html.escape(facet_names)}. {html.escape(GOLD_NOTE)}</p>
 <p>{prompts.get("best_of_n", "?")} held-out prompts; every method picks from the same samples by its own reward.</p>
 {best_of_n_figure(inputs.best_of_n)}
 {reward_model_section(inputs.reward_metrics, inputs.comparison, inputs.methods)}
+{early_warning_section(inputs.evaluation.get("early_warning", {}))}
 <h2>Sample responses</h2>{"".join(samples_html)}
 <h2>Stage wall times</h2>
 {_table(["stage", "seconds"], [[name, seconds] for name, seconds in inputs.stage_seconds.items()] + [["total", total]])}
@@ -508,3 +509,39 @@ def uncertainty_findings(reward_metrics: dict, comparison: dict[str, dict]) -> l
                 f"chance: {'; '.join(refuted) or 'nothing measured'})." + caveat
             )
     return lines
+
+
+def early_warning_section(early_warning: dict[str, dict[str, dict]]) -> str:
+    """Per method, each monitor signal's firing step against the step at which gold fell while the proxy
+    rose (robust_rlhf/evaluation/early_warning.py), one row per seed and signal; says plainly when gold
+    never dropped, since the warning then cannot be judged."""
+    parts = [
+        "<h2>Reward-hacking early warning against gold</h2>",
+        "<p>A signal is <em>before</em> when it fired on a policy earlier than the first checkpoint whose "
+        "gold fell below its best so far while the proxy rose; <em>after</em> otherwise (ppo.monitor sets the "
+        "thresholds).</p>",
+    ]
+    if not any(early_warning.values()):
+        return parts[0] + "<p>No run logged monitor warnings (ppo.monitor.enabled is off).</p>"
+    for method, seeds in early_warning.items():
+        rows = [
+            [seed, signal, _step(verdict["fired_step"]), _step(run["gold_drop_step"]), verdict["verdict"]]
+            for seed, run in seeds.items()
+            for signal, verdict in run["signals"].items()
+        ]
+        undropped = [seed for seed, run in seeds.items() if run["gold_drop_step"] is None]
+        note = (
+            f"<p>Gold never dropped while the proxy rose (seed {', '.join(undropped)}): the warning cannot be "
+            "judged there.</p>"
+            if undropped
+            else ""
+        )
+        parts.append(
+            f"<h3>{html.escape(method)}</h3>{note}"
+            + _table(["seed", "signal", "fired at step", "gold drop at step", "warning"], rows)
+        )
+    return "".join(parts)
+
+
+def _step(step) -> str:
+    return "never" if step is None else str(step)

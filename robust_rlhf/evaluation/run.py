@@ -13,6 +13,7 @@ the best-of-n study, and the paired comparisons the report states (docs/study.md
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -23,10 +24,12 @@ import torch
 from robust_rlhf.config import Params, policy_run_name
 from robust_rlhf.data.gold import GoldScorer
 from robust_rlhf.evaluation.curves import best_of_n_grid, best_of_n_kl, best_of_n_per_prompt, mean_and_spread, win_rate
+from robust_rlhf.evaluation.early_warning import early_warning_table
 from robust_rlhf.evaluation.policy import evaluate_policy
 from robust_rlhf.models import load_causal_lm, load_tokenizer, model_options
 from robust_rlhf.reward.pretrained import read_run_affines, score_key, used_reward_models
 from robust_rlhf.reward.scoring import load_reward_models
+from robust_rlhf.rl.monitor import MONITOR_FILE
 from robust_rlhf.runtime.atomic import atomic_directory, atomic_write_jsonl, read_jsonl
 from robust_rlhf.runtime.checkpoint import MANIFEST, read_checkpoints
 from robust_rlhf.runtime.distributed import frozen_model, init_distributed
@@ -151,6 +154,19 @@ def run_evaluate(params: Params, paths: EvaluatePaths) -> dict:
         method: best_of_n_curve(best_of_n_pool, method, bootstrap, config.best_of_n, bon_prompts) for method in finals
     }
     comparisons = compare_methods(finals, initial, prompts, spp, bootstrap)
+    # Each run's monitor warnings against the step at which its gold fell while its proxy rose.
+    early_warning = {
+        method: {
+            str(seed): early_warning_table(
+                curve_rows[policy_run_name(method, seed)],
+                json.loads((paths.policies / policy_run_name(method, seed) / MONITOR_FILE).read_text()),
+            )
+            for seed in seeds
+            if (paths.policies / policy_run_name(method, seed) / MONITOR_FILE).exists()
+        }
+        for method, seeds in runs.items()
+        if seeds
+    }
     table = {
         method: method_row(
             params, method, results, initial, comparisons, best_of_n_rows[method], prompts, spp, bootstrap
@@ -175,6 +191,7 @@ def run_evaluate(params: Params, paths: EvaluatePaths) -> dict:
         "runs_not_evaluated": not_run,
         "prompts": {"final": len(prompts), "curves": len(curve_prompts), "best_of_n": len(bon_prompts)},
         "near_identical_objectives": near_identical_objectives(params),
+        "early_warning": early_warning,
     }
 
 

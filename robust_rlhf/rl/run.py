@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from robust_rlhf.config import Params, PretrainedRewardModelParams
+from robust_rlhf.config import MethodParams, Params, PretrainedRewardModelParams
 from robust_rlhf.models import (
     disable_dropout,
     enable_gradient_checkpointing,
@@ -26,6 +26,7 @@ from robust_rlhf.models import (
     load_tokenizer,
     model_options,
 )
+from robust_rlhf.reward.metrics import head_disagreement
 from robust_rlhf.reward.pretrained import (
     affine_from_state,
     fit_mixture_affine,
@@ -34,6 +35,7 @@ from robust_rlhf.reward.pretrained import (
     write_affine,
 )
 from robust_rlhf.reward.scoring import RewardModels, load_reward_models
+from robust_rlhf.rl.monitor import MONITOR_FILE, RewardHackingMonitor
 from robust_rlhf.rl.normalization import RewardNormalizer
 from robust_rlhf.rl.ppo import (
     build_actor_critic,
@@ -46,7 +48,7 @@ from robust_rlhf.rl.ppo import (
     reference_scores,
     rollout_prompts,
 )
-from robust_rlhf.runtime.atomic import publish_directory, read_jsonl
+from robust_rlhf.runtime.atomic import atomic_write_json, publish_directory, read_jsonl
 from robust_rlhf.runtime.checkpoint import save_policy_checkpoint
 from robust_rlhf.runtime.distributed import (
     frozen_model,
@@ -59,7 +61,7 @@ from robust_rlhf.runtime.distributed import (
     training_engine,
     weight_norm,
 )
-from robust_rlhf.runtime.guards import check_finite, check_ppo_step
+from robust_rlhf.runtime.guards import check_finite, check_no_warning, check_ppo_step
 from robust_rlhf.runtime.memory_plan import check_stage_fits
 from robust_rlhf.runtime.metrics import StepLog
 from robust_rlhf.runtime.resume import load_state, prune_finished, restore_engines, run_key, save_state
@@ -182,7 +184,9 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     saved = load_state(paths.resume, key, engines_of=lambda state: list(engines))
     initial_weight_norm = weight_norm(actor)  # before any resumed weights: the guard compares with the init
     step_log = StepLog(paths.steps)
+    monitor = None
     if saved is None:
+        scores = None
         if config.reward_normalization == "reference" or mixture:
             scores = initial_scores(params, models, prompts, fixed_seed=mixture)
             if mixture:  # centred on these samples, then normalised (reference) like any other reward
@@ -195,11 +199,16 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
                 normalizer.reference_mean, normalizer.reference_std = reference_reward_moments(
                     scores, method_params, aggregation=params.aggregation
                 )
+        if config.monitor.enabled:
+            monitor = start_monitor(params, models, prompts, paths.data, normalizer, method_params, scores)
         first_step = 0
     else:
         restore_engines(paths.resume, engines, saved)
         models.reward_models.mixtures.update(affine_from_state(saved["stage"].get("reward_affine")))
         normalizer.load_state(saved["stage"]["normalizer"])
+        if config.monitor.enabled:
+            monitor = start_monitor(params, None, prompts, paths.data, normalizer, method_params, None)
+            monitor.load_state(saved["stage"]["monitor"])
         step_log.rows = saved["stage"]["step_log"]
         first_step = saved["step"]
         logger.info("resuming %s from step %d of %d (%s)", name, first_step, config.steps, paths.resume)
@@ -251,8 +260,25 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
         )
         if critic is not None:
             check_finite("critic weights", torch.tensor(weight_norm(critic)), phase=name, step=step)
+        warnings = []
+        if monitor is not None:
+            signals, warnings = monitor.observe(step, metrics)
+            metrics = {**metrics, **signals}
+            for warning in warnings if is_main_process() else []:
+                logger.warning(
+                    "%s: reward-hacking warning at step %d: %s = %.4g crossed its threshold %g",
+                    name,
+                    step,
+                    warning["signal"],
+                    warning["value"],
+                    warning["threshold"],
+                )
         if is_main_process():
             step_log.log(step, metrics)
+        if warnings and config.monitor.stop_on_warning:
+            if is_main_process():
+                atomic_write_json(run_dir / MONITOR_FILE, monitor.summary())
+            check_no_warning(warnings, phase=name)  # before this step's checkpoint: the last one stays good
         done = step + 1
         if done % config.checkpoint_every == 0 or done == config.steps:
             state = policy_state_dict(full_state_dict(actor))
@@ -270,9 +296,12 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
                         "normalizer": normalizer.state(),
                         "step_log": step_log.rows,
                         "reward_affine": asdict(affines[0]) if affines else None,
+                        **({"monitor": monitor.state()} if monitor is not None else {}),
                     },
                 )
     if is_main_process():
+        if monitor is not None:
+            atomic_write_json(run_dir / MONITOR_FILE, monitor.summary())
         publish_directory(run_dir, paths.policy)
         shutil.rmtree(paths.resume, ignore_errors=True)
     return {
@@ -313,3 +342,47 @@ def initial_scores(params: Params, models: PPOModels, prompts: list[str], *, fix
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
         torch.manual_seed(params.seed)  # sampling draws from torch's generators alone
         return sampled()
+
+
+def start_monitor(
+    params: Params,
+    models: PPOModels | None,
+    prompts: list[str],
+    data: Path,
+    normalizer: RewardNormalizer,
+    method: MethodParams,
+    scores: dict | None,
+) -> RewardHackingMonitor:
+    """The run's reward-hacking monitor with its baselines: the heads' disagreement on the val pairs and
+    the method's reference moments. On a resume (`models` None) the baselines come from the state.
+    `scores` are the initial policy's samples' scores when the run drew them (reference normalisation,
+    a mixture); otherwise they are drawn here from params `seed` under a forked RNG (`initial_scores`),
+    so the run's own random stream (and so its rollouts) is the one it has without the monitor."""
+    config = params.ppo.monitor
+    in_distribution: dict[str, float] = {}
+    reference = (0.0, 1.0)
+    if models is not None:
+        in_distribution = val_disagreement(
+            models.reward_models, read_jsonl(data / "prefs_val.jsonl"), batch_size=params.ppo.rollout_batch_size
+        )
+        if params.ppo.reward_normalization == "reference":
+            reference = (normalizer.reference_mean, normalizer.reference_std)
+        else:
+            if scores is None:
+                scores = initial_scores(params, models, prompts, fixed_seed=True)
+            reference = reference_reward_moments(scores, method, aggregation=params.aggregation)
+    return RewardHackingMonitor(
+        thresholds=config.thresholds.model_dump(),
+        window=config.window,
+        in_distribution=in_distribution,
+        reference=reference,
+    )
+
+
+def val_disagreement(reward_models: RewardModels, pairs: list[dict], *, batch_size: int) -> dict[str, float]:
+    """Each multi-head reward model's in-distribution disagreement: the mean over the val pairs' chosen
+    and rejected responses of the heads' std of mu (`head_disagreement`)."""
+    prompts = [pair["prompt"] for pair in pairs] * 2
+    responses = [pair["chosen"] for pair in pairs] + [pair["rejected"] for pair in pairs]
+    scores = reward_models.score(prompts, responses, batch_size=batch_size)
+    return {kind: float(head_disagreement(mu).mean()) for kind, (mu, _) in scores.items() if mu.shape[1] >= 2}

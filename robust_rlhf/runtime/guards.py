@@ -92,3 +92,15 @@ def check_ppo_step(
     check_weight_norm(weight_norm, initial_weight_norm, max_ratio=guards.max_weight_norm_ratio, phase=phase, step=step)
     check_entropy(metrics["policy/entropy"], min_entropy=guards.min_entropy, phase=phase, step=step)
     check_kl(metrics["objective/kl"], max_kl=guards.max_kl, phase=phase, step=step)
+
+
+def check_no_warning(warnings: list[dict], *, phase: str) -> None:
+    """Stop at a reward-hacking warning (`ppo.monitor.stop_on_warning`, robust_rlhf/rl/monitor.py) the way
+    a guard stops a diverged run: exit 2 naming the step and the signal, the last checkpoint kept."""
+    if warnings:
+        first = warnings[0]
+        raise Diverged(
+            f"{phase}: reward-hacking warning at step {first['step']}: {first['signal']} is {first['value']:.4g} "
+            f"(ppo.monitor.thresholds.{first['signal']} {first['threshold']:g}); stopping as "
+            f"ppo.monitor.stop_on_warning asks (the last checkpoint is the last good one)"
+        )

@@ -155,7 +155,9 @@ def test_deployed_pipeline_runs_on_a_work_pool_worker_and_serves_with_its_schedu
         "evaluate-metrics",
         "report-metrics",
         "robust-rlhf-report",
+        "reward-hacking-warnings",
     } == set(by_key)
+    assert "| brme-seed0 |" in by_key["reward-hacking-warnings"].data  # the ppo run's monitor warnings
     assert not any("up to date" in by_key[key].description for key in by_key if key.endswith("-metrics"))
     # a stage's table artifact is its metrics, flattened; evaluate's holds both its metrics file and folder
     evaluated = json.loads((repo / "metrics/eval.json").read_text())

@@ -135,11 +135,19 @@ GUARDS = [
     ({"ppo.guards.max_kl": 1e-9}, 1, "the KL to the reference is"),
     ({"ppo.guards.min_entropy": 100.0}, 0, "the policy's entropy collapsed to"),
     ({"ppo.guards.max_weight_norm_ratio": 1.0 + 1e-12}, 0, "the weights' norm is"),
-    ({"ppo.learning_rate": 1.0}, 0, "the weights"),
-]  # the largest the params allow: Adam moves every weight by ~1
+    ({"ppo.learning_rate": 1.0}, 0, "the weights"),  # the largest the params allow: Adam moves every weight by ~1
+    # A reward-hacking warning stops through the same path: step 1's KL slope is > 0 (step 0's KL is 0).
+    (
+        {"ppo.monitor.stop_on_warning": True, "ppo.monitor.thresholds.kl_growth": 1e-9},
+        1,
+        "reward-hacking warning at step 1: kl_growth",
+    ),
+]
 
 
-@pytest.mark.parametrize("overrides, step, named", GUARDS, ids=["kl", "entropy", "weight_norm", "lr_1"])
+@pytest.mark.parametrize(
+    "overrides, step, named", GUARDS, ids=["kl", "entropy", "weight_norm", "lr_1", "monitor_warning"]
+)
 def test_a_divergence_guard_stops_the_run_and_keeps_the_last_good_checkpoint(
     pipeline_run, tmp_path, overrides, step, named
 ):
@@ -158,6 +166,9 @@ def test_a_divergence_guard_stops_the_run_and_keeps_the_last_good_checkpoint(
     for checkpoint in kept:
         weights = load_file(str(paths["resume"] / "policy" / checkpoint["path"] / "model.safetensors"))
         assert all(tensor.isfinite().all() for tensor in weights.values())
+    if "reward-hacking" in named:  # the warnings JSON names the signal, where the run stopped
+        fired = json.loads((paths["resume"] / "policy" / "monitor.json").read_text())["fired"]
+        assert list(fired) == ["kl_growth"] and fired["kl_growth"]["step"] == step
 
 
 def test_a_shared_value_head_run_resumes_like_the_uninterrupted_one(pipeline_run, tmp_path):
