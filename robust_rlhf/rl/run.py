@@ -51,6 +51,7 @@ from robust_rlhf.runtime.distributed import (
     weight_norm,
 )
 from robust_rlhf.runtime.guards import check_finite, check_ppo_step
+from robust_rlhf.runtime.live import LiveLog
 from robust_rlhf.runtime.memory_plan import check_stage_fits
 from robust_rlhf.runtime.metrics import StepLog
 from robust_rlhf.runtime.resume import load_state, prune_finished, restore_engines, run_key, save_state
@@ -67,6 +68,7 @@ class PPOPaths:
     policy: Path  # the checkpoints, published when the run ends
     steps: Path  # the per-step log (a DVC plot)
     resume: Path  # the resume state while the run runs
+    live: Path | None = None  # DVCLive's folder: the latest step's scalars, for `dvc exp show` mid-run
 
 
 @dataclass
@@ -159,7 +161,8 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     engines = {"actor": actor} if critic is None else {"actor": actor, "critic": critic}
     saved = load_state(paths.resume, key, engines_of=lambda state: list(engines))
     initial_weight_norm = weight_norm(actor)  # before any resumed weights: the guard compares with the init
-    step_log = StepLog(paths.steps)
+    # The series is DVC's plot of the CSV; DVCLive's folder gets only the summary (one writer per number).
+    step_log = StepLog(paths.steps, live=None if paths.live is None else LiveLog(paths.live, series=False))
     if saved is None:
         if config.reward_normalization == "reference":
             normalizer.reference_mean, normalizer.reference_std = reference_reward_moments(
@@ -176,7 +179,7 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     else:
         restore_engines(paths.resume, engines, saved)
         normalizer.load_state(saved["stage"]["normalizer"])
-        step_log.rows = saved["stage"]["step_log"]
+        step_log.restore(saved["stage"]["step_log"])
         first_step = saved["step"]
         logger.info("resuming %s from step %d of %d (%s)", name, first_step, config.steps, paths.resume)
     run_dir = paths.resume / "policy"
