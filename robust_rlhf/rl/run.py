@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from robust_rlhf.card import CARD_FILE, card_facts, model_card
 from robust_rlhf.config import Params
 from robust_rlhf.models import (
     disable_dropout,
@@ -37,8 +38,8 @@ from robust_rlhf.rl.ppo import (
     reference_reward_moments,
     rollout_prompts,
 )
-from robust_rlhf.runtime.atomic import publish_directory, read_jsonl
-from robust_rlhf.runtime.checkpoint import save_policy_checkpoint
+from robust_rlhf.runtime.atomic import atomic_write_text, publish_directory, read_jsonl
+from robust_rlhf.runtime.checkpoint import read_checkpoints, save_policy_checkpoint
 from robust_rlhf.runtime.distributed import (
     frozen_model,
     full_state_dict,
@@ -244,6 +245,9 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
                     stage_state={"normalizer": normalizer.state(), "step_log": step_log.rows},
                 )
     if is_main_process():
+        # The final policy's card; evaluate has not run yet, so `stages.export_policy` adds the study's numbers.
+        final = run_dir / read_checkpoints(run_dir)[-1]["path"]
+        atomic_write_text(final / CARD_FILE, model_card(card_facts(params, method, seed)))
         publish_directory(run_dir, paths.policy)
         shutil.rmtree(paths.resume, ignore_errors=True)
     return {
