@@ -3,8 +3,9 @@ the methods are listed under `methods:` in params.yaml, the seeds under `ppo_see
 
 Reads --policy-init, --reward, --ensemble, --data (ppo_prompts.jsonl). Writes policy checkpoints
 every `ppo.checkpoint_every` steps to --policy, per-step scalars (a DVC plot) to --steps and the
-last step's scalars to --metrics. Its resume state lives in --resume while it runs
-(robust_rlhf/runtime/resume.py); `ppo.guards` stop a diverged run (robust_rlhf/runtime/guards.py).
+last step's scalars to --metrics and, after every step, to DVCLive's --live/metrics.json (for
+`dvc exp show` mid-run). Its resume state lives in --resume while it runs (robust_rlhf/runtime/resume.py);
+`ppo.guards` stop a diverged run (robust_rlhf/runtime/guards.py).
 `ppo.monitor`'s reward-hacking warnings (robust_rlhf/rl/monitor.py) go to monitor.json beside the checkpoints.
 The run itself is robust_rlhf/rl/run.py.
 """
@@ -31,6 +32,7 @@ def run(
     policy: Path,
     steps: Path,
     resume: Path,
+    live: Path | None = None,
 ) -> dict:
     if method not in params.methods:
         raise ParamsError(f"--method {method!r} is not under `methods:` in params (known: {sorted(params.methods)})")
@@ -48,6 +50,7 @@ def run(
             policy=policy,
             steps=steps,
             resume=resume,
+            live=live,
         ),
     )
 
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     def method_arg(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--method", required=True, help="a name under `methods:` in params.yaml")
         parser.add_argument("--seed", required=True, type=int, help="this run's PPO seed (one of `ppo_seeds`)")
+        parser.add_argument("--live", type=Path, default=None, help="DVCLive folder for the latest step's scalars")
 
     stage_main(
         "ppo",

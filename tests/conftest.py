@@ -176,6 +176,7 @@ def pipeline_run(tmp_path_factory) -> dict[str, Path]:
         "samples": root / "reports/eval_samples.jsonl",
         "metrics": root / "metrics",
         "report": root / "reports/report.html",
+        "live": root / "live",
     }
 
 

@@ -51,6 +51,7 @@ from robust_rlhf.reward.training import (
 from robust_rlhf.runtime.atomic import atomic_directory, atomic_write_json, read_jsonl
 from robust_rlhf.runtime.distributed import full_state_dict, init_distributed, training_engine
 from robust_rlhf.runtime.guards import Diverged, check_above_chance, check_finite
+from robust_rlhf.runtime.live import LiveLog
 from robust_rlhf.runtime.metrics import write_csv
 from robust_rlhf.runtime.resume import PhasedResume, prune_finished, run_key
 from robust_rlhf.statistics import ClusterBootstrap
@@ -74,6 +75,7 @@ class RewardPaths:
     ensemble: Path
     reliability: Path
     resume: Path
+    live: Path | None = None  # DVCLive's folder: every phase's loss per micro-batch, while the run runs
 
 
 def run_train_reward(params: Params, paths: RewardPaths) -> dict:
@@ -133,6 +135,12 @@ class _RewardRun:
                 _position_text(self.resume.position),
                 self.resume.folder,
             )
+        # The resume state's losses are the one source: the live folder restarts from them, so a resumed
+        # run's series hold no micro-batch twice.
+        self.live = None if paths.live is None else LiveLog(paths.live)
+        self.live_logged = {phase: len(losses) for phase, losses in restored_losses(self.resume).items()}
+        if self.live is not None:
+            self.live.rewrite(loss_rows(restored_losses(self.resume)))
 
     def train_phase(self, phase: str, stage: Stage1Params | Stage2Params, new_model: Callable, train: Callable):
         """Train `phase`'s model on a fresh engine, going on from its checkpoint when it has one, and
@@ -157,6 +165,11 @@ class _RewardRun:
         progress = PhaseProgress(**(self.resume.restore(phase, engine) or {}))
 
         def on_step(reached: PhaseProgress) -> None:
+            if self.live is not None:
+                first = self.live_logged.get(phase, 0)
+                for row in loss_rows({phase: reached.losses[first:]}, first=first):
+                    self.live.log(row["step"], {key: value for key, value in row.items() if key != "step"})
+                self.live_logged[phase] = len(reached.losses)
             if checkpoint_due(
                 len(reached.losses),
                 gradient_accumulation_steps=stage.gradient_accumulation_steps,
@@ -581,6 +594,24 @@ def save_reward_models(
 
 def _without_member_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value for key, value in state.items() if not key.startswith("member_head.")}
+
+
+def restored_losses(resume: PhasedResume) -> dict[str, list[float]]:
+    """Every phase's micro-batch losses as the resume state has them: finished phases' and, when a phase
+    was checkpointed inside, its losses up to that checkpoint."""
+    losses = dict(resume.losses)
+    if resume.position is not None:
+        losses[resume.phase] = resume.position["losses"]
+    return losses
+
+
+def loss_rows(losses: dict[str, list[float]], *, first: int = 0) -> list[dict]:
+    """DVCLive rows of micro-batch losses: {"step": first + i, "loss/<phase>": loss i}, phase by phase."""
+    return [
+        {"step": first + index, f"loss/{phase}": loss}
+        for phase, values in losses.items()
+        for index, loss in enumerate(values)
+    ]
 
 
 def resume_params(params: Params, *, world_size: int) -> dict:

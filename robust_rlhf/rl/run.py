@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from robust_rlhf.card import CARD_FILE, card_facts, model_card
 from robust_rlhf.config import MethodParams, Params, PretrainedRewardModelParams
 from robust_rlhf.models import (
     disable_dropout,
@@ -48,8 +49,8 @@ from robust_rlhf.rl.ppo import (
     reference_scores,
     rollout_prompts,
 )
-from robust_rlhf.runtime.atomic import atomic_write_json, publish_directory, read_jsonl
-from robust_rlhf.runtime.checkpoint import save_policy_checkpoint
+from robust_rlhf.runtime.atomic import atomic_write_json, atomic_write_text, publish_directory, read_jsonl
+from robust_rlhf.runtime.checkpoint import read_checkpoints, save_policy_checkpoint
 from robust_rlhf.runtime.distributed import (
     frozen_model,
     full_state_dict,
@@ -62,6 +63,7 @@ from robust_rlhf.runtime.distributed import (
     weight_norm,
 )
 from robust_rlhf.runtime.guards import check_finite, check_no_warning, check_ppo_step
+from robust_rlhf.runtime.live import LiveLog
 from robust_rlhf.runtime.memory_plan import check_stage_fits
 from robust_rlhf.runtime.metrics import StepLog
 from robust_rlhf.runtime.resume import load_state, prune_finished, restore_engines, run_key, save_state
@@ -78,6 +80,7 @@ class PPOPaths:
     policy: Path  # the checkpoints, published when the run ends
     steps: Path  # the per-step log (a DVC plot)
     resume: Path  # the resume state while the run runs
+    live: Path | None = None  # DVCLive's folder: the latest step's scalars, for `dvc exp show` mid-run
 
 
 @dataclass
@@ -183,7 +186,8 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     engines = {"actor": actor} if critic is None else {"actor": actor, "critic": critic}
     saved = load_state(paths.resume, key, engines_of=lambda state: list(engines))
     initial_weight_norm = weight_norm(actor)  # before any resumed weights: the guard compares with the init
-    step_log = StepLog(paths.steps)
+    # The series is DVC's plot of the CSV; DVCLive's folder gets only the summary (one writer per number).
+    step_log = StepLog(paths.steps, live=None if paths.live is None else LiveLog(paths.live, series=False))
     monitor = None
     if saved is None:
         scores = None
@@ -209,7 +213,7 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
         if config.monitor.enabled:
             monitor = start_monitor(params, None, prompts, paths.data, normalizer, method_params, None)
             monitor.load_state(saved["stage"]["monitor"])
-        step_log.rows = saved["stage"]["step_log"]
+        step_log.restore(saved["stage"]["step_log"])
         first_step = saved["step"]
         logger.info("resuming %s from step %d of %d (%s)", name, first_step, config.steps, paths.resume)
     run_dir = paths.resume / "policy"
@@ -302,6 +306,9 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
     if is_main_process():
         if monitor is not None:
             atomic_write_json(run_dir / MONITOR_FILE, monitor.summary())
+        # The final policy's card; evaluate has not run yet, so `stages.export_policy` adds the study's numbers.
+        final = run_dir / read_checkpoints(run_dir)[-1]["path"]
+        atomic_write_text(final / CARD_FILE, model_card(card_facts(params, method, seed)))
         publish_directory(run_dir, paths.policy)
         shutil.rmtree(paths.resume, ignore_errors=True)
     return {

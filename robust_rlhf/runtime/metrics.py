@@ -44,15 +44,30 @@ class StepLog:
     Its columns are `step`, then every other key of any row, sorted: a function of the rows' contents
     alone. A resumed run's rows come back from state.json, whose keys are sorted (atomic_write_json), so
     an order of first-seen keys would differ between a resumed and an uninterrupted run; this one does
-    not, and the two files are byte-identical."""
+    not, and the two files are byte-identical.
 
-    def __init__(self, path: str | Path) -> None:
+    A `live` log (robust_rlhf/runtime/live.py) gets every row too, from this one writer: after a resume
+    `restore` rewrites it from the restored rows, so it never holds a step twice."""
+
+    def __init__(self, path: str | Path, live=None) -> None:
         self.path = Path(path)
         self.rows: list[dict] = []
+        self.live = live
 
     def columns(self) -> list[str]:
         return ["step", *sorted({key for row in self.rows for key in row} - {"step"})]
 
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
-        self.rows.append({"step": step, **{key: round(float(value), 6) for key, value in scalars.items()}})
+        row = {"step": step, **{key: round(float(value), 6) for key, value in scalars.items()}}
+        self.rows.append(row)
         write_csv(self.path, self.rows, columns=self.columns())
+        if self.live is not None:
+            self.live.log(step, {key: value for key, value in row.items() if key != "step"})
+
+    def restore(self, rows: list[dict]) -> None:
+        """Go on from the rows a resume state saved: the files are rewritten from them, dropping any step
+        a killed run logged after its last checkpoint."""
+        self.rows = [dict(row) for row in rows]
+        write_csv(self.path, self.rows, columns=self.columns())
+        if self.live is not None:
+            self.live.rewrite(self.rows)

@@ -28,6 +28,7 @@ def ppo_paths(pipeline_run, out, reward=None):
         "steps": out / "steps.csv",
         "metrics": out / "metrics.json",
         "resume": out / ".policy.resume",
+        "live": out / "live",
     }
 
 
@@ -74,6 +75,9 @@ def test_killed_run_resumes_and_ends_like_the_uninterrupted_one(pipeline_run, un
     assert not paths["resume"].exists()
     # engines, optimizer states, RNGs and the normaliser all came back: the same run as without the kill
     assert rows(paths["steps"]) == rows(out / "steps.csv")
+    # DVCLive's summary ends on the last step, as without the kill, whatever step the killed process reached
+    assert (paths["live"] / "metrics.json").read_text() == (out / "live" / "metrics.json").read_text()
+    assert json.loads((out / "live" / "metrics.json").read_text())["step"] == STEPS - 1
     final = read_checkpoints(paths["policy"])[-1]["path"]
     expected, got = (load_file(str(root / final / "model.safetensors")) for root in (out / "policy", paths["policy"]))
     assert all((expected[name] == got[name]).all() for name in expected)

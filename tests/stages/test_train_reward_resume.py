@@ -79,6 +79,7 @@ def stage_paths(inputs, out):
         "reliability": out / "reliability",
         "metrics": out / "metrics.json",
         "resume": out / ".reward.resume",
+        "live": out / "live",
     }
 
 
@@ -93,9 +94,11 @@ def kill_train_reward(params, paths, at_least_step):
 
 
 def published(out) -> dict:
-    """Every tensor and CSV row the stage published, and its metrics without the wall time."""
+    """Every tensor and CSV row the stage published (DVCLive's series and summary too), and its metrics
+    without the wall time."""
     tensors = {str(path.relative_to(out)): load_file(str(path)) for path in sorted(out.rglob("*.safetensors"))}
-    csvs = {str(path.relative_to(out)): path.read_text() for path in sorted(out.rglob("*.csv"))}
+    tables = [*out.rglob("*.csv"), *out.rglob("*.tsv"), out / "live" / "metrics.json"]
+    csvs = {str(path.relative_to(out)): path.read_text() for path in sorted(tables)}
     metrics = json.loads((out / "metrics.json").read_text())
     metrics.pop("wall_seconds")
     return {"tensors": tensors, "csvs": csvs, "metrics": metrics}
@@ -145,6 +148,11 @@ def test_killed_run_resumes_and_publishes_what_an_uninterrupted_run_does(
     assert not paths["resume"].exists()
     # engines, optimizer states, RNGs, data positions and finished phases all came back
     assert_same_outputs(published(reference), published(out), files=files)
+    # the live series continue from the checkpoint: each phase's micro-batches once, in order
+    steps = [
+        line.split("\t")[0] for line in (out / f"live/plots/metrics/loss/{last_phase}.tsv").read_text().splitlines()
+    ]
+    assert steps == ["step", *map(str, range(PHASE_STEPS))]
 
 
 def test_non_finite_features_stop_the_stage_before_anything_is_saved(inputs, tmp_path):
