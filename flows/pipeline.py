@@ -34,6 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 
 from robust_rlhf.config import load_params, resume_folder_of
+from robust_rlhf.runtime.live import LIVE_ROOT
 
 PARAMS_ERROR_EXIT_CODE = 2  # what a stage exits with when params.yaml is invalid (stages/cli.py)
 
@@ -88,7 +89,8 @@ def pipeline_stages(repo: Path, methods: list[str] | None = None) -> list[str]:
 
 def stage_metrics_paths(repo: Path, stage: str) -> list[str]:
     """The metrics files `dvc.yaml` declares for `stage`; for a matrix entry `ppo@<method>-<seed>`,
-    with ${item.method} and ${item.seed} resolved."""
+    with ${item.method} and ${item.seed} resolved. DVCLive's summaries are left out: they repeat the
+    stage's step log for `dvc exp show` mid-run, and the flow publishes each number once."""
     stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     group, _, key = stage.partition("@")
     definition = stages[group]
@@ -96,6 +98,8 @@ def stage_metrics_paths(repo: Path, stage: str) -> list[str]:
     paths = []
     for entry in definition.get("metrics", []):
         path = next(iter(entry)) if isinstance(entry, dict) else entry
+        if Path(path).parts[0] == LIVE_ROOT:
+            continue
         paths.append(path.replace("${item.method}", method).replace("${item.seed}", seed))
     return paths
 

@@ -21,6 +21,8 @@ from dvclive.plots import Metric
 from robust_rlhf.runtime.atomic import atomic_write_json
 
 SUMMARY_FILE = "metrics.json"
+# dvc.yaml gives every stage its --live folder under this one.
+LIVE_ROOT = "live"
 
 
 class LiveLog:

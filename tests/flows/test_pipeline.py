@@ -1,6 +1,7 @@
 """The Prefect flow: task logic through `.fn()`, and real flow runs under a test Prefect server."""
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from flows.pipeline import (
     stage_metrics_paths,
 )
 from robust_rlhf.config import resume_folder_of
+from robust_rlhf.runtime.live import LIVE_ROOT
 from tests.conftest import REPO, copy_repo, tiny_params
 
 
@@ -53,6 +55,9 @@ def test_metrics_paths_resolve_matrix_entries():
     assert stage_metrics_paths(REPO, "prepare") == ["metrics/prepare.json"]
     assert stage_metrics_paths(REPO, "train_reward") == ["metrics/train_reward.json"]
     assert set(stage_metrics_paths(REPO, "evaluate")) == {"metrics/eval.json", "metrics/eval"}
+    # DVCLive's summaries are left out because they sit under LIVE_ROOT: every stage's --live folder does.
+    live_folders = re.findall(r"--live (\S+)", (REPO / "dvc.yaml").read_text())
+    assert len(live_folders) == 2 and all(folder.startswith(f"{LIVE_ROOT}/") for folder in live_folders)
 
 
 def test_flatten():
