@@ -16,8 +16,6 @@ import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from dvclive.plots import Metric
-
 from robust_rlhf.runtime.atomic import atomic_write_json
 
 SUMMARY_FILE = "metrics.json"
@@ -32,7 +30,7 @@ class LiveLog:
     def __init__(self, folder: str | Path, *, series: bool = True) -> None:
         self.folder, self.series = Path(folder), series
         self.summary: dict = {}
-        self._metrics: dict[str, Metric] = {}
+        self._metrics: dict = {}
 
     @property
     def plots_dir(self) -> Path:
@@ -43,7 +41,7 @@ class LiveLog:
         mid-run)."""
         for name, value in scalars.items():
             if self.series:
-                metric = self._metrics.setdefault(name, Metric(name, self.plots_dir))
+                metric = self._metrics.get(name) or self._metrics.setdefault(name, _metric()(name, self.plots_dir))
                 metric.step = step
                 metric.dump(value)
             _set_nested(self.summary, name.split("/"), value)
@@ -53,7 +51,8 @@ class LiveLog:
     def rewrite(self, rows: Iterable[Mapping]) -> None:
         """Replace the folder's contents with `rows` ({"step": s, name: value, ...}), in order: what a
         resumed run does with the rows its resume state restored, before it logs the next step."""
-        shutil.rmtree(self.plots_dir / Metric.subfolder, ignore_errors=True)
+        if self.series:
+            shutil.rmtree(self.plots_dir / _metric().subfolder, ignore_errors=True)
         (self.folder / SUMMARY_FILE).unlink(missing_ok=True)
         self.summary, self._metrics = {}, {}
         for row in rows:
@@ -66,3 +65,11 @@ def _set_nested(tree: dict, keys: list[str], value) -> None:
     for key in keys[:-1]:
         tree = tree.setdefault(key, {})
     tree[keys[-1]] = value
+
+
+def _metric():
+    """dvclive's series writer, imported when a series is written: dvclive imports pandas (about a second
+    at every stage start), and ppo writes only the summary."""
+    from dvclive.plots import Metric
+
+    return Metric
