@@ -22,7 +22,7 @@ class ReportInputs:
     """Everything the report shows, as read from the stages' outputs (see stages/report.py)."""
 
     profile: str
-    methods: dict[str, dict]  # name -> {"reward_model", "aggregation"}
+    methods: dict[str, dict]  # name -> its params entry: reward_model, aggregation, members
     comparison: dict[str, dict]  # metrics/eval/<method>.json
     evaluation: dict  # metrics/eval.json: initial, comparisons, prompts, notes
     curves: dict[str, dict[int, list[dict]]]  # method -> seed -> rows of plots/eval_curves
@@ -230,13 +230,21 @@ GOLD_NOTE = (
 )
 
 
+def reward_model_text(reward_model: str, members: list[str] | None) -> str:
+    """The comparison table's reward-model cell: a mixture names its members in order (`mixture [a, b]`),
+    since two mixtures with different members are different reward models."""
+    if reward_model == "mixture" and members:
+        return f"mixture [{', '.join(members)}]"
+    return reward_model
+
+
 def render_report(inputs: ReportInputs) -> str:
     """The whole report as one HTML string."""
     comparisons = inputs.evaluation.get("comparisons", {}).get("vs_initial", {})
     comparison = [
         [
             method,
-            row["reward_model"],
+            reward_model_text(row["reward_model"], inputs.methods.get(method, {}).get("members")),
             row["aggregation"],
             row["seeds"],
             row["gold"],

@@ -1,7 +1,7 @@
 """The report's reward-model verdicts on hand-built metrics: the interval decides, not the point,
 and an AUROC must clear chance on both held-out splits."""
 
-from robust_rlhf.evaluation.report import interval_text, reward_model_section, uncertainty_findings
+from robust_rlhf.evaluation.report import interval_text, reward_model_section, reward_model_text, uncertainty_findings
 
 
 def _interval(value, low, high):
@@ -83,3 +83,9 @@ def test_reward_model_section_names_what_differs_between_the_members():
     html = reward_model_section(metrics, {}, {})
     assert "fine-tuned apart, differing only by seed" in html and "0.6 [0.5, 0.7]" in html
     assert "ensemble (test)" in html
+
+
+def test_a_mixture_is_named_by_its_members_in_order_and_other_reward_models_by_their_kind():
+    assert reward_model_text("mixture", ["chat", "pair", "single"]) == "mixture [chat, pair, single]"
+    assert reward_model_text("ensemble", None) == "ensemble"
+    assert reward_model_text("brme", []) == "brme"
