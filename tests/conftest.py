@@ -18,6 +18,9 @@ import yaml
 if TYPE_CHECKING:
     import torch
 
+from robust_rlhf.runtime.threads import configure_threads
+
+configure_threads()  # before any test imports torch (the suite's OMP_NUM_THREADS=1 is kept)
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
