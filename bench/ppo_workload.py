@@ -12,6 +12,8 @@ from pathlib import Path
 # Phase names shared by both implementations, so the table lines them up.
 GENERATION, SCORING, LOGPROB_FORWARD = "generation", "reward scoring", "logprob/ref forward"
 CRITIC = "critic forward+update"  # ours only: PPO's value model, which GRPO does not have
+# TRL's PPO only: its critic's rollout forward; the critic's update shares the policy's training forward
+VALUE_FORWARD = "value forward (rollout)"
 
 
 @dataclass(frozen=True)
