@@ -33,10 +33,12 @@ from bench.ppo_workload import (
     VALUE_FORWARD,
     StepRecord,
     child_parser,
-    top_ops_table,
+    finish_profile,
+    start_profile,
+    trl_training_arguments,
     workload_from_args,
 )
-from bench.timing import PhaseTimer, phase_split
+from bench.timing import PhaseTimer
 from bench.workload import POLICY_DIR, bench_prompts, default_params
 
 # SmolLM2's pad token is its EOS (<|im_end|>), which its chat template also puts inside every prompt;
@@ -113,19 +115,14 @@ def step_recorder(timer: PhaseTimer, record: StepRecord, generated_tokens: list[
         def on_step_end(self, _args, state, control, **kwargs):
             wall = time.perf_counter() - self.started
             if state.global_step > 1:
-                record.step_seconds.append(wall)
-                record.splits.append(phase_split(wall, dict(timer.totals)))
-                record.response_tokens.append(sum(generated_tokens))
-                print(f"trl ppo step {state.global_step}: {wall:.2f} s {dict(timer.totals)}", flush=True)
+                record.add(state.global_step, wall, dict(timer.totals), sum(generated_tokens))
             elif args.torch_profile:
-                self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-                self.profiler.__enter__()
+                self.profiler = start_profile()
             self.start()
 
         def on_train_end(self, _args, state, control, **kwargs):
             if args.torch_profile:
-                self.profiler.__exit__(None, None, None)
-                args.torch_profile.write_text(top_ops_table(self.profiler))
+                finish_profile(self.profiler, args.torch_profile)
 
     return StepTimes()
 
@@ -156,13 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     timer, generated_tokens = PhaseTimer(), []
     with tempfile.TemporaryDirectory() as output_dir:
         config = PPOConfig(
-            output_dir=output_dir,
-            use_cpu=True,
-            bf16=False,
-            fp16=False,
-            gradient_checkpointing=False,
-            per_device_train_batch_size=workload.micro_batch_size,
-            gradient_accumulation_steps=workload.gradient_accumulation_steps,
+            **trl_training_arguments(workload, params, output_dir),
             num_mini_batches=1,
             num_ppo_epochs=workload.epochs,
             total_episodes=workload.batch_size * steps,
@@ -179,16 +170,8 @@ def main(argv: list[str] | None = None) -> None:
             gamma=ppo.gamma,
             lam=ppo.gae_lambda,
             whiten_rewards=False,
-            learning_rate=ppo.learning_rate,
             weight_decay=ppo.weight_decay,
             lr_scheduler_type="constant",
-            max_grad_norm=params.deepspeed.gradient_clipping,
-            seed=workload.seed,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=10**6,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
         )
         trainer = PPOTrainer(
             args=config,
