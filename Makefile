@@ -1,6 +1,6 @@
 # `make run`: set up and run the default pipeline. `make test`: set up, lint and run the tests.
 # `make test-fast`: the tests not marked `slow` (no stage, engine, Prefect server or pipeline run).
-# `make bench`: set up, add the benchmark extra (TRL) and run the benchmarks (about 10 min on 2 cores).
+# `make bench`: set up, add the benchmark extra (TRL) and TRL-PPO's own venv, run the benchmarks (about 10 min on 2 cores).
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +10,10 @@ export TOKENIZERS_PARALLELISM ?= false
 # machine do not rebuild it for each other in the shared ~/.cache/torch_extensions.
 export TORCH_EXTENSIONS_DIR ?= $(abspath $(VENV))/torch_extensions
 
-.PHONY: setup run lint test test-fast bench
+# TRL's last PPO trainer (trl 1.12) needs an older transformers than the runtime's: its own venv.
+TRL_PPO_VENV ?= .venv-trl-ppo
+
+.PHONY: setup run lint test test-fast bench bench-trl-ppo-venv
 setup: $(VENV)/.installed
 
 # torch first (the pinned CPU build), then deepspeed built against it, then this package.
@@ -44,6 +47,19 @@ test-fast: setup
 	. $(BIN)/activate && OMP_NUM_THREADS=1 python -m pytest -q -m "not slow"
 
 # torch==2.13.0 again so that resolving TRL can never swap the pinned CPU build.
-bench: setup
+bench: setup bench-trl-ppo-venv
 	$(BIN)/pip install -q --no-build-isolation -e ".[bench]" torch==2.13.0
-	. $(BIN)/activate && python -m bench
+	. $(BIN)/activate && python -m bench --trl-ppo-venv $(TRL_PPO_VENV)
+
+bench-trl-ppo-venv: $(TRL_PPO_VENV)/.installed
+
+# Built afresh whenever its pins change: the direct pins, then every other package as frozen (constraints).
+# torch first and in every pip command, the pinned CPU build. The child runs from the repo root, which puts
+# bench/ and robust_rlhf/ on its path: this package is not installed there (its deps would pull the runtime's).
+$(TRL_PPO_VENV)/.installed: bench/requirements-trl-ppo.txt bench/constraints-trl-ppo.txt
+	rm -rf $(TRL_PPO_VENV)
+	$(PYTHON) -m venv $(TRL_PPO_VENV)
+	$(TRL_PPO_VENV)/bin/pip install -q -U pip "setuptools>=68" wheel
+	$(TRL_PPO_VENV)/bin/pip install -q torch==2.13.0
+	$(TRL_PPO_VENV)/bin/pip install -q -r bench/requirements-trl-ppo.txt -c bench/constraints-trl-ppo.txt torch==2.13.0
+	touch $@

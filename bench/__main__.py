@@ -2,7 +2,8 @@
 
     python -m bench [--sections ppo,brme,pipeline] [--ppo-steps 2 --ppo-batch 8 --max-new-tokens 32 ...]
 
-PPO (ours and TRL's) runs in child processes, one after the other, each with its own peak RSS;
+PPO (ours and TRL's) runs in child processes, one after the other, each with its own peak RSS; TRL's
+PPO trainer runs in its own virtualenv (`make bench-trl-ppo-venv`), since its TRL needs an older transformers;
 pipeline overhead and per-stage memory run on the tiny profile in a temp copy of the repo.
 """
 
@@ -17,9 +18,17 @@ import tempfile
 from pathlib import Path
 
 from bench.measure import run_measured
-from bench.ppo_workload import CRITIC, PPOWorkload, add_workload_args, workload_argv, workload_from_args
+from bench.ppo_workload import (
+    CRITIC,
+    SCORING,
+    VALUE_FORWARD,
+    PPOWorkload,
+    add_workload_args,
+    workload_argv,
+    workload_from_args,
+)
 from bench.table import Row, render
-from bench.timing import mean_split
+from bench.timing import TRAINING_REST, mean_split, samples_per_second
 
 SECTIONS = ("ppo", "brme", "pipeline")
 PPO_NOTE = (
@@ -29,6 +38,13 @@ PPO_NOTE = (
     "actor's backbone (ppo.value_model); the old log-probs come from generate's logits in both"
 )
 VALUE_MODELS = ("separate", "shared")
+TRL_PPO_ROW = "PPO step samples/s, ours (separate critic) vs TRL PPO"
+TRL_PPO_NOTE = (
+    "TRL 1.12's trl.experimental.ppo.PPOTrainer (the last TRL with PPO) on the same policy, prompts, batch, "
+    "micro-batch x accumulation, generation length (stopping at EOS), epochs, kl_coef (k1), clip ranges, gamma, "
+    "lambda and learning rate; its critic is a separate 135M model, as ours; its reward model must be a "
+    "sequence classifier on the policy's tokenizer: the 135M policy with a random one-output head"
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--torch-profile",
         action="store_true",
         help="profile the measured PPO steps (slows them): top ops to <work>/ppo_*_top_ops.txt",
+    )
+    parser.add_argument(
+        "--trl-ppo-venv",
+        type=Path,
+        default=Path(".venv-trl-ppo"),
+        help="virtualenv of TRL's PPO trainer (make bench-trl-ppo-venv); without it its rows say so",
     )
     parser.add_argument("--brme-batch", type=int, default=32, help="(prompt, response) pairs per scored batch")
     parser.add_argument("--brme-heads", default="1,3,5,10")
@@ -93,13 +115,15 @@ def run_ppo_child(
     profile: bool,
     extra: tuple[str, ...] = (),
     name: str | None = None,
+    python: str = sys.executable,
 ) -> dict:
-    """Run one implementation's PPO steps in a child; its record plus the child's peak RSS."""
+    """Run one implementation's PPO steps in a child (with interpreter `python`); its record plus the
+    child's peak RSS."""
     name = name or module
     out, log = work / f"{name}.json", work / f"{name}.log"
     out.unlink(missing_ok=True)
     command = [
-        sys.executable,
+        python,
         "-m",
         f"bench.{module}",
         "--work",
@@ -116,18 +140,46 @@ def run_ppo_child(
     return json.loads(out.read_text()) | {"peak_rss_mb": measured.peak_rss_mb}
 
 
+def record_rate(record: dict, without: tuple[str, ...] = ()) -> float:
+    """A child's samples/s over its measured steps, without the phases named in `without`."""
+    return samples_per_second(record["workload"]["batch_size"], record["step_seconds"], record["splits"], without)
+
+
 def throughput(record: dict) -> tuple[float, float]:
     """(samples/s, response tokens/s) over the measured steps."""
-    seconds = sum(record["step_seconds"])
-    samples = record["workload"]["batch_size"] * len(record["step_seconds"])
-    return samples / seconds, sum(record["response_tokens"]) / seconds
+    return record_rate(record), sum(record["response_tokens"]) / sum(record["step_seconds"])
+
+
+def phase_rows(label: str, ours: dict, theirs: dict) -> list[Row]:
+    """Each phase's seconds per step and share of the step on both sides, then both peak RSS."""
+    our_split, our_step = mean_split(ours["splits"]), statistics.fmean(ours["step_seconds"])
+    their_split, their_step = mean_split(theirs["splits"]), statistics.fmean(theirs["step_seconds"])
+    rows = []
+    for phase in dict.fromkeys([*our_split, *their_split]):
+        mine, other = our_split.get(phase, 0.0), their_split.get(phase, 0.0)
+        rows.append(
+            Row(
+                f"  {label}: {phase} s/step (speed-up)",
+                f"{mine:.2f} s ({mine / our_step:.0%})",
+                f"{other:.2f} s ({other / their_step:.0%})",
+                other / mine if mine else None,
+            )
+        )
+    rows.append(
+        Row(
+            f"  {label}: peak RSS of the PPO process, MB (TRL's / ours)",
+            f"{ours['peak_rss_mb']:.0f}",
+            f"{theirs['peak_rss_mb']:.0f}",
+            theirs["peak_rss_mb"] / ours["peak_rss_mb"],
+        )
+    )
+    return rows
 
 
 def ppo_rows(ours_by_value_model: dict[str, dict], theirs: dict) -> list[Row]:
     """Throughput of each of our critics against TRL's, then each one's split per phase (seconds per
     step, share of the step) and peak RSS."""
     their_rate, their_tokens = throughput(theirs)
-    their_split, their_step = mean_split(theirs["splits"]), statistics.fmean(theirs["step_seconds"])
     rows = []
     for value_model, ours in ours_by_value_model.items():
         our_rate, our_tokens = throughput(ours)
@@ -142,40 +194,72 @@ def ppo_rows(ours_by_value_model: dict[str, dict], theirs: dict) -> list[Row]:
             )
         )
     for value_model, ours in ours_by_value_model.items():
-        our_split, our_step = mean_split(ours["splits"]), statistics.fmean(ours["step_seconds"])
-        if CRITIC in our_split:
-            batch = ours["workload"]["batch_size"]
-            without_critic = batch / (our_step - our_split[CRITIC])
+        if any(CRITIC in split for split in ours["splits"]):
+            without_critic = record_rate(ours, (CRITIC,))
             rows.append(
                 Row(
                     f"  {value_model}: samples/s without the critic's time",
                     f"{without_critic:.3f}",
-                    f"{batch / their_step:.3f}",
-                    without_critic / (batch / their_step),
+                    f"{their_rate:.3f}",
+                    without_critic / their_rate,
                     "",
                     "ours minus the measured critic phase (its rollout forward, update forward, backward, "
                     "step): the work GRPO does not do",
                 )
             )
-        for phase in dict.fromkeys([*our_split, *their_split]):
-            mine, other = our_split.get(phase, 0.0), their_split.get(phase, 0.0)
-            rows.append(
-                Row(
-                    f"  {value_model}: {phase} s/step (speed-up)",
-                    f"{mine:.2f} s ({mine / our_step:.0%})",
-                    f"{other:.2f} s ({other / their_step:.0%})",
-                    other / mine if mine else None,
-                )
-            )
-        rows.append(
-            Row(
-                f"  {value_model}: peak RSS of the PPO process, MB (TRL's / ours)",
-                f"{ours['peak_rss_mb']:.0f}",
-                f"{theirs['peak_rss_mb']:.0f}",
-                theirs["peak_rss_mb"] / ours["peak_rss_mb"],
-            )
-        )
+        rows += phase_rows(value_model, ours, theirs)
     return rows
+
+
+def trl_ppo_rows(ours: dict, theirs: dict) -> list[Row]:
+    """Our step with a separate critic against TRL's PPO trainer: throughput with and without each
+    side's reward forward (the reward models differ), the critic and training phases together (TRL
+    trains policy and critic in one forward and backward), then each phase and peak RSS."""
+    (our_rate, our_tokens), (their_rate, their_tokens) = throughput(ours), throughput(theirs)
+    our_bare, their_bare = record_rate(ours, (SCORING,)), record_rate(theirs, (SCORING,))
+    our_split, their_split = mean_split(ours["splits"]), mean_split(theirs["splits"])
+    our_training = our_split.get(CRITIC, 0.0) + our_split.get(TRAINING_REST, 0.0)
+    their_training = their_split.get(VALUE_FORWARD, 0.0) + their_split.get(TRAINING_REST, 0.0)
+    return [
+        Row(
+            TRL_PPO_ROW,
+            f"{our_rate:.3f} ({our_tokens:.1f} tok/s)",
+            f"{their_rate:.3f} ({their_tokens:.1f} tok/s)",
+            our_rate / their_rate,
+            ">= 1.5x",
+            TRL_PPO_NOTE,
+        ),
+        Row(
+            "  vs TRL PPO: samples/s without the reward forward",
+            f"{our_bare:.3f}",
+            f"{their_bare:.3f}",
+            our_bare / their_bare,
+            "",
+            f"each side's step minus its {SCORING} phase: ours scores with the MiniLM BRME and ensemble, "
+            "TRL's with its 135M sequence classifier",
+        ),
+        Row(
+            "  vs TRL PPO: critic + training s/step (speed-up)",
+            f"{our_training:.2f} s",
+            f"{their_training:.2f} s",
+            their_training / our_training if our_training else None,
+            "",
+            f"ours: {CRITIC} + {TRAINING_REST}; TRL's: {VALUE_FORWARD} + {TRAINING_REST} (policy and critic "
+            "updated in one forward and backward), so only the sums compare",
+        ),
+        *phase_rows("vs TRL PPO", ours, theirs),
+    ]
+
+
+def trl_ppo_env(env: dict[str, str]) -> dict[str, str]:
+    """The TRL-PPO child's environment: no PYTHONPATH, which could put another TRL or transformers before
+    its venv's (the child runs from the repo root, so bench/ and robust_rlhf/ import without it)."""
+    return {key: value for key, value in env.items() if key != "PYTHONPATH"} | {"TRL_EXPERIMENTAL_SILENCE": "1"}
+
+
+def trl_ppo_missing_row(venv: Path) -> Row:
+    """The row that stands in for TRL's PPO when its virtualenv is not built."""
+    return Row(TRL_PPO_ROW, "not run", f"no {venv}", note="TRL's PPO runs in its own venv: make bench-trl-ppo-venv")
 
 
 def optimizer_rows(times: dict[str, float]) -> list[Row]:
@@ -294,6 +378,21 @@ def main(argv: list[str] | None = None) -> None:
         theirs = run_ppo_child("ppo_trl", work, workload, env, profile=args.torch_profile)
         print(f"trl: {theirs['step_seconds']}", flush=True)
         rows += ppo_rows(ours, theirs)
+        trl_ppo_python = args.trl_ppo_venv.resolve() / "bin" / "python"
+        if trl_ppo_python.exists():
+            trl_ppo = run_ppo_child(
+                "ppo_trl_ppo",
+                work,
+                workload,
+                trl_ppo_env(env),
+                profile=args.torch_profile,
+                python=str(trl_ppo_python),
+            )
+            print(f"trl ppo: {trl_ppo['step_seconds']}", flush=True)
+            rows += trl_ppo_rows(ours["separate"], trl_ppo)
+        else:
+            print(f"no {trl_ppo_python}: TRL's PPO not run (make bench-trl-ppo-venv)", flush=True)
+            rows.append(trl_ppo_missing_row(args.trl_ppo_venv))
         import torch
 
         from bench.optimizer_step import optimizer_step_times

@@ -20,10 +20,11 @@ from bench.ppo_workload import (
     PPOWorkload,
     StepRecord,
     child_parser,
-    top_ops_table,
+    finish_profile,
+    start_profile,
     workload_from_args,
 )
-from bench.timing import PhaseTimer, phase_split
+from bench.timing import PhaseTimer
 from bench.workload import POLICY_DIR, bench_prompts, build_reward_models, default_params
 
 
@@ -107,8 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     profiler = contextlib.nullcontext()
     for step in range(workload.steps + 1):
         if step == 1 and args.torch_profile:
-            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-            profiler.__enter__()
+            profiler = start_profile()
         timer.reset()
         batch = prompts[step * workload.batch_size : (step + 1) * workload.batch_size]
         started = time.perf_counter()
@@ -129,13 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         wall = time.perf_counter() - started
         if step == 0:
             continue  # warm-up: first-call allocations and lazy inits
-        record.step_seconds.append(wall)
-        record.splits.append(phase_split(wall, dict(timer.totals)))
-        record.response_tokens.append(round(metrics["response/length"] * workload.batch_size))
-        print(f"ours step {step}: {wall:.2f} s {dict(timer.totals)}", flush=True)
+        record.add(step, wall, dict(timer.totals), round(metrics["response/length"] * workload.batch_size))
     if args.torch_profile:
-        profiler.__exit__(None, None, None)
-        args.torch_profile.write_text(top_ops_table(profiler))
+        finish_profile(profiler, args.torch_profile)
     record.write(args.out)
 
 

@@ -26,10 +26,12 @@ from bench.ppo_workload import (
     SCORING,
     StepRecord,
     child_parser,
-    top_ops_table,
+    finish_profile,
+    start_profile,
+    trl_training_arguments,
     workload_from_args,
 )
-from bench.timing import PhaseTimer, phase_split
+from bench.timing import PhaseTimer
 from bench.workload import POLICY_DIR, bench_prompts, build_reward_models, default_params
 
 GROUP_SIZE = 2  # GRPO's completions per prompt; the smallest group, so the batch has the most prompts
@@ -76,8 +78,7 @@ def step_recorder(timer: PhaseTimer, record: StepRecord, generated_tokens: list[
 
         def on_step_begin(self, _args, state, control, **kwargs):
             if state.global_step == 1 and args.torch_profile:
-                self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-                self.profiler.__enter__()
+                self.profiler = start_profile()
             timer.reset()
             generated_tokens.clear()
             self.started = time.perf_counter()
@@ -85,15 +86,11 @@ def step_recorder(timer: PhaseTimer, record: StepRecord, generated_tokens: list[
         def on_step_end(self, _args, state, control, **kwargs):
             wall = time.perf_counter() - self.started
             if state.global_step > 1:
-                record.step_seconds.append(wall)
-                record.splits.append(phase_split(wall, dict(timer.totals)))
-                record.response_tokens.append(sum(generated_tokens))
-                print(f"trl step {state.global_step}: {wall:.2f} s {dict(timer.totals)}", flush=True)
+                record.add(state.global_step, wall, dict(timer.totals), sum(generated_tokens))
 
         def on_train_end(self, _args, state, control, **kwargs):
             if args.torch_profile:
-                self.profiler.__exit__(None, None, None)
-                args.torch_profile.write_text(top_ops_table(self.profiler))
+                finish_profile(self.profiler, args.torch_profile)
 
     return StepTimes()
 
@@ -116,13 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     timer, generated_tokens = PhaseTimer(), []
     with tempfile.TemporaryDirectory() as output_dir:
         config = GRPOConfig(
-            output_dir=output_dir,
-            use_cpu=True,
-            bf16=False,
-            fp16=False,
-            gradient_checkpointing=False,
-            per_device_train_batch_size=workload.micro_batch_size,
-            gradient_accumulation_steps=workload.gradient_accumulation_steps,
+            **trl_training_arguments(workload, params, output_dir),
             num_generations=GROUP_SIZE,
             num_iterations=workload.epochs,
             max_completion_length=workload.max_new_tokens,
@@ -130,16 +121,8 @@ def main(argv: list[str] | None = None) -> None:
             top_k=0,
             top_p=1.0,
             beta=params.ppo.kl_coef,
-            learning_rate=params.ppo.learning_rate,
-            max_grad_norm=params.deepspeed.gradient_clipping,
             max_steps=workload.steps + 1,
-            seed=workload.seed,
             shuffle_dataset=False,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=10**6,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
         )
         trainer = GRPOTrainer(
             model=load_causal_lm(policy_init, **model_options(params)),

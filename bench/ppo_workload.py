@@ -9,9 +9,13 @@ import resource
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bench.timing import phase_split
+
 # Phase names shared by both implementations, so the table lines them up.
 GENERATION, SCORING, LOGPROB_FORWARD = "generation", "reward scoring", "logprob/ref forward"
 CRITIC = "critic forward+update"  # ours only: PPO's value model, which GRPO does not have
+# TRL's PPO only: its critic's rollout forward; the critic's update shares the policy's training forward
+VALUE_FORWARD = "value forward (rollout)"
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,13 @@ class StepRecord:
     response_tokens: list[int] = field(default_factory=list)
     note: str = ""
 
+    def add(self, step: int, wall: float, phases: dict[str, float], tokens: int) -> None:
+        """One measured step: its wall seconds, split into `phases` plus the rest, and its response tokens."""
+        self.step_seconds.append(wall)
+        self.splits.append(phase_split(wall, phases))
+        self.response_tokens.append(tokens)
+        print(f"{self.implementation} step {step}: {wall:.2f} s {phases}", flush=True)
+
     def write(self, path: Path) -> None:
         payload = asdict(self) | {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         path.write_text(json.dumps(payload, indent=2))
@@ -98,3 +109,41 @@ class StepRecord:
 def top_ops_table(profiler, rows: int = 15) -> str:
     """torch.profiler's ops by self CPU time: what the optimisation work looks at."""
     return profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def start_profile():
+    """A torch.profiler over CPU ops, entered: the measured steps run inside it."""
+    import torch
+
+    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    profiler.__enter__()
+    return profiler
+
+
+def finish_profile(profiler, path: Path) -> None:
+    """Leave `profiler` (from `start_profile`) and write its top ops to `path`."""
+    profiler.__exit__(None, None, None)
+    path.write_text(top_ops_table(profiler))
+
+
+def trl_training_arguments(workload: PPOWorkload, params, output_dir: str) -> dict:
+    """The transformers TrainingArguments keywords both TRL trainers (GRPO, PPO) run with: CPU, fp32, no
+    gradient checkpointing (ours has none), one optimizer step per rollout batch, our learning rate and
+    clipping, and no saving, logging or data workers to time."""
+    return dict(
+        output_dir=output_dir,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=workload.micro_batch_size,
+        gradient_accumulation_steps=workload.gradient_accumulation_steps,
+        learning_rate=params.ppo.learning_rate,
+        max_grad_norm=params.deepspeed.gradient_clipping,
+        seed=workload.seed,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )

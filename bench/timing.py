@@ -80,3 +80,11 @@ def mean_split(splits: list[dict[str, float]]) -> dict[str, float]:
     """Per-phase mean over steps (a phase missing from a step counts 0)."""
     names = list(dict.fromkeys(name for split in splits for name in split))
     return {name: statistics.fmean(split.get(name, 0.0) for split in splits) for name in names}
+
+
+def samples_per_second(batch_size: int, step_seconds: list[float], splits: list[dict[str, float]], without=()) -> float:
+    """Samples per second over the measured steps, the phases named in `without` taken out of each
+    step's wall time (a phase a step lacks takes out 0): batch * steps / sum_s (wall_s - sum_p in
+    without split_s[p])."""
+    seconds = sum(wall - sum(split.get(name, 0.0) for name in without) for wall, split in zip(step_seconds, splits))
+    return batch_size * len(step_seconds) / seconds

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bench.timing import TRAINING_REST, PhaseTimer, mean_split, median_seconds, phase_split
+from bench.timing import TRAINING_REST, PhaseTimer, mean_split, median_seconds, phase_split, samples_per_second
 
 
 class FakeClock:
@@ -61,3 +61,12 @@ def test_median_seconds_skips_the_warm_up_call():
     clock = FakeClock()
     costs = iter([100.0, 1.0, 3.0, 2.0])  # the first (warm-up) call is slow and must not count
     assert median_seconds(lambda: clock.advance(next(costs)), repeats=3, clock=clock) == 2.0
+
+
+def test_samples_per_second_takes_the_named_phases_out_of_each_step():
+    steps, splits = [10.0, 6.0], [{"generation": 4.0, "reward scoring": 2.0}, {"generation": 2.0}]
+    assert samples_per_second(8, steps, splits) == pytest.approx(16 / 16.0)
+    # the second step has no reward phase: it loses nothing, the first loses 2 s
+    assert samples_per_second(8, steps, splits, without=("reward scoring",)) == pytest.approx(16 / 14.0)
+    assert samples_per_second(8, steps, splits, without=("reward scoring", "generation")) == pytest.approx(16 / 8.0)
+    assert samples_per_second(8, steps, splits, without=("absent",)) == samples_per_second(8, steps, splits)

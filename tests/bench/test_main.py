@@ -1,0 +1,43 @@
+"""bench/__main__.py: the TRL-PPO rows' ratios with and without each side's reward forward, on hand-made records."""
+
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import TRL_PPO_ROW, trl_ppo_missing_row, trl_ppo_rows
+from bench.ppo_workload import CRITIC, GENERATION, SCORING, VALUE_FORWARD
+from bench.timing import TRAINING_REST
+
+
+def record(step_seconds, splits, tokens, rss=1000.0):
+    """A child's StepRecord as the parent reads it back from JSON (batch of 8)."""
+    return {
+        "workload": {"batch_size": 8},
+        "step_seconds": step_seconds,
+        "splits": splits,
+        "response_tokens": tokens,
+        "peak_rss_mb": rss,
+    }
+
+
+OURS = record([4.0, 4.0], [{GENERATION: 1.0, SCORING: 0.5, CRITIC: 1.0, TRAINING_REST: 1.5}] * 2, [64, 64])
+THEIRS = record([8.0, 6.0], [{GENERATION: 2.0, SCORING: 3.0, VALUE_FORWARD: 0.5, TRAINING_REST: 2.5}] * 2, [96, 96])
+
+
+def test_trl_ppo_rows_give_the_ratio_with_and_without_each_sides_reward_forward():
+    rows = {row.benchmark: row for row in trl_ppo_rows(OURS, THEIRS)}
+    main = rows[TRL_PPO_ROW]
+    assert main.ratio == pytest.approx((16 / 8.0) / (16 / 14.0)) and main.target == ">= 1.5x"
+    assert main.ours.startswith("2.000 (16.0 tok/s)") and main.baseline.startswith("1.143 (13.7 tok/s)")
+    bare = rows["  vs TRL PPO: samples/s without the reward forward"]
+    assert bare.ratio == pytest.approx((16 / 7.0) / (16 / 8.0))  # 2 x 0.5 s out of ours, 2 x 3 s out of TRL's
+    # only the sums of the critic and training phases compare: 2.5 s ours, 3.0 s TRL's
+    assert rows["  vs TRL PPO: critic + training s/step (speed-up)"].ratio == pytest.approx(3.0 / 2.5)
+    assert rows[f"  vs TRL PPO: {SCORING} s/step (speed-up)"].ratio == pytest.approx(6.0)
+    assert rows[f"  vs TRL PPO: {VALUE_FORWARD} s/step (speed-up)"].ratio is None  # ours has no such phase
+
+
+def test_a_missing_trl_ppo_venv_is_a_row_naming_the_make_target():
+    row = trl_ppo_missing_row(Path(".venv-trl-ppo"))
+    assert row.benchmark == TRL_PPO_ROW and row.ratio is None
+    assert "make bench-trl-ppo-venv" in row.note and ".venv-trl-ppo" in row.baseline
