@@ -29,8 +29,11 @@ from bench.ppo_workload import (
 )
 from bench.table import Row, render
 from bench.timing import TRAINING_REST, mean_split, samples_per_second
+from robust_rlhf.runtime.threads import configure_threads, thread_environment
 
-SECTIONS = ("ppo", "brme", "pipeline")
+configure_threads()  # before torch loads in this process (BRME and sampling run here)
+
+SECTIONS = ("ppo", "sampling", "brme", "pipeline", "shared")
 PPO_NOTE = (
     "same policy (SmolLM2-135M), prompts, batch, generation length, epochs and reward models; "
     "ours is PPO, so it also has a critic, which TRL's GRPO (beta = our kl_coef, so with its reference "
@@ -46,6 +49,21 @@ TRL_PPO_NOTE = (
     "sequence classifier on the policy's tokenizer: the 135M policy with a random one-output head"
 )
 
+FLOPS_NOTE = (
+    "matmul FLOPs of the phase from the model's shape (bench/flops.py: 2N forward, 6N forward + backward, padded "
+    "positions, the LM head on the kept columns) over its mean seconds, separate critic; the optimizer step and "
+    "elementwise work count no FLOPs"
+)
+SAMPLING_NOTE = (
+    "default policy, fp32, rows = queries x 2 samples, 32 new tokens, ancestral at T = 1 with the log-probs kept; "
+    "generate = transformers' generate as `sample` ran it before (dynamic cache, multinomial, log-probs from the "
+    "stored logits); % of the fp32 matmul peak measured above"
+)
+SHARED_NOTE = (
+    "`python -m stages.prepare` on the default models with the pipeline bench's cut sizes, from scratch; the "
+    "competitor is `while True: pass`; a fair share of the 2 cores is 2x; > : stopped at 2.5x its alone time"
+)
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
@@ -59,14 +77,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="OMP_NUM_THREADS of the measured children (1: on a busy 2-core machine torch's default "
-        "2 threads were 10x slower, waiting on each other)",
+        default=len(os.sched_getaffinity(0)),
+        help="intra-op threads of the measurements (default: the CPUs this process may use, as the stages; "
+        "they spin briefly, robust_rlhf/runtime/threads.py)",
     )
     parser.add_argument(
         "--torch-profile",
         action="store_true",
-        help="profile the measured PPO steps (slows them): top ops to <work>/ppo_*_top_ops.txt",
+        help="profile the measured PPO steps (slows them) and one sampling call per implementation after the "
+        "timed ones: top ops to <work>/ppo_*_top_ops.txt, <work>/sampling_*_top_ops.txt",
     )
     parser.add_argument(
         "--trl-ppo-venv",
@@ -98,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def child_env(threads: int) -> dict[str, str]:
     return dict(
-        os.environ,
+        os.environ | thread_environment(os.environ, threads),
         OMP_NUM_THREADS=str(threads),
         MKL_NUM_THREADS=str(threads),
         DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"),
@@ -212,11 +231,11 @@ def ppo_rows(ours_by_value_model: dict[str, dict], theirs: dict) -> list[Row]:
 
 
 def trl_ppo_rows(ours: dict, theirs: dict) -> list[Row]:
-    """Our step with a separate critic against TRL's PPO trainer: throughput with and without each
-    side's reward forward (the reward models differ), the critic and training phases together (TRL
+    """Our step with a separate critic against TRL's PPO trainer: throughput with and without TRL's
+    reward forward (its reward model must share the policy's tokenizer), the critic and training phases together (TRL
     trains policy and critic in one forward and backward), then each phase and peak RSS."""
     (our_rate, our_tokens), (their_rate, their_tokens) = throughput(ours), throughput(theirs)
-    our_bare, their_bare = record_rate(ours, (SCORING,)), record_rate(theirs, (SCORING,))
+    their_bare = record_rate(theirs, (SCORING,))
     our_split, their_split = mean_split(ours["splits"]), mean_split(theirs["splits"])
     our_training = our_split.get(CRITIC, 0.0) + our_split.get(TRAINING_REST, 0.0)
     their_training = their_split.get(VALUE_FORWARD, 0.0) + their_split.get(TRAINING_REST, 0.0)
@@ -230,13 +249,13 @@ def trl_ppo_rows(ours: dict, theirs: dict) -> list[Row]:
             TRL_PPO_NOTE,
         ),
         Row(
-            "  vs TRL PPO: samples/s without the reward forward",
-            f"{our_bare:.3f}",
+            "  vs TRL PPO without TRL's reward forward",
+            f"{our_rate:.3f}",
             f"{their_bare:.3f}",
-            our_bare / their_bare,
+            our_rate / their_bare,
             "",
-            f"each side's step minus its {SCORING} phase: ours scores with the MiniLM BRME and ensemble, "
-            "TRL's with its 135M sequence classifier",
+            f"our whole step against TRL's minus its {SCORING} phase: TRL needs a sequence classifier on the "
+            "policy's tokenizer (a 135M model), where ours scores with the MiniLM BRME and ensemble",
         ),
         Row(
             "  vs TRL PPO: critic + training s/step (speed-up)",
@@ -345,6 +364,134 @@ def pipeline_rows(stages: dict, cached_repro: float, flow_run: float, flow_cli: 
     return rows
 
 
+def machine_rows(peak_flops: float, bandwidth: float) -> list[Row]:
+    """The machine's limits, measured in this run: what every achieved / peak below is against."""
+    return [
+        Row(
+            "fp32 matmul peak (torch.mm 2048^2)",
+            f"{peak_flops / 1e9:.1f} GFLOP/s",
+            note="2 n^3 per mm, after a warm-up",
+        ),
+        Row("memory read bandwidth (sum of 512 MB)", f"{bandwidth / 1e9:.1f} GB/s"),
+    ]
+
+
+def ppo_flops_rows(record: dict, phase_flops: dict[str, int], peak_flops: float) -> list[Row]:
+    """Achieved FLOP/s of each PPO phase (bench/flops.py's count over the phase's mean seconds) / the peak."""
+    split = mean_split(record["splits"])
+    rows = []
+    for phase, flops in phase_flops.items():
+        if split.get(phase):
+            achieved = flops / split[phase]
+            rows.append(
+                Row(
+                    f"  separate: {phase} achieved / matmul peak",
+                    f"{achieved / 1e9:.1f} GFLOP/s",
+                    f"{peak_flops / 1e9:.1f} GFLOP/s",
+                    achieved / peak_flops,
+                    note=FLOPS_NOTE if not rows else "",
+                )
+            )
+    return rows
+
+
+def sampling_rows(
+    runs: dict, peak_flops: float, bandwidth: float, step_bytes: dict[int, float], stage_rows: int
+) -> list[Row]:
+    """Per batch: our sampler's tokens/s against transformers' generate, its achieved FLOP/s / the peak and
+    the bounds; then prepare's pairs/s at its own batch against the target."""
+    rows = []
+    for ours, theirs in zip(runs["ours"], runs["generate"]):
+        ours_rate, their_rate = ours.generated_tokens / ours.seconds, theirs.generated_tokens / theirs.seconds
+        compute_bound = peak_flops * ours.generated_tokens / ours.flops
+        bandwidth_bound = ours.rows * bandwidth / step_bytes[ours.rows]
+        rows.append(
+            Row(
+                f"sampling tokens/s at {ours.rows} rows, ours vs generate",
+                f"{ours_rate:.0f} ({ours.flops / ours.seconds / peak_flops:.0%} of peak)",
+                f"{their_rate:.0f} ({theirs.flops / theirs.seconds / peak_flops:.0%})",
+                ours_rate / their_rate,
+                note=SAMPLING_NOTE if not rows else "",
+            )
+        )
+        rows.append(
+            Row(
+                f"  {ours.rows} rows: bound by compute / by weight reads (tok/s)",
+                f"{compute_bound:.0f}",
+                f"{bandwidth_bound:.0f}",
+                ours_rate / min(compute_bound, bandwidth_bound),
+                note="ratio: ours / the lower bound" if len(rows) == 1 else "",
+            )
+        )
+    stage = {run.rows: run for run in runs["ours"]}.get(stage_rows)
+    before = {run.rows: run for run in runs["generate"]}.get(stage_rows)
+    if stage and before:
+        rows.append(
+            Row(
+                f"prepare's pair sampling pairs/s ({stage_rows // 2} prompts x 2)",
+                f"{stage_rows / 2 / stage.seconds:.2f}",
+                f"{stage_rows / 2 / before.seconds:.2f}",
+                before.seconds / stage.seconds,
+                ">= 3x",
+                "prepare.batch_size prompts, two samples each, 32 tokens: `sample` now against what it ran before",
+            )
+        )
+    return rows
+
+
+def shared_machine_rows(times: dict) -> list[Row]:
+    """prepare next to one CPU-bound competitor over prepare alone, per thread setting."""
+    from bench.shared_machine import slowdown
+
+    rows = []
+    for name, entry in times.items():
+        ratio, stopped = slowdown(entry)
+        contested = (
+            f"> {entry['contested'] or ratio * entry['alone']:.1f} s" if stopped else f"{entry['contested']:.1f} s"
+        )
+        rows.append(
+            Row(
+                f"prepare next to one busy process / alone, {name}",
+                contested,
+                f"{entry['alone']:.1f} s alone",
+                ratio,
+                "<= 2.3x" if name == "stages' settings" else "",
+                SHARED_NOTE if not rows else "",
+            )
+        )
+    return rows
+
+
+def ppo_step_flops(work: Path, workload: PPOWorkload, params) -> dict[str, int]:
+    """bench/flops.py's count of one measured PPO step of `ppo_ours`: the policy's shape, the measured
+    batches' padded prompt length (mean), the response length."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.flops import linear_weights, ppo_phase_flops
+    from bench.workload import POLICY_DIR, bench_prompts
+    from robust_rlhf.generation import encode_prompts
+
+    model = AutoModelForCausalLM.from_pretrained(work / POLICY_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(work / POLICY_DIR)
+    prompts = bench_prompts(workload.batch_size * (workload.steps + 1))
+    batches = [
+        prompts[step * workload.batch_size : (step + 1) * workload.batch_size] for step in range(1, workload.steps + 1)
+    ]
+    prompt_len = statistics.fmean(
+        encode_prompts(tokenizer, batch, max_prompt_tokens=params.prepare.max_prompt_tokens)[0].shape[1]
+        for batch in batches
+    )
+    body, head = linear_weights(model, model.config.vocab_size)
+    return ppo_phase_flops(
+        body_weights=body,
+        head_weights=head,
+        rows=workload.batch_size,
+        prompt_len=round(prompt_len),
+        response_len=workload.max_new_tokens,
+        epochs=workload.epochs,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sections = [name.strip() for name in args.sections.split(",") if name.strip()]
@@ -355,12 +502,19 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
-    if "ppo" in sections or "brme" in sections:
+    if {"ppo", "sampling", "brme"} & set(sections):
+        import torch
+
+        from bench.sampling import matmul_peak_flops, read_bandwidth
         from bench.workload import build_policy, build_reward_models, default_params
 
         params = default_params(Path.cwd())
         build_policy(params, work)
         build_reward_models(params, work)
+        torch.set_num_threads(args.threads)
+        peak_flops, bandwidth = matmul_peak_flops(), read_bandwidth()
+        print(f"matmul peak {peak_flops / 1e9:.1f} GFLOP/s, read bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
+        rows += machine_rows(peak_flops, bandwidth)
     if "ppo" in sections:
         workload = workload_from_args(args)
         ours = {}
@@ -378,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
         theirs = run_ppo_child("ppo_trl", work, workload, env, profile=args.torch_profile)
         print(f"trl: {theirs['step_seconds']}", flush=True)
         rows += ppo_rows(ours, theirs)
+        rows += ppo_flops_rows(ours["separate"], ppo_step_flops(work, workload, params), peak_flops)
         trl_ppo_python = args.trl_ppo_venv.resolve() / "bin" / "python"
         if trl_ppo_python.exists():
             trl_ppo = run_ppo_child(
@@ -411,6 +566,21 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"response logits: {logits_times}", flush=True)
         rows += response_logits_rows(logits_times)
+    if "sampling" in sections:
+        from bench.sampling import sampling_runs
+        from bench.workload import POLICY_DIR, bench_prompts
+
+        stage_rows = 2 * params.prepare.batch_size
+        rows_list = sorted({8, 32, 64, stage_rows})
+        runs, step_bytes = sampling_runs(
+            work / POLICY_DIR,
+            bench_prompts(stage_rows // 2),
+            rows_list,
+            max_new_tokens=args.max_new_tokens,
+            max_prompt_tokens=params.prepare.max_prompt_tokens,
+            profile_to=work if args.torch_profile else None,
+        )
+        rows += sampling_rows(runs, peak_flops, bandwidth, step_bytes, stage_rows)
     if "brme" in sections:
         import torch
 
@@ -438,6 +608,15 @@ def main(argv: list[str] | None = None) -> None:
             cached = cached_repro_seconds(repo, pipeline_env)
             flow_run, flow_cli = flow_seconds(repo, pipeline_env, logs)
         rows += pipeline_rows(stages, cached, flow_run, flow_cli, args.pipeline_profile)
+    if "shared" in sections:
+        from bench.pipeline_overhead import bench_repo
+        from bench.shared_machine import contention_times
+
+        with tempfile.TemporaryDirectory(prefix="bench_shared_") as tmp:
+            repo = bench_repo(Path(tmp) / "repo", "default", args.pipeline_methods.split(",")[:1])
+            logs = work / "shared_logs"
+            logs.mkdir(exist_ok=True)
+            rows += shared_machine_rows(contention_times(repo, dict(os.environ), logs))
     print()
     print(render(rows))
 

@@ -127,12 +127,19 @@ def gpu_spec(device_name: str | None, *, hbm_tbps: float | None = None, peak_tfl
 
 
 def decode_bytes_per_step(
-    *, weight_bytes: float, batch_size: int, context_tokens: float, num_layers: int, num_kv_heads: int, head_dim: int
+    *,
+    weight_bytes: float,
+    batch_size: int,
+    context_tokens: float,
+    num_layers: int,
+    num_kv_heads: int,
+    head_dim: int,
+    bytes_per_value: int = BYTES_PER_BF16,
 ) -> float:
-    """HBM bytes one decode step must read at least: every weight once (shared by the whole batch) plus each row's
-    KV cache, K and V of every layer over `context_tokens` positions in bf16:
-    W + B * T_ctx * 2 * l * n_kv * d_head * 2 bytes."""
-    kv_cache = batch_size * context_tokens * 2 * num_layers * num_kv_heads * head_dim * BYTES_PER_BF16
+    """Memory bytes one decode step must read at least: every weight once (shared by the whole batch) plus each
+    row's KV cache, K and V of every layer over `context_tokens` positions (bf16 unless told):
+    W + B * T_ctx * 2 * l * n_kv * d_head * bytes_per_value."""
+    kv_cache = batch_size * context_tokens * 2 * num_layers * num_kv_heads * head_dim * bytes_per_value
     return weight_bytes + kv_cache
 
 

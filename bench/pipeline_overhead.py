@@ -22,6 +22,7 @@ DEFAULT_MODELS_SMALL = {
         "num_ppo_prompts": 8,
         "num_eval_prompts": 4,
         "max_new_tokens": 16,
+        "num_shift_samples": 16,
     },
     "train_reward": {"ensemble_size": 2, "stage1": {"epochs": 1}, "stage2": {"epochs": 1}},
     "ppo": {"steps": 1, "checkpoint_every": 1, "max_new_tokens": 16},

@@ -1,4 +1,4 @@
-"""bench/__main__.py: the TRL-PPO rows' ratios with and without each side's reward forward, on hand-made records."""
+"""bench/__main__.py: the TRL-PPO rows' ratios with and without TRL's reward forward, on hand-made records."""
 
 from pathlib import Path
 
@@ -24,13 +24,13 @@ OURS = record([4.0, 4.0], [{GENERATION: 1.0, SCORING: 0.5, CRITIC: 1.0, TRAINING
 THEIRS = record([8.0, 6.0], [{GENERATION: 2.0, SCORING: 3.0, VALUE_FORWARD: 0.5, TRAINING_REST: 2.5}] * 2, [96, 96])
 
 
-def test_trl_ppo_rows_give_the_ratio_with_and_without_each_sides_reward_forward():
+def test_trl_ppo_rows_give_the_ratio_with_and_without_trls_reward_forward():
     rows = {row.benchmark: row for row in trl_ppo_rows(OURS, THEIRS)}
     main = rows[TRL_PPO_ROW]
     assert main.ratio == pytest.approx((16 / 8.0) / (16 / 14.0)) and main.target == ">= 1.5x"
     assert main.ours.startswith("2.000 (16.0 tok/s)") and main.baseline.startswith("1.143 (13.7 tok/s)")
-    bare = rows["  vs TRL PPO: samples/s without the reward forward"]
-    assert bare.ratio == pytest.approx((16 / 7.0) / (16 / 8.0))  # 2 x 0.5 s out of ours, 2 x 3 s out of TRL's
+    bare = rows["  vs TRL PPO without TRL's reward forward"]
+    assert bare.ratio == pytest.approx((16 / 8.0) / (16 / 8.0))  # ours whole, 2 x 3 s out of TRL's
     # only the sums of the critic and training phases compare: 2.5 s ours, 3.0 s TRL's
     assert rows["  vs TRL PPO: critic + training s/step (speed-up)"].ratio == pytest.approx(3.0 / 2.5)
     assert rows[f"  vs TRL PPO: {SCORING} s/step (speed-up)"].ratio == pytest.approx(6.0)
@@ -41,3 +41,33 @@ def test_a_missing_trl_ppo_venv_is_a_row_naming_the_make_target():
     row = trl_ppo_missing_row(Path(".venv-trl-ppo"))
     assert row.benchmark == TRL_PPO_ROW and row.ratio is None
     assert "make bench-trl-ppo-venv" in row.note and ".venv-trl-ppo" in row.baseline
+
+
+def test_sampling_rows_compare_tokens_per_second_and_give_prepares_pairs_per_second():
+    from bench.__main__ import sampling_rows
+    from bench.sampling import SamplingRun
+
+    runs = {
+        "ours": [SamplingRun(rows=128, seconds=16.0, generated_tokens=4000, flops=1.6e12)],
+        "generate": [SamplingRun(rows=128, seconds=32.0, generated_tokens=4000, flops=1.6e12)],
+    }
+    rows = {row.benchmark: row for row in sampling_rows(runs, 2e11, 2e10, step_bytes={128: 1e9}, stage_rows=128)}
+    speed = rows["sampling tokens/s at 128 rows, ours vs generate"]
+    assert speed.ratio == pytest.approx(2.0) and speed.ours.startswith("250 (50% of peak)")
+    # compute bound 2e11 * 4000 / 1.6e12 = 500 tok/s; weight reads 128 * 2e10 / 1e9 = 2560 tok/s
+    bounds = rows["  128 rows: bound by compute / by weight reads (tok/s)"]
+    assert (bounds.ours, bounds.baseline, bounds.ratio) == ("500", "2560", pytest.approx(0.5))
+    pairs = rows["prepare's pair sampling pairs/s (64 prompts x 2)"]
+    assert (pairs.ours, pairs.baseline, pairs.ratio, pairs.target) == ("4.00", "2.00", pytest.approx(2.0), ">= 3x")
+
+
+def test_a_stopped_contested_run_reads_as_at_least_its_timeout():
+    from bench.__main__ import shared_machine_rows
+
+    times = {
+        "libgomp default spin": {"alone": 10.0, "contested": None, "timeout_factor": 4.0},
+        "stages' settings": {"alone": 11.0, "contested": 22.0, "timeout_factor": 4.0},
+    }
+    default, ours = shared_machine_rows(times)
+    assert (default.ours, default.ratio, default.target) == ("> 40.0 s", 4.0, "")
+    assert (ours.ours, ours.ratio, ours.target) == ("22.0 s", pytest.approx(2.0), "<= 2.3x")

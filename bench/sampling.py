@@ -1,0 +1,172 @@
+"""Sampling-only work (prepare's pairs, evaluate, best-of-n) against the machine's limits: our `sample`
+(the library's own decode loop) against transformers' `generate` doing the same job as `sample` did
+before (dynamic KV cache, `multinomial`, log-probs from the stored logits), at several batch sizes on
+the default policy, in this process; plus the machine's fp32 matmul peak and memory read bandwidth,
+measured in the same run, which bound what any sampler can reach here.
+
+FLOPs as bench/flops.py counts them; a decode step must read every weight once, whatever the batch, and
+each row's KV cache (bench/gpu_ppo.py's decode_bytes_per_step, fp32 here).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BYTES_PER_FP32 = 4
+
+
+@dataclass(frozen=True)
+class SamplingRun:
+    rows: int  # sequences sampled in one call (queries x samples per query)
+    seconds: float
+    generated_tokens: int  # response tokens up to and including EOS
+    flops: float  # of the matmuls, by `sampling_flops`
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a square fp32 `torch.mm` (2 n^3 FLOPs each), after one warm-up: the machine's
+    practical dense peak with torch's threads as set."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return repeats * 2 * size**3 / (time.perf_counter() - started)
+
+
+def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes/s of summing a large fp32 tensor (each byte read once per pass), after one warm-up."""
+    import torch
+
+    data = torch.ones(megabytes * 2**20 // BYTES_PER_FP32)
+    data.sum()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        data.sum()
+    return repeats * data.numel() * BYTES_PER_FP32 / (time.perf_counter() - started)
+
+
+def generate_baseline(
+    model, query_ids, query_mask, *, max_new_tokens, temperature, eos_token_id, pad_token_id, samples
+):
+    """What `sample` did with transformers' `generate`: its dynamic cache prefilled once and repeated per
+    sample, `multinomial` draws, the sampled tokens' log-probs from the stored logits afterwards."""
+    import torch
+    from transformers import DynamicCache
+
+    from robust_rlhf.generation import response_mask_from_ids
+    from robust_rlhf.logprobs import logprobs_of_labels
+
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        positions = (query_mask.cumsum(dim=1) - 1).clamp_min(0)
+        model(
+            input_ids=query_ids[:, :-1], attention_mask=query_mask[:, :-1], position_ids=positions[:, :-1], cache=cache
+        )
+        cache.batch_repeat_interleave(samples)
+        query_ids, query_mask = query_ids.repeat_interleave(samples, 0), query_mask.repeat_interleave(samples, 0)
+        output = model.generate(
+            input_ids=query_ids,
+            attention_mask=query_mask,
+            do_sample=True,
+            temperature=temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+            cache=cache,
+        )
+        ids = output.sequences[:, query_ids.shape[1] :]
+        mask = response_mask_from_ids(ids, eos_token_id)
+        logprobs_of_labels(torch.stack(output.logits, dim=1).float() / temperature, ids)
+    return mask
+
+
+def sampling_runs(
+    policy_dir: Path,
+    prompts: list[str],
+    rows_list: list[int],
+    *,
+    max_new_tokens: int,
+    max_prompt_tokens: int,
+    profile_to: Path | None = None,
+) -> tuple[dict[str, list[SamplingRun]], dict[int, float]]:
+    """Each implementation at each batch (`rows` sequences: rows / 2 queries x 2 samples, as prepare's
+    pairs), the same queries, one warm-up call first; ours and the baseline alternate per batch. Also
+    returns, per batch, the least bytes one decode step must read (the weights once, each row's KV
+    cache at the mean context, taken as the prompt limit + half the response). With
+    `profile_to`, one more call of each at the largest batch runs under torch.profiler, its top ops
+    written to `<profile_to>/sampling_<name>_top_ops.txt`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.flops import linear_weights, sampling_flops
+    from bench.gpu_ppo import decode_bytes_per_step
+    from robust_rlhf.generation import encode_prompts, sample
+
+    model = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    body, head = linear_weights(model, model.config.vocab_size)
+    ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+    def ours(query_ids, query_mask):
+        return sample(
+            model, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=1.0, with_logprobs=True,
+            samples_per_query=2, **ids,
+        ).mask  # fmt: skip
+
+    def baseline(query_ids, query_mask):
+        return generate_baseline(
+            model, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=1.0, samples=2, **ids
+        )
+
+    implementations = {"ours": ours, "generate": baseline}
+    runs: dict[str, list[SamplingRun]] = {name: [] for name in implementations}
+    warm_ids, warm_mask = encode_prompts(tokenizer, prompts[:2], max_prompt_tokens=max_prompt_tokens)
+    for run in implementations.values():
+        run(warm_ids, warm_mask)
+    for rows in rows_list:
+        query_ids, query_mask = encode_prompts(tokenizer, prompts[: rows // 2], max_prompt_tokens=max_prompt_tokens)
+        for name, run in implementations.items():
+            torch.manual_seed(0)
+            started = time.perf_counter()
+            mask = run(query_ids, query_mask)
+            seconds = time.perf_counter() - started
+            tokens = int(mask.sum())
+            flops = sampling_flops(
+                body_weights=body, head_weights=head, prefill_tokens=int(query_mask.sum()), decoded_tokens=tokens
+            )
+            runs[name].append(SamplingRun(rows, seconds, tokens, flops))
+            print(f"sampling {name} {rows} rows: {seconds:.2f} s, {tokens} tokens", flush=True)
+    if profile_to is not None:
+        from bench.ppo_workload import finish_profile, start_profile
+
+        query_ids, query_mask = encode_prompts(
+            tokenizer, prompts[: max(rows_list) // 2], max_prompt_tokens=max_prompt_tokens
+        )
+        for name, run in implementations.items():
+            profiler = start_profile()
+            run(query_ids, query_mask)
+            finish_profile(profiler, profile_to / f"sampling_{name}_top_ops.txt")
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    step_bytes = {
+        rows: decode_bytes_per_step(
+            weight_bytes=sum(p.numel() for p in model.parameters()) * BYTES_PER_FP32,
+            batch_size=rows,
+            context_tokens=max_prompt_tokens + max_new_tokens / 2,
+            num_layers=config.num_hidden_layers,
+            num_kv_heads=config.num_key_value_heads,
+            head_dim=head_dim,
+            bytes_per_value=BYTES_PER_FP32,
+        )
+        for rows in rows_list
+    }
+    return runs, step_bytes

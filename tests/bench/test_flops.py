@@ -1,0 +1,24 @@
+import pytest
+from torch import nn
+
+from bench.flops import linear_weights, ppo_phase_flops, sampling_flops
+from bench.ppo_workload import CRITIC, GENERATION, LOGPROB_FORWARD
+from bench.timing import TRAINING_REST
+
+
+def test_linear_weights_split_the_lm_head_from_the_body():
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 6), nn.Linear(6, 4), nn.Linear(4, 10))
+    assert linear_weights(model, vocab_size=10) == (4 * 6 + 6 * 4, 40)
+
+
+def test_sampling_and_ppo_phase_flops_by_hand():
+    # body 100, head 10; 2 rows, prompts of 3, responses of 4, one epoch
+    assert sampling_flops(body_weights=100, head_weights=10, prefill_tokens=6, decoded_tokens=8) == 1200 + 1760
+    flops = ppo_phase_flops(body_weights=100, head_weights=10, rows=2, prompt_len=3, response_len=4, epochs=1)
+    assert flops[GENERATION] == 2 * 2 * (3 * 100 + 4 * 110)  # 2960
+    assert flops[LOGPROB_FORWARD] == 2 * (100 * 14 + 10 * 10)  # 14 tokens, 10 kept LM-head columns: 3000
+    assert flops[CRITIC] == 2 * 100 * 14 + 6 * 100 * 14  # 11200
+    assert flops[TRAINING_REST] == 6 * (100 * 14 + 10 * 10)  # 9000
+    assert ppo_phase_flops(body_weights=100, head_weights=10, rows=2, prompt_len=3, response_len=4, epochs=2)[
+        TRAINING_REST
+    ] == pytest.approx(18000)
