@@ -13,7 +13,7 @@ import yaml
 from bench.measure import Measured, run_measured
 
 # `default`: the default profile's models (SmolLM2-135M, MiniLM) with every size cut, so that each
-# stage's peak memory is that of the default models in a few minutes instead of the 36-minute run.
+# stage's peak memory is that of the default models in a few minutes instead of the 37-minute run.
 DEFAULT_MODELS_SMALL = {
     "prepare": {
         "num_train_pairs": 16,

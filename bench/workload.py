@@ -2,7 +2,7 @@
 and the task's prompts. Built once per bench run into a work folder and shared with subprocesses.
 
 The reward models get random heads (no `train_reward`): scoring and PPO cost do not depend on the
-heads' values, and the bench must run on a fresh clone without the 36-minute default pipeline.
+heads' values, and the bench must run on a fresh clone without the 37-minute default pipeline.
 """
 
 from __future__ import annotations
