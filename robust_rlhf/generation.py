@@ -55,7 +55,7 @@ class SampledResponses:
 
     ids: torch.Tensor  # response tokens; pad after the first EOS
     mask: torch.Tensor  # 1 up to and including the first EOS
-    logprobs: torch.Tensor | None = None  # log pi(token) under the sampling model, from generate's own logits
+    logprobs: torch.Tensor | None = None  # log pi(token) under the sampling model, from the sampler's own logits
     last_hidden: torch.Tensor | None = None  # (B, T, H) final hidden state of the state before each token
 
 
@@ -77,9 +77,10 @@ def sample(
     query-major (sample j of query i is row i * samples_per_query + j).
 
     Pure ancestral sampling from softmax(logits / temperature) (top_k = 0, top_p = 1, no minimum
-    length; `draw_tokens`), so the stored log-probs are those of the distribution sampled, as PPO's
-    ratio and the KL estimators assume. A row that emitted EOS is fed pad from then on, and decoding
-    stops once every row has emitted EOS.
+    length; `draw_tokens`; nothing from `model.generation_config`, e.g. a repetition penalty,
+    applies), so the stored log-probs are those of the distribution sampled, as PPO's ratio and the
+    KL estimators assume. A row that emitted EOS is fed pad from then on, and decoding stops once
+    every row has emitted EOS.
 
     The loop is ours rather than transformers' `generate` because the profile of prepare's pair
     sampling (64 queries x 2 samples x 32 tokens, SmolLM2-135M, 2 CPU cores) spent 36% of its time

@@ -49,7 +49,7 @@ def sample_preference_pairs(
 
     A pair whose two responses are the same text carries no preference: it is rejected with the
     reason `chosen_equals_rejected`, counted, and kept in the rejects, never dropped silently.
-    The gold's fluency reads generate's own log-probs of the sampled tokens (`policy` is the
+    The gold's fluency reads the sampler's own log-probs of the sampled tokens (`policy` is the
     initial policy): no second forward.
     """
     rng = random.Random(seed)

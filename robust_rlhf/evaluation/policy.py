@@ -45,7 +45,7 @@ def evaluate_policy(
     method's (unnormalised) reward of the same samples. Besides the means ("metrics") and the scored
     rows ("samples"), returns per-sample tensors: "gold", its "facets", "proxy", "kl", and each
     multi-head reward model's head "disagreement". The gold's fluency reads log p_init (at T = 1) of
-    the sampled tokens: generate's own for the initial policy, the reference forward's otherwise.
+    the sampled tokens: the sampler's own for the initial policy, the reference forward's otherwise.
     """
     torch.manual_seed(seed)
     device = next(policy.parameters()).device
@@ -60,7 +60,7 @@ def evaluate_policy(
         query_ids, query_mask = (
             t.to(device) for t in encode_prompts(tokenizer, batch, max_prompt_tokens=max_prompt_tokens)
         )
-        # The policy's log-probs come with the sample (generate's logits): one forward less per batch. The
+        # The policy's log-probs come with the sample (the sampler's logits): one forward less per batch. The
         # initial policy is the reference itself: its KL is 0 by definition, no forward needed.
         with gathered_for_generation(policy):
             sampled = sample(

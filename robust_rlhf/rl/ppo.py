@@ -245,7 +245,7 @@ def ppo_step(
     device = actor.device
     shared_value_head = critic is None
     # 1. Rollout with the current policy. The old log-probs (and a shared head's input) come from
-    # generate's own pass, not a second forward of the actor.
+    # the sampler's own pass, not a second forward of the actor.
     actor.eval()
     query_ids, query_mask = (
         t.to(device) for t in encode_prompts(tokenizer, prompts, max_prompt_tokens=max_prompt_tokens)

@@ -21,8 +21,11 @@ def thread_environment(environ: Mapping[str, str], cpus: int) -> dict[str, str]:
     """The variables to add to `environ`: one intra-op thread per CPU the process may run on
     (`OMP_NUM_THREADS`, `MKL_NUM_THREADS`; not the machine's count, which a container or `taskset`
     narrows) and the short spin (`GOMP_SPINCOUNT`). A variable already set is the user's choice and
-    is left out, as is the spin count when the user chose a wait policy (`OMP_WAIT_POLICY`)."""
-    wanted = {"OMP_NUM_THREADS": str(cpus), "MKL_NUM_THREADS": str(cpus)}
+    is left out, as is the spin count when the user chose a wait policy (`OMP_WAIT_POLICY`). A thread
+    count the user set for one of the two is given to the other too: torch takes MKL_NUM_THREADS over
+    OMP_NUM_THREADS, so OMP_NUM_THREADS=1 alone would otherwise run `cpus` threads."""
+    threads = environ.get("OMP_NUM_THREADS") or environ.get("MKL_NUM_THREADS") or str(cpus)
+    wanted = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     if "OMP_WAIT_POLICY" not in environ:
         wanted["GOMP_SPINCOUNT"] = SPIN_COUNT
     return {name: value for name, value in wanted.items() if name not in environ}
