@@ -465,13 +465,15 @@ def shared_machine_rows(times: dict) -> list[Row]:
 def ppo_step_flops(work: Path, workload: PPOWorkload, params) -> dict[str, int]:
     """bench/flops.py's count of one measured PPO step of `ppo_ours`: the policy's shape, the measured
     batches' padded prompt length (mean), the response length."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from bench.flops import linear_weights, ppo_phase_flops
     from bench.workload import POLICY_DIR, bench_prompts
     from robust_rlhf.generation import encode_prompts
 
-    model = AutoModelForCausalLM.from_pretrained(work / POLICY_DIR)
+    with torch.device("meta"):  # only the shapes are counted: no weights read
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(work / POLICY_DIR))
     tokenizer = AutoTokenizer.from_pretrained(work / POLICY_DIR)
     prompts = bench_prompts(workload.batch_size * (workload.steps + 1))
     batches = [
@@ -512,6 +514,7 @@ def main(argv: list[str] | None = None) -> None:
         build_policy(params, work)
         build_reward_models(params, work)
         torch.set_num_threads(args.threads)
+    if {"ppo", "sampling"} & set(sections):  # the limits their achieved figures are read against
         peak_flops, bandwidth = matmul_peak_flops(), read_bandwidth()
         print(f"matmul peak {peak_flops / 1e9:.1f} GFLOP/s, read bandwidth {bandwidth / 1e9:.1f} GB/s", flush=True)
         rows += machine_rows(peak_flops, bandwidth)
