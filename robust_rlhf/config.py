@@ -42,6 +42,7 @@ MAX_TEMPERATURE = 10.0  # sampling temperature; past ~2 samples are noise
 MAX_COUNT = 10_000_000  # pairs, prompts, samples, resamples
 MAX_COEF = 1_000.0  # weights and scales of loss terms, penalties and priors
 MAX_HEADS = 1_024  # reward heads or ensemble members
+MAX_LAYERS = 1_024  # transformer layers of a model (the largest open LLMs have ~130)
 MAX_SEED = 2**31 - 1  # numpy seeds must be < 2**32; derived seeds (seed * 1000 + i) stay in torch's range
 MAX_PROCESSES = 65_536  # GPUs per node, nodes, parallel workers
 SECONDS_PER_DAY = 86_400.0  # the longest retry delay
@@ -555,6 +556,14 @@ class PPOParams(_Section):
         "one model, one forward and one backward instead of two, at the price of the value loss's gradient also "
         "moving the policy."
     )
+    critic_layers: int | None = Field(
+        ge=1,
+        le=MAX_LAYERS,
+        description="Depth of the separate critic: the policy's first N transformer layers (and its final norm) "
+        "with a value head, for roughly N / layers of a full critic's compute (DeepSpeed-Chat trains a 350M critic "
+        "for a 13B actor: a critic need not be the actor's size). null: every layer. Must be null when value_model "
+        "is shared, and at most the policy's layer count.",
+    )
     value_loss_coef: float = Field(
         gt=0,
         le=MAX_COEF,
@@ -606,6 +615,17 @@ class PPOParams(_Section):
     def minibatch_size(self) -> int:
         """Rollout samples per optimizer step (per process)."""
         return self.micro_batch_size * self.gradient_accumulation_steps
+
+    @model_validator(mode="after")
+    def _critic_layers_need_a_separate_critic(self) -> PPOParams:
+        # A shared value head sits on the actor's full backbone: a depth for it would be silently ignored.
+        if self.value_model == "shared" and self.critic_layers is not None:
+            raise cross_field_error(
+                "critic_layers must be null when value_model is shared (the value head reads the actor's last layer)",
+                "critic_layers",
+                {"value_model": self.value_model, "critic_layers": self.critic_layers},
+            )
+        return self
 
     @model_validator(mode="after")
     def _rollout_splits_into_optimizer_steps(self) -> PPOParams:

@@ -11,6 +11,7 @@ A model spec (params `models.policy`, `models.reward_backbone`) is one of:
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 from pathlib import Path
@@ -33,6 +34,10 @@ TINY_LLAMA_SHAPE = dict(
     max_position_embeddings=256,
 )
 TINY_VOCAB_SIZE = 384
+
+
+class TooFewLayers(ValueError):
+    """A model cut to more layers than it has (`first_layers`)."""
 
 
 def build_tiny_tokenizer(corpus: list[str]):
@@ -188,17 +193,44 @@ def load_causal_lm(
 
 
 def load_backbone(
-    name_or_dir: str | Path, *, trust_remote_code: bool = False, attn_implementation: str, dtype: torch.dtype
+    name_or_dir: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    attn_implementation: str,
+    dtype: torch.dtype,
+    num_layers: int | None = None,
 ):
-    """Load a bare backbone (no LM head) in `dtype` (see `model_options`) from safetensors or GGUF."""
-    from transformers import AutoModel
+    """Load a bare backbone (no LM head) in `dtype` (see `model_options`) from safetensors or GGUF; with
+    `num_layers`, only its first `num_layers` transformer layers (`first_layers`: the later layers' weights
+    are never built)."""
+    from transformers import AutoConfig, AutoModel
 
     check_attn_implementation(attn_implementation)
     _log_remote_code(name_or_dir, trust_remote_code)
     source, weights = _weights(name_or_dir)
+    if num_layers is not None:
+        gguf = {key: value for key, value in weights.items() if key == "gguf_file"}
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **gguf)
+        weights = {**weights, "config": first_layers(config, num_layers)}
     return AutoModel.from_pretrained(
         source, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation=attn_implementation, **weights
     )
+
+
+def first_layers(config, num_layers: int):
+    """A copy of a transformers `config` with only its first `num_layers` layers: `num_hidden_layers` and
+    every per-layer list (e.g. `layer_types`, a list as long as the layers) cut to that length. Raises
+    TooFewLayers when the model has fewer layers."""
+    layers = config.num_hidden_layers
+    if not 1 <= num_layers <= layers:
+        raise TooFewLayers(f"{num_layers} layers asked of a model with {layers}")
+    cut = copy.deepcopy(config)
+    for name, value in vars(config).items():
+        # Per-layer settings (attention kind, sliding window, rope on/off) are lists indexed by layer.
+        if isinstance(value, list) and len(value) == layers:
+            setattr(cut, name, value[:num_layers])
+    cut.num_hidden_layers = num_layers
+    return cut
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:

@@ -240,6 +240,12 @@ CROSS_FIELD = [
     ),
     pytest.param({"ppo_seeds": [0, 0]}, "ppo_seeds", ["ppo_seeds = [0, 0]"], id="ppo-seeds"),
     pytest.param(
+        {"ppo.value_model": "shared", "ppo.critic_layers": 1},
+        "ppo.critic_layers",
+        ["ppo.value_model = 'shared'", "ppo.critic_layers = 1"],
+        id="critic-layers-shared",
+    ),
+    pytest.param(
         {"methods.brme-05": {"reward_model": "brme", "aggregation": "brme"}}, "methods.brme-05", [], id="method-name"
     ),
     pytest.param(

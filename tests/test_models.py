@@ -3,9 +3,11 @@ import torch
 
 from robust_rlhf.config import Params, StageInputError
 from robust_rlhf.models import (
+    TooFewLayers,
     build_tiny_policy,
     check_attn_implementation,
     enable_gradient_checkpointing,
+    first_layers,
     load_backbone,
     load_causal_lm,
     model_options,
@@ -166,3 +168,30 @@ def test_a_bf16_backbone_scores_with_the_fp32_heads(tiny_tokenizer):
     with torch.no_grad():
         scores = model(input_ids=input_ids, attention_mask=attention_mask)
     assert scores["mu"].dtype is torch.float32 and torch.isfinite(scores["mu"]).all()
+
+
+def test_first_layers_cuts_the_layer_count_and_every_per_layer_list(tiny_policy):
+    config = tiny_policy.config
+    config_with_types = type(config).from_dict({**config.to_dict(), "layer_types": ["full_attention"] * 2})
+    cut = first_layers(config_with_types, 1)
+    assert (cut.num_hidden_layers, cut.layer_types) == (1, ["full_attention"])
+    assert (config_with_types.num_hidden_layers, len(config_with_types.layer_types)) == (2, 2)  # not changed
+    assert cut.hidden_size == config.hidden_size
+    for asked in (0, 3):
+        with pytest.raises(TooFewLayers, match=f"{asked} layers asked of a model with 2"):
+            first_layers(config, asked)
+
+
+def test_a_backbone_cut_to_its_first_layers_holds_the_policys_weights_of_those_layers(tiny_policy, tmp_path):
+    tiny_policy.save_pretrained(tmp_path, safe_serialization=True)
+    options = dict(attn_implementation="sdpa", dtype=torch.float32)
+    full, cut = load_backbone(tmp_path, **options), load_backbone(tmp_path, **options, num_layers=1)
+    assert (len(full.layers), len(cut.layers), cut.config.num_hidden_layers) == (2, 1, 1)
+    full_state, cut_state = full.state_dict(), cut.state_dict()
+    # Embeddings, layer 0 and the final norm come from the policy (none left at a random init), layer 1 is gone.
+    assert set(cut_state) == {name for name in full_state if not name.startswith("layers.1.")}
+    for name, value in cut_state.items():
+        assert torch.equal(value, full_state[name]), name
+    ids = torch.tensor([[5, 6, 7, 8]])
+    hidden = cut(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert hidden.shape == (1, 4, full.config.hidden_size) and torch.isfinite(hidden).all()

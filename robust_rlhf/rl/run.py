@@ -18,8 +18,9 @@ import torch
 from tqdm import tqdm
 
 from robust_rlhf.card import CARD_FILE, card_facts, model_card
-from robust_rlhf.config import MethodParams, Params, PretrainedRewardModelParams
+from robust_rlhf.config import MethodParams, Params, PretrainedRewardModelParams, StageInputError
 from robust_rlhf.models import (
+    TooFewLayers,
     disable_dropout,
     enable_gradient_checkpointing,
     load_backbone,
@@ -125,10 +126,19 @@ def build_ppo_models(
             model, deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size, world_size=world_size
         )
 
+    def critic_backbone() -> torch.nn.Module:
+        try:
+            backbone = load_backbone(paths.policy_init, **options, num_layers=config.critic_layers)
+        except TooFewLayers as error:
+            raise StageInputError(f"ppo.critic_layers: {error} ({paths.policy_init})") from None
+        if config.critic_layers is not None:
+            logger.info("critic: the policy's first %d layers and a value head", config.critic_layers)
+        return checkpointed(disable_dropout(backbone))
+
     tokenizer = load_tokenizer(paths.policy_init, trust_remote_code=remote)
     actor_module, critic_module = build_actor_critic(
         lambda: checkpointed(disable_dropout(load_causal_lm(paths.policy_init, **options))),
-        lambda: checkpointed(disable_dropout(load_backbone(paths.policy_init, **options))),
+        critic_backbone,
         config.value_model,
         lora=config.lora,
     )

@@ -236,6 +236,7 @@ class ModelShape:
 
     num_params: int  # the causal LM (or the encoder, for an encoder-only backbone)
     backbone_params: int  # without the LM head (the critic's and a reward model's backbone)
+    layer_params: int  # one transformer layer (the first of the backbone's layer list)
     largest_layer_params: int
     layers: int
     hidden: int
@@ -244,6 +245,10 @@ class ModelShape:
     head_dim: int
     vocab: int
     linear_shapes: tuple[tuple[str, int, int], ...]  # (module name, in, out) of every nn.Linear
+
+    def backbone_params_of(self, layers: int | None) -> int:
+        """The backbone's parameters with only its first `layers` layers (None: all; ppo.critic_layers)."""
+        return self.backbone_params - (self.layers - (layers or self.layers)) * self.layer_params
 
     def lora_params(self, rank: int, target_modules: list[str]) -> int:
         """Ψ_t of LoRA adapters (Hu et al. 2021): r · (in + out) per adapted linear layer;
@@ -299,6 +304,7 @@ def model_shape(spec: str, *, trust_remote_code: bool) -> ModelShape:
     return ModelShape(
         num_params=count(full),
         backbone_params=count(backbone),
+        layer_params=count(next(m for m in backbone.modules() if _is_layer_list(m, config.num_hidden_layers))[0]),
         largest_layer_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in full.modules()),
         layers=config.num_hidden_layers,
         hidden=config.hidden_size,
@@ -310,6 +316,12 @@ def model_shape(spec: str, *, trust_remote_code: bool) -> ModelShape:
             (name, m.in_features, m.out_features) for name, m in full.named_modules() if isinstance(m, torch.nn.Linear)
         ),
     )
+
+
+def _is_layer_list(module, layers: int) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.ModuleList) and len(module) == layers
 
 
 def plan_stages(params, *, ppo_devices: int | None = None) -> list[StageMemory]:
@@ -387,10 +399,11 @@ def plan_stages(params, *, ppo_devices: int | None = None) -> list[StageMemory]:
     actor = trained(policy.num_params, actor_trainable, policy.largest_layer_params, devices)
     models = [actor]
     if pc.value_model == "separate":
-        critic_trainable = (
-            policy.lora_params(pc.lora.rank, pc.lora.target_modules) if pc.lora.enabled else policy.backbone_params
-        )
-        models.append(trained(policy.backbone_params, critic_trainable, policy.largest_layer_params, devices))
+        critic_params = policy.backbone_params_of(pc.critic_layers)
+        # A cut critic's adapters: the policy's, in proportion to the layers kept (every layer adapts alike).
+        critic_lora = policy.lora_params(pc.lora.rank, pc.lora.target_modules) * (pc.critic_layers or policy.layers)
+        critic_trainable = critic_lora // policy.layers if pc.lora.enabled else critic_params
+        models.append(trained(critic_params, critic_trainable, policy.largest_layer_params, devices))
     frozen_bytes = reward_backbones * frozen(reward.backbone_params, devices)
     if not pc.lora.enabled:
         frozen_bytes += frozen(policy.num_params, devices)

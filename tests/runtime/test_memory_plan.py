@@ -101,6 +101,19 @@ def test_lora_parameters_are_rank_times_fan_in_plus_fan_out():
     assert tiny.lora_params(2, ["q_proj"]) == 2 * 2 * 128
 
 
+def test_a_critic_cut_to_its_first_layers_plans_the_weights_of_those_layers():
+    tiny = model_shape("tiny-random", trust_remote_code=False)
+    # One layer: the 7 linear layers above (q 64x64, k, v 64x32, o 64x64, gate, up 64x128, down 128x64)
+    # and its two RMSNorms of 64.
+    assert tiny.layer_params == 64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3 + 2 * 64
+    assert tiny.backbone_params_of(1) == tiny.backbone_params - tiny.layer_params
+    assert tiny.backbone_params_of(None) == tiny.backbone_params_of(2) == tiny.backbone_params
+    full, cut = plan()["ppo"], plan(**{"ppo.critic_layers": 1})["ppo"]
+    # fp32, ZeRO-0: 4 bytes of weights and of gradients, 8 of Adam states for each critic parameter cut.
+    assert full.weights - cut.weights == 4 * tiny.layer_params
+    assert full.optimizer - cut.optimizer == 8 * tiny.layer_params
+
+
 def plan(**overrides) -> dict:
     return {m.stage: m for m in plan_stages(Params.model_validate(tiny_params(**overrides)))}
 

@@ -151,3 +151,20 @@ def test_a_shared_value_head_trains_one_model_and_checkpoints_the_policy_alone(p
     final = load_file(str(tmp_path / "p" / read_checkpoints(tmp_path / "p")[-1]["path"] / "model.safetensors"))
     assert initial.keys() <= final.keys() and not any(key.startswith(("value_head", "policy.")) for key in final)
     assert [name for name in initial if torch.equal(initial[name], final[name])] == []
+
+
+def test_a_critic_of_the_policys_first_layers_trains(pipeline_run, tmp_path):
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{"ppo.critic_layers": 1, "ppo.steps": 2}))
+    result = run_ppo(pipeline_run, tmp_path, params)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "critic: the policy's first 1 layers and a value head" in result.stderr
+    with open(tmp_path / "s.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all(math.isfinite(float(row["loss/value"])) for row in rows)
+    assert float(rows[0]["loss/value"]) > 0  # V starts at 0, the returns do not
+
+
+def test_a_critic_deeper_than_the_policy_is_refused_naming_the_param(pipeline_run, tmp_path):
+    params = write_params(tmp_path / "params.yaml", tiny_params(**{"ppo.critic_layers": 3, "ppo.steps": 1}))
+    result = run_ppo(pipeline_run, tmp_path, params)
+    assert result.returncode == 2 and "ppo.critic_layers: 3 layers asked of a model with 2" in result.stderr
