@@ -40,8 +40,7 @@ PPO_NOTE = (
     "forward) lacks: `separate` (the default) trains a second 135M model, `shared` a value head on the "
     "actor's backbone (ppo.value_model); the old log-probs come from generate's logits in both"
 )
-VALUE_MODELS = ("separate", "shared")
-TRL_PPO_ROW = "PPO step samples/s, ours (separate critic) vs TRL PPO"
+TRL_PPO_ROW = "PPO step samples/s, ours ({critic} critic) vs TRL PPO"
 TRL_PPO_NOTE = (
     "TRL 1.12's trl.experimental.ppo.PPOTrainer (the last TRL with PPO) on the same policy, prompts, batch, "
     "micro-batch x accumulation, generation length (stopping at EOS), epochs, kl_coef (k1), clip ranges, gamma, "
@@ -51,7 +50,7 @@ TRL_PPO_NOTE = (
 
 FLOPS_NOTE = (
     "matmul FLOPs of the phase from the model's shape (bench/flops.py: 2N forward, 6N forward + backward, padded "
-    "positions, the LM head on the kept columns) over its mean seconds, separate critic; the optimizer step and "
+    "positions, the LM head on the kept columns) over its mean seconds, params' critic; the optimizer step and "
     "elementwise work count no FLOPs"
 )
 SAMPLING_NOTE = (
@@ -109,6 +108,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--pipeline-methods",
         default="single,brme",
         help="methods kept in the tiny profile for the pipeline benchmark (one ppo stage each)",
+    )
+    parser.add_argument(
+        "--critic-layers",
+        type=int,
+        default=None,
+        help="depth of the cut critic measured beside the full one and the shared head (the policy's first N "
+        "layers); default: params.yaml's ppo.critic_layers (when null, no cut critic is run)",
     )
     add_workload_args(parser)
     parser.set_defaults(ppo_steps=2)
@@ -230,26 +236,44 @@ def ppo_rows(ours_by_value_model: dict[str, dict], theirs: dict) -> list[Row]:
     return rows
 
 
-def trl_ppo_rows(ours: dict, theirs: dict) -> list[Row]:
-    """Our step with a separate critic against TRL's PPO trainer: throughput with and without TRL's
+def critics(cut_layers: int | None) -> dict[str, tuple[str, ...]]:
+    """The critics the PPO section runs, by label: their `bench.ppo_ours` flags. `separate` is a full copy of
+    the policy's backbone, `first N layers` the same cut to its first N layers (ppo.critic_layers)."""
+    variants = {"separate": ("--value-model", "separate")}
+    if cut_layers is not None:
+        variants[f"first {cut_layers} layers"] = ("--value-model", "separate", "--critic-layers", str(cut_layers))
+    return variants | {"shared": ("--value-model", "shared")}
+
+
+def default_critic(ppo) -> str:
+    """The label (`critics`) of params' own critic: what the TRL-PPO target is read against."""
+    if ppo.value_model == "shared":
+        return "shared"
+    return "separate" if ppo.critic_layers is None else f"first {ppo.critic_layers} layers"
+
+
+def trl_ppo_rows(ours: dict, theirs: dict, *, critic: str, target: str) -> list[Row]:
+    """Our step with a separate `critic` against TRL's PPO trainer: throughput with and without TRL's
     reward forward (its reward model must share the policy's tokenizer), the critic and training phases together (TRL
-    trains policy and critic in one forward and backward), then each phase and peak RSS."""
+    trains policy and critic in one forward and backward), then each phase and peak RSS. `target` is empty
+    for a critic that is not params' default."""
     (our_rate, our_tokens), (their_rate, their_tokens) = throughput(ours), throughput(theirs)
     their_bare = record_rate(theirs, (SCORING,))
     our_split, their_split = mean_split(ours["splits"]), mean_split(theirs["splits"])
     our_training = our_split.get(CRITIC, 0.0) + our_split.get(TRAINING_REST, 0.0)
     their_training = their_split.get(VALUE_FORWARD, 0.0) + their_split.get(TRAINING_REST, 0.0)
+    label = f"vs TRL PPO, {critic}"
     return [
         Row(
-            TRL_PPO_ROW,
+            TRL_PPO_ROW.format(critic=critic),
             f"{our_rate:.3f} ({our_tokens:.1f} tok/s)",
             f"{their_rate:.3f} ({their_tokens:.1f} tok/s)",
             our_rate / their_rate,
-            ">= 1.5x",
+            target,
             TRL_PPO_NOTE,
         ),
         Row(
-            "  vs TRL PPO without TRL's reward forward",
+            f"  {label}: without TRL's reward forward",
             f"{our_rate:.3f}",
             f"{their_bare:.3f}",
             our_rate / their_bare,
@@ -258,7 +282,7 @@ def trl_ppo_rows(ours: dict, theirs: dict) -> list[Row]:
             "policy's tokenizer (a 135M model), where ours scores with the MiniLM BRME and ensemble",
         ),
         Row(
-            "  vs TRL PPO: critic + training s/step (speed-up)",
+            f"  {label}: critic + training s/step (speed-up)",
             f"{our_training:.2f} s",
             f"{their_training:.2f} s",
             their_training / our_training if our_training else None,
@@ -266,7 +290,7 @@ def trl_ppo_rows(ours: dict, theirs: dict) -> list[Row]:
             f"ours: {CRITIC} + {TRAINING_REST}; TRL's: {VALUE_FORWARD} + {TRAINING_REST} (policy and critic "
             "updated in one forward and backward), so only the sums compare",
         ),
-        *phase_rows("vs TRL PPO", ours, theirs),
+        *phase_rows(label, ours, theirs),
     ]
 
 
@@ -276,9 +300,14 @@ def trl_ppo_env(env: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in env.items() if key != "PYTHONPATH"} | {"TRL_EXPERIMENTAL_SILENCE": "1"}
 
 
-def trl_ppo_missing_row(venv: Path) -> Row:
+def trl_ppo_missing_row(venv: Path, *, critic: str) -> Row:
     """The row that stands in for TRL's PPO when its virtualenv is not built."""
-    return Row(TRL_PPO_ROW, "not run", f"no {venv}", note="TRL's PPO runs in its own venv: make bench-trl-ppo-venv")
+    return Row(
+        TRL_PPO_ROW.format(critic=critic),
+        "not run",
+        f"no {venv}",
+        note="TRL's PPO runs in its own venv: make bench-trl-ppo-venv",
+    )
 
 
 def optimizer_rows(times: dict[str, float]) -> list[Row]:
@@ -376,7 +405,7 @@ def machine_rows(peak_flops: float, bandwidth: float) -> list[Row]:
     ]
 
 
-def ppo_flops_rows(record: dict, phase_flops: dict[str, int], peak_flops: float) -> list[Row]:
+def ppo_flops_rows(record: dict, phase_flops: dict[str, int], peak_flops: float, *, critic: str) -> list[Row]:
     """Achieved FLOP/s of each PPO phase (bench/flops.py's count over the phase's mean seconds) / the peak."""
     split = mean_split(record["splits"])
     rows = []
@@ -385,7 +414,7 @@ def ppo_flops_rows(record: dict, phase_flops: dict[str, int], peak_flops: float)
             achieved = flops / split[phase]
             rows.append(
                 Row(
-                    f"  separate: {phase} achieved / matmul peak",
+                    f"  {critic}: {phase} achieved / matmul peak",
                     f"{achieved / 1e9:.1f} GFLOP/s",
                     f"{peak_flops / 1e9:.1f} GFLOP/s",
                     achieved / peak_flops,
@@ -463,8 +492,9 @@ def shared_machine_rows(times: dict) -> list[Row]:
 
 
 def ppo_step_flops(work: Path, workload: PPOWorkload, params) -> dict[str, int]:
-    """bench/flops.py's count of one measured PPO step of `ppo_ours`: the policy's shape, the measured
-    batches' padded prompt length (mean), the response length."""
+    """bench/flops.py's count of one measured PPO step of `ppo_ours` with params' critic: the policy's shape
+    (a critic cut to N of L layers has N / L of its body's weights), the measured batches' padded prompt
+    length (mean), the response length."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -484,7 +514,9 @@ def ppo_step_flops(work: Path, workload: PPOWorkload, params) -> dict[str, int]:
         for batch in batches
     )
     body, head = linear_weights(model, model.config.vocab_size)
+    critic_layers = params.ppo.critic_layers or model.config.num_hidden_layers
     return ppo_phase_flops(
+        critic_body_weights=body * critic_layers // model.config.num_hidden_layers,
         body_weights=body,
         head_weights=head,
         rows=workload.batch_size,
@@ -520,23 +552,26 @@ def main(argv: list[str] | None = None) -> None:
         rows += machine_rows(peak_flops, bandwidth)
     if "ppo" in sections:
         workload = workload_from_args(args)
+        variants = critics(args.critic_layers or params.ppo.critic_layers)
+        default = default_critic(params.ppo)
         ours = {}
-        for value_model in VALUE_MODELS:
-            ours[value_model] = run_ppo_child(
+        for critic, flags in variants.items():
+            ours[critic] = run_ppo_child(
                 "ppo_ours",
                 work,
                 workload,
                 env,
                 profile=args.torch_profile,
-                extra=("--value-model", value_model),
-                name=f"ppo_ours_{value_model}",
+                extra=flags,
+                name=f"ppo_ours_{critic.replace(' ', '_')}",
             )
-            print(f"ours ({value_model} critic): {ours[value_model]['step_seconds']}", flush=True)
+            print(f"ours ({critic} critic): {ours[critic]['step_seconds']}", flush=True)
         theirs = run_ppo_child("ppo_trl", work, workload, env, profile=args.torch_profile)
         print(f"trl: {theirs['step_seconds']}", flush=True)
         rows += ppo_rows(ours, theirs)
-        rows += ppo_flops_rows(ours["separate"], ppo_step_flops(work, workload, params), peak_flops)
+        rows += ppo_flops_rows(ours[default], ppo_step_flops(work, workload, params), peak_flops, critic=default)
         trl_ppo_python = args.trl_ppo_venv.resolve() / "bin" / "python"
+        separate = [critic for critic in ours if critic != "shared"]
         if trl_ppo_python.exists():
             trl_ppo = run_ppo_child(
                 "ppo_trl_ppo",
@@ -547,10 +582,13 @@ def main(argv: list[str] | None = None) -> None:
                 python=str(trl_ppo_python),
             )
             print(f"trl ppo: {trl_ppo['step_seconds']}", flush=True)
-            rows += trl_ppo_rows(ours["separate"], trl_ppo)
+            for critic in separate:
+                rows += trl_ppo_rows(
+                    ours[critic], trl_ppo, critic=critic, target=">= 1.5x" if critic == default else ""
+                )
         else:
             print(f"no {trl_ppo_python}: TRL's PPO not run (make bench-trl-ppo-venv)", flush=True)
-            rows.append(trl_ppo_missing_row(args.trl_ppo_venv))
+            rows += [trl_ppo_missing_row(args.trl_ppo_venv, critic=critic) for critic in separate]
         import torch
 
         from bench.optimizer_step import optimizer_step_times

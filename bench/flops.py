@@ -29,15 +29,24 @@ def sampling_flops(*, body_weights: int, head_weights: int, prefill_tokens: int,
 
 
 def ppo_phase_flops(
-    *, body_weights: int, head_weights: int, rows: int, prompt_len: int, response_len: int, epochs: int
+    *,
+    body_weights: int,
+    head_weights: int,
+    rows: int,
+    prompt_len: int,
+    response_len: int,
+    epochs: int,
+    critic_body_weights: int | None = None,
 ) -> dict[str, int]:
-    """One PPO step's FLOPs per timed phase, separate critic (the policy's body, no LM head), over `rows`
-    sequences of `prompt_len` + `response_len` padded tokens; the LM head runs on the response_len + 1
-    kept columns (logits_to_keep) in a forward over [query; response]:
+    """One PPO step's FLOPs per timed phase, separate critic (the policy's body, or `critic_body_weights`
+    for a critic cut to the policy's first layers; no LM head), over `rows` sequences of `prompt_len` +
+    `response_len` padded tokens; the LM head runs on the response_len + 1 kept columns (logits_to_keep) in
+    a forward over [query; response]:
     generation   2 B (Tq body + T (body + head))
     ref forward  2 B ((Tq + T) body + (T + 1) head)
-    critic       2 B (Tq + T) body (rollout values) + epochs x 6 B (Tq + T) body
+    critic       2 B (Tq + T) critic + epochs x 6 B (Tq + T) critic
     training     epochs x 6 B ((Tq + T) body + (T + 1) head)   (the actor's update)"""
+    critic_weights = body_weights if critic_body_weights is None else critic_body_weights
     tokens = rows * (prompt_len + response_len)
     head_columns = rows * (response_len + 1)
     return {
@@ -48,6 +57,6 @@ def ppo_phase_flops(
             decoded_tokens=rows * response_len,
         ),
         LOGPROB_FORWARD: 2 * (body_weights * tokens + head_weights * head_columns),
-        CRITIC: 2 * body_weights * tokens + epochs * 6 * body_weights * tokens,
+        CRITIC: 2 * critic_weights * tokens + epochs * 6 * critic_weights * tokens,
         TRAINING_REST: epochs * 6 * (body_weights * tokens + head_weights * head_columns),
     }

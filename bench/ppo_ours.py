@@ -65,7 +65,7 @@ def build_engines(params, work: Path):
     return models.tokenizer, models.actor, models.critic, models.ref_model, models.reward_models
 
 
-def with_workload(params, workload: PPOWorkload, value_model: str):
+def with_workload(params, workload: PPOWorkload, value_model: str, critic_layers: int | None = None):
     """The default params with the bench's PPO sizes and critic (validated like params.yaml)."""
     ppo = params.ppo.model_copy(
         update={
@@ -76,6 +76,7 @@ def with_workload(params, workload: PPOWorkload, value_model: str):
             "ppo_epochs": workload.epochs,
             "max_new_tokens": workload.max_new_tokens,
             "value_model": value_model,
+            "critic_layers": critic_layers,
         }
     )
     return params.model_copy(update={"ppo": type(params.ppo).model_validate(ppo.model_dump(by_alias=True))})
@@ -93,9 +94,15 @@ def main(argv: list[str] | None = None) -> None:
         default="separate",
         help="ppo.value_model: a separate critic model, or a value head on the actor's backbone",
     )
+    parser.add_argument(
+        "--critic-layers",
+        type=int,
+        default=None,
+        help="ppo.critic_layers: the separate critic's depth (the policy's first N layers); default: all",
+    )
     args = parser.parse_args(argv)
     workload = workload_from_args(args)
-    params = with_workload(default_params(Path.cwd()), workload, args.value_model)
+    params = with_workload(default_params(Path.cwd()), workload, args.value_model, args.critic_layers)
     seed_everything(workload.seed)
     tokenizer, actor, critic, ref_model, reward_models = build_engines(params, args.work)
     timer = PhaseTimer()
@@ -104,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     # Fixed moments: the `reference` moments cost one extra rollout per run, not per step.
     normalizer = RewardNormalizer(params.ppo.reward_normalization, reference_mean=0.0, reference_std=1.0)
     prompts = bench_prompts(workload.batch_size * (workload.steps + 1))
-    record = StepRecord("ours", vars(workload), note=f"value_model: {args.value_model}")
+    record = StepRecord(
+        "ours", vars(workload), note=f"value_model: {args.value_model}, critic_layers: {args.critic_layers}"
+    )
     profiler = contextlib.nullcontext()
     for step in range(workload.steps + 1):
         if step == 1 and args.torch_profile:

@@ -19,6 +19,10 @@ def test_sampling_and_ppo_phase_flops_by_hand():
     assert flops[LOGPROB_FORWARD] == 2 * (100 * 14 + 10 * 10)  # 14 tokens, 10 kept LM-head columns: 3000
     assert flops[CRITIC] == 2 * 100 * 14 + 6 * 100 * 14  # 11200
     assert flops[TRAINING_REST] == 6 * (100 * 14 + 10 * 10)  # 9000
+    cut = ppo_phase_flops(
+        body_weights=100, head_weights=10, rows=2, prompt_len=3, response_len=4, epochs=1, critic_body_weights=25
+    )
+    assert cut[CRITIC] == 2 * 25 * 14 + 6 * 25 * 14 and cut[TRAINING_REST] == flops[TRAINING_REST]  # 2800
     assert ppo_phase_flops(body_weights=100, head_weights=10, rows=2, prompt_len=3, response_len=4, epochs=2)[
         TRAINING_REST
     ] == pytest.approx(18000)

@@ -25,21 +25,24 @@ THEIRS = record([8.0, 6.0], [{GENERATION: 2.0, SCORING: 3.0, VALUE_FORWARD: 0.5,
 
 
 def test_trl_ppo_rows_give_the_ratio_with_and_without_trls_reward_forward():
-    rows = {row.benchmark: row for row in trl_ppo_rows(OURS, THEIRS)}
-    main = rows[TRL_PPO_ROW]
+    rows = {row.benchmark: row for row in trl_ppo_rows(OURS, THEIRS, critic="separate", target=">= 1.5x")}
+    main = rows[TRL_PPO_ROW.format(critic="separate")]
     assert main.ratio == pytest.approx((16 / 8.0) / (16 / 14.0)) and main.target == ">= 1.5x"
     assert main.ours.startswith("2.000 (16.0 tok/s)") and main.baseline.startswith("1.143 (13.7 tok/s)")
-    bare = rows["  vs TRL PPO without TRL's reward forward"]
+    bare = rows["  vs TRL PPO, separate: without TRL's reward forward"]
     assert bare.ratio == pytest.approx((16 / 8.0) / (16 / 8.0))  # ours whole, 2 x 3 s out of TRL's
     # only the sums of the critic and training phases compare: 2.5 s ours, 3.0 s TRL's
-    assert rows["  vs TRL PPO: critic + training s/step (speed-up)"].ratio == pytest.approx(3.0 / 2.5)
-    assert rows[f"  vs TRL PPO: {SCORING} s/step (speed-up)"].ratio == pytest.approx(6.0)
-    assert rows[f"  vs TRL PPO: {VALUE_FORWARD} s/step (speed-up)"].ratio is None  # ours has no such phase
+    assert rows["  vs TRL PPO, separate: critic + training s/step (speed-up)"].ratio == pytest.approx(3.0 / 2.5)
+    assert rows[f"  vs TRL PPO, separate: {SCORING} s/step (speed-up)"].ratio == pytest.approx(6.0)
+    assert rows[f"  vs TRL PPO, separate: {VALUE_FORWARD} s/step (speed-up)"].ratio is None  # ours has no such phase
+    # a critic other than params' own is measured against TRL too, with no target
+    other = trl_ppo_rows(OURS, THEIRS, critic="first 8 layers", target="")[0]
+    assert other.benchmark == TRL_PPO_ROW.format(critic="first 8 layers") and other.target == ""
 
 
 def test_a_missing_trl_ppo_venv_is_a_row_naming_the_make_target():
-    row = trl_ppo_missing_row(Path(".venv-trl-ppo"))
-    assert row.benchmark == TRL_PPO_ROW and row.ratio is None
+    row = trl_ppo_missing_row(Path(".venv-trl-ppo"), critic="separate")
+    assert row.benchmark == TRL_PPO_ROW.format(critic="separate") and row.ratio is None
     assert "make bench-trl-ppo-venv" in row.note and ".venv-trl-ppo" in row.baseline
 
 
@@ -71,3 +74,17 @@ def test_a_stopped_contested_run_reads_as_at_least_its_timeout():
     default, ours = shared_machine_rows(times)
     assert (default.ours, default.ratio, default.target) == ("> 40.0 s", 4.0, "")
     assert (ours.ours, ours.ratio, ours.target) == ("22.0 s", pytest.approx(2.0), "<= 2.3x")
+
+
+def test_the_ppo_section_runs_the_full_critic_the_cut_one_and_the_shared_head_and_knows_params_own():
+    from types import SimpleNamespace
+
+    from bench.__main__ import critics, default_critic
+
+    assert list(critics(None)) == ["separate", "shared"]
+    variants = critics(8)
+    assert list(variants) == ["separate", "first 8 layers", "shared"]
+    assert variants["first 8 layers"] == ("--value-model", "separate", "--critic-layers", "8")
+    assert default_critic(SimpleNamespace(value_model="separate", critic_layers=None)) == "separate"
+    assert default_critic(SimpleNamespace(value_model="separate", critic_layers=8)) == "first 8 layers"
+    assert default_critic(SimpleNamespace(value_model="shared", critic_layers=None)) == "shared"
