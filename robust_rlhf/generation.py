@@ -101,6 +101,7 @@ def sample(
     rows, query_length = query_ids.shape[0] * samples_per_query, query_ids.shape[1]
     positions = (query_mask.cumsum(dim=1) - 1).clamp_min(0)
     prefill_cache = DynamicCache(config=model.config)
+    check_full_attention(prefill_cache)
     output = model(
         input_ids=query_ids,
         attention_mask=query_mask,
@@ -155,14 +156,40 @@ def sample(
     return sampled
 
 
+def check_full_attention(cache) -> None:
+    """Raise unless every layer of a DynamicCache built from the model's config is a plain full-attention
+    layer: `sample` copies the prefill's keys and values into a StaticCache, which is right only for those.
+    A sliding-window layer keeps only its last `window - 1` positions (copied, they gave log-probs up to 0.1
+    off a full forward's on a left-padded batch: tiny Mistral and Qwen2, window 4), a linear-attention layer
+    keeps a recurrent state rather than keys and values, a KV-sharing layer nothing. The layer classes are
+    what transformers dispatched from the config (`layer_types`, else a non-null `sliding_window`, which
+    Qwen2 nulls when `use_sliding_window` is off), so the check costs nothing per step."""
+    from transformers.cache_utils import DynamicLayer
+
+    other = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer})
+    if other:
+        raise ValueError(
+            f"sample supports only full-attention models: this model's cache has {', '.join(other)} layers "
+            "(sliding-window, linear-attention or shared-KV), whose prefill cannot be copied into a StaticCache"
+        )
+
+
 def draw_tokens(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One token per row from softmax(logits / temperature) by inversion of its CDF: the first id
     whose cumulative probability exceeds u * total, u ~ U[0, 1) (one draw per row; a zero-probability
     id is never chosen, since its CDF equals its predecessor's). Returns the ids (B,) and their
-    log-probabilities (B,). (B, V) logits in any float dtype; the arithmetic is fp32."""
+    log-probabilities (B,). (B, V) logits in any float dtype; the arithmetic is fp32.
+
+    Raises ValueError when a row's logits are not finite: a NaN or +inf logit makes the row's softmax NaN,
+    and the search over a NaN CDF would silently return the last id."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     cdf = probs.cumsum(dim=-1)
-    threshold = torch.rand(cdf.shape[0], 1, device=cdf.device) * cdf[:, -1:]
+    total = cdf[:, -1:]  # (B, 1): 1 up to rounding, NaN iff any of the row's probabilities is
+    # One reduction and one host sync per step (the decode loop syncs on its EOS check anyway).
+    if not bool(torch.isfinite(total).all()):
+        rows = (~torch.isfinite(total[:, 0])).nonzero().flatten().tolist()
+        raise ValueError(f"logits were not finite (NaN or inf) in rows {rows}: no distribution to sample")
+    threshold = torch.rand(cdf.shape[0], 1, device=cdf.device) * total
     token = torch.searchsorted(cdf, threshold, right=True).clamp_max(cdf.shape[1] - 1).squeeze(1)
     return token, probs.gather(1, token[:, None]).squeeze(1).log()
 

@@ -164,3 +164,146 @@ def test_draw_tokens_samples_the_softmax_at_temperature_and_never_a_zero_probabi
     flat = torch.tensor([0.4154, 0.3218, 0.2628, 0.0])
     torch.testing.assert_close(torch.bincount(tokens, minlength=4).float() / len(tokens), flat, atol=0.014, rtol=0)
     torch.testing.assert_close(logprobs, flat.log()[tokens], atol=1e-3, rtol=0)
+
+
+def test_draw_tokens_raises_on_logits_that_are_not_finite():
+    """A NaN (or +inf) logit makes its row's softmax NaN, and a search over a NaN CDF returns the last id:
+    that must be an error, not a token. A -inf logit is a zero probability and stays allowed."""
+    import pytest
+
+    from robust_rlhf.generation import draw_tokens
+
+    logits = torch.tensor([[0.0, 1.0, 2.0], [0.0, float("nan"), 1.0], [0.0, float("-inf"), 1.0]])
+    with pytest.raises(ValueError, match=r"logits were not finite .* rows \[1\]"):
+        draw_tokens(logits, temperature=1.0)
+    with pytest.raises(ValueError, match="not finite"):
+        draw_tokens(torch.tensor([[0.0, float("inf")]]), temperature=1.0)
+    tokens, logprobs = draw_tokens(logits[[0, 2]], temperature=1.0)
+    assert tokens[1] != 1 and torch.isfinite(logprobs).all()
+
+
+class ForcedEos(torch.nn.Module):
+    """The tiny policy with its logits edited per call (call 0 is the prefill, call k feeds step k - 1's
+    token): a row whose EOS step is this call can draw only EOS (probability 1), every other row anything
+    but EOS. Records the ids fed to each call."""
+
+    def __init__(self, model, eos_token_id: int, eos_steps: list[int]) -> None:
+        super().__init__()
+        self.model, self.config, self.eos, self.eos_steps = model, model.config, eos_token_id, eos_steps
+        self.fed: list[torch.Tensor] = []
+
+    def forward(self, **inputs):
+        self.fed.append(inputs["input_ids"])
+        output = self.model(**inputs)
+        step, logits = len(self.fed) - 1, output.logits.clone()
+        for row, eos_step in enumerate(self.eos_steps):
+            if eos_step == step:
+                logits[row, :, :] = float("-inf")
+                logits[row, :, self.eos] = 0.0
+            else:
+                logits[row, :, self.eos] = float("-inf")
+        output.logits = logits
+        return output
+
+
+def test_rows_after_eos_are_fed_pad_and_decoding_stops_once_every_row_has_ended(tiny_policy, tiny_tokenizer):
+    """Rows end at steps 0, 1 and 3 of 8: each is fed pad after its EOS, its ids are pad and its mask and
+    log-probs 0 from then on, and decoding stops after step 3 (1 prefill + 3 decode calls, 4 columns)."""
+    prompts = ["Write a short review of the library.", "Say hello.", "Give your honest opinion of a long flight."]
+    query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)
+    eos, pad, eos_steps = tiny_tokenizer.eos_token_id, tiny_tokenizer.pad_token_id, [0, 1, 3]
+    assert eos != pad
+    model = ForcedEos(tiny_policy, eos, eos_steps)
+    torch.manual_seed(4)
+    sampled = sample(
+        model,
+        query_ids,
+        query_mask,
+        max_new_tokens=8,
+        temperature=1.0,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        with_logprobs=True,
+    )
+    assert len(model.fed) == 4 and sampled.ids.shape == (3, 4)  # not 8 calls, not 8 columns
+    for row, eos_step in enumerate(eos_steps):
+        assert sampled.ids[row, eos_step] == eos
+        assert (sampled.ids[row, :eos_step] != eos).all() and (sampled.ids[row, :eos_step] != pad).all()
+        assert (sampled.ids[row, eos_step + 1 :] == pad).all()
+        assert sampled.mask[row].tolist() == [1] * (eos_step + 1) + [0] * (3 - eos_step)
+        assert (sampled.logprobs[row, eos_step:] == 0).all()  # EOS had probability 1; after it, masked
+        assert (sampled.logprobs[row, :eos_step] < 0).all()
+        for call in range(eos_step + 2, len(model.fed)):  # call k feeds step k - 1's token; EOS is fed once
+            assert model.fed[call][row, 0] == pad
+
+
+def test_prefix_shared_samples_return_the_hidden_states_of_a_full_forward(tiny_policy, tiny_tokenizer):
+    """With 3 samples per query the query's hidden state is computed once and repeated; every row's
+    states must still be the last layer's output of a full forward over [query; response] at the
+    positions before each response token (Tq - 1 .. L - 2), padded query included."""
+    prompts = ["Write a short review of the library.", "Say hello."]
+    query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)
+    assert (query_mask == 0).any()
+    torch.manual_seed(5)
+    sampled = sample(
+        tiny_policy,
+        query_ids,
+        query_mask,
+        max_new_tokens=6,
+        temperature=1.0,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        with_hidden=True,
+        samples_per_query=3,
+    )
+    repeated_ids, repeated_mask = query_ids.repeat_interleave(3, dim=0), query_mask.repeat_interleave(3, dim=0)
+    attention_mask = torch.cat([repeated_mask, sampled.mask], dim=1)
+    with torch.no_grad():
+        full = tiny_policy(
+            input_ids=torch.cat([repeated_ids, sampled.ids], dim=1),
+            attention_mask=attention_mask,
+            position_ids=(attention_mask.cumsum(dim=1) - 1).clamp_min(0),
+            output_hidden_states=True,
+        )
+    expected = full.hidden_states[-1][:, query_ids.shape[1] - 1 : -1]
+    assert sampled.last_hidden.shape == expected.shape and expected.shape[0] == 6
+    for row in range(6):  # every sample of every query
+        keep = sampled.mask[row].bool()
+        assert keep.any()
+        torch.testing.assert_close(sampled.last_hidden[row][keep], expected[row][keep], atol=1e-4, rtol=1e-4)
+    assert len({tuple(row.tolist()) for row in sampled.ids[:3]}) > 1  # three draws, so three sets of states
+
+
+def sliding_window_policy(kind: str, tokenizer):
+    """A tiny random model whose cache layers are sliding-window ones: Qwen2 with `use_sliding_window`
+    (its layers from `max_window_layers` on slide), Mistral with a non-null `sliding_window`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shape = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1
+    )
+    options = {
+        "qwen2": dict(use_sliding_window=True, sliding_window=4, max_window_layers=1),
+        "mistral": dict(sliding_window=4),
+    }[kind]
+    config = AutoConfig.for_model(kind, vocab_size=len(tokenizer), **shape, **options)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_sample_refuses_sliding_window_models_before_any_forward(tiny_policy, tiny_tokenizer):
+    """Without the check, both models sampled a left-padded batch (window 4) with stored log-probs up to 0.1 off a
+    full forward's: `sample` must refuse them before the prefill. The full-attention tiny Llama still samples."""
+    import pytest
+
+    prompts = ["Write a short review of the library.", "Say hello."]
+    query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)
+    ids = dict(eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    calls = []
+    for kind in ("qwen2", "mistral"):
+        model = sliding_window_policy(kind, tiny_tokenizer)
+        model.register_forward_pre_hook(lambda module, args: calls.append(module))
+        with pytest.raises(ValueError, match="full-attention .*DynamicSlidingWindowLayer"):
+            sample(model, query_ids, query_mask, max_new_tokens=3, temperature=1.0, **ids)
+    assert calls == []  # refused before any forward
+    sampled = sample(tiny_policy, query_ids, query_mask, max_new_tokens=3, temperature=1.0, **ids)
+    assert sampled.ids.shape[0] == 2 and (sampled.mask[:, 0] == 1).all()
