@@ -4,8 +4,10 @@ before (dynamic KV cache, `multinomial`, log-probs from the stored logits), at s
 the default policy, in this process; plus the machine's fp32 matmul peak and memory read bandwidth,
 measured in the same run, which bound what any sampler can reach here.
 
-FLOPs as bench/flops.py counts them; a decode step must read every weight once, whatever the batch, and
-each row's KV cache (bench/gpu_ppo.py's decode_bytes_per_step, fp32 here).
+FLOPs as bench/flops.py counts them, padded positions included (the matmuls run on them): the prefill
+over every query column, each decode step over every row until the last row's EOS (`padded_tokens`); a
+decode step must read every weight once, whatever the batch, and each row's KV cache (bench/gpu_ppo.py's
+decode_bytes_per_step, fp32 here).
 """
 
 from __future__ import annotations
@@ -21,8 +23,17 @@ BYTES_PER_FP32 = 4
 class SamplingRun:
     rows: int  # sequences sampled in one call (queries x samples per query)
     seconds: float
-    generated_tokens: int  # response tokens up to and including EOS
-    flops: float  # of the matmuls, by `sampling_flops`
+    generated_tokens: int  # response tokens up to and including EOS (the useful work; padding left out)
+    flops: float  # of the matmuls, by `sampling_flops` over `padded_tokens` (the work done)
+
+
+def padded_tokens(query_mask, response_mask) -> tuple[int, int]:
+    """(prefilled, decoded) positions the matmuls run on, padding included: each query once, (Q, Tq) (the
+    prefix is shared, not run per sample), and every row at each of the T sampled columns, (B, T), a row
+    that ended included until the last one does. One count for both samplers, exact for `generate` up to Q
+    positions (it prefills Tq - 1 columns and runs the last per row); ours runs one decode step fewer (its
+    first token comes from the prefill's logits), so its share of the peak reads ~1/T high."""
+    return query_mask.numel(), response_mask.numel()
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
@@ -140,8 +151,9 @@ def sampling_runs(
             mask = run(query_ids, query_mask)
             seconds = time.perf_counter() - started
             tokens = int(mask.sum())
+            prefilled, decoded = padded_tokens(query_mask, mask)
             flops = sampling_flops(
-                body_weights=body, head_weights=head, prefill_tokens=int(query_mask.sum()), decoded_tokens=tokens
+                body_weights=body, head_weights=head, prefill_tokens=prefilled, decoded_tokens=decoded
             )
             runs[name].append(SamplingRun(rows, seconds, tokens, flops))
             print(f"sampling {name} {rows} rows: {seconds:.2f} s, {tokens} tokens", flush=True)
