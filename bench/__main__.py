@@ -59,7 +59,8 @@ SAMPLING_NOTE = (
     "stored logits); % of the fp32 matmul peak measured above"
 )
 SHARED_NOTE = (
-    "`python -m stages.prepare` on the default models with the pipeline bench's cut sizes, from scratch; the "
+    "`python -m stages.prepare` on the default models (the policy de-quantised beforehand) with the pipeline "
+    "bench's cut sizes, from scratch; the "
     "competitor is `while True: pass`; a fair share of the 2 cores is 2x; > : stopped at 2.5x its alone time"
 )
 
@@ -536,15 +537,16 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
-    if {"ppo", "sampling", "brme"} & set(sections):
+    if {"ppo", "sampling", "brme", "shared"} & set(sections):
         import torch
 
         from bench.sampling import matmul_peak_flops, read_bandwidth
         from bench.workload import build_policy, build_reward_models, default_params
 
         params = default_params(Path.cwd())
-        build_policy(params, work)
-        build_reward_models(params, work)
+        policy = build_policy(params, work)
+        if {"ppo", "brme"} & set(sections):
+            build_reward_models(params, work)
         torch.set_num_threads(args.threads)
     if {"ppo", "sampling"} & set(sections):  # the limits their achieved figures are read against
         peak_flops, bandwidth = matmul_peak_flops(), read_bandwidth()
@@ -654,7 +656,7 @@ def main(argv: list[str] | None = None) -> None:
         from bench.shared_machine import contention_times
 
         with tempfile.TemporaryDirectory(prefix="bench_shared_") as tmp:
-            repo = bench_repo(Path(tmp) / "repo", "default", args.pipeline_methods.split(",")[:1])
+            repo = bench_repo(Path(tmp) / "repo", "default", args.pipeline_methods.split(",")[:1], policy=str(policy))
             logs = work / "shared_logs"
             logs.mkdir(exist_ok=True)
             rows += shared_machine_rows(contention_times(repo, dict(os.environ), logs))

@@ -38,9 +38,10 @@ def merged(base: dict, overrides: dict) -> dict:
     return out
 
 
-def bench_repo(destination: Path, profile: str, methods: list[str]) -> Path:
+def bench_repo(destination: Path, profile: str, methods: list[str], *, policy: str | None = None) -> Path:
     """A temp copy of this checkout whose params.yaml is the `tiny` profile or the default models
-    cut small (`default`), with only `methods`."""
+    cut small (`default`), with only `methods`; `policy`: another models.policy (e.g. the bench's
+    de-quantised copy of the default one, so prepare does not de-quantise the GGUF again)."""
     from bench.checkout import REPO, copy_checkout
 
     repo = copy_checkout(destination, REPO / "profiles" / "tiny.yaml")
@@ -49,6 +50,8 @@ def bench_repo(destination: Path, profile: str, methods: list[str]) -> Path:
         (repo / "params.yaml").write_text(yaml.safe_dump(merged(default, DEFAULT_MODELS_SMALL), sort_keys=False))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["methods"] = {name: params["methods"][name] for name in methods}
+    if policy is not None:
+        params["models"]["policy"] = policy
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return repo
 

@@ -1,5 +1,6 @@
 """A machine shared with other work: one stage (`prepare` on the default models, sizes cut as in the
-pipeline benchmark's `default` profile) alone and next to one CPU-bound competitor (`while True: pass`),
+pipeline benchmark's `default` profile, the policy read from the bench's de-quantised copy so that no run
+spends ~20 s de-quantising the GGUF) alone and next to one CPU-bound competitor (`while True: pass`),
 with libgomp's default spinning (GOMP_SPINCOUNT=300000, what torch's threads did before the stages set
 their own) and with the stages' own settings (robust_rlhf/runtime/threads.py). A contested run that takes
 longer than `timeout_factor` x its alone time is stopped, and its ratio reads as at least that."""
