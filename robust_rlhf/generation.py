@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from robust_rlhf.logprobs import entropy_from_logits, logprobs_of_labels
+from robust_rlhf.runtime.guards import Diverged
 
 
 def format_prompt(tokenizer, prompt: str) -> str:
@@ -168,9 +169,13 @@ def check_full_attention(cache) -> None:
 
     other = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer})
     if other:
-        raise ValueError(
-            f"sample supports only full-attention models: this model's cache has {', '.join(other)} layers "
-            "(sliding-window, linear-attention or shared-KV), whose prefill cannot be copied into a StaticCache"
+        from robust_rlhf.config import StageInputError  # a params problem: exit 2, no retry
+
+        raise StageInputError(
+            f"models.policy: sampling supports only full-attention models: this model's cache has "
+            f"{', '.join(other)} layers (sliding-window, linear-attention or shared-KV), whose prefill cannot be "
+            "copied into a StaticCache (a model with a sliding window is refused even when a response would fit "
+            "inside the window)"
         )
 
 
@@ -180,15 +185,16 @@ def draw_tokens(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor,
     id is never chosen, since its CDF equals its predecessor's). Returns the ids (B,) and their
     log-probabilities (B,). (B, V) logits in any float dtype; the arithmetic is fp32.
 
-    Raises ValueError when a row's logits are not finite: a NaN or +inf logit makes the row's softmax NaN,
-    and the search over a NaN CDF would silently return the last id."""
+    Raises Diverged (exit 2, no retry) when a row has no distribution to draw from: a NaN or +inf logit, or
+    every logit -inf, makes the row's softmax NaN, and the search over a NaN CDF would silently return the
+    last id. A -inf logit alone is a zero probability."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1:]  # (B, 1): 1 up to rounding, NaN iff any of the row's probabilities is
     # One reduction and one host sync per step (the decode loop syncs on its EOS check anyway).
     if not bool(torch.isfinite(total).all()):
         rows = (~torch.isfinite(total[:, 0])).nonzero().flatten().tolist()
-        raise ValueError(f"logits were not finite (NaN or inf) in rows {rows}: no distribution to sample")
+        raise Diverged(f"sampling: logits were not finite (NaN or inf) in rows {rows}: no distribution to sample")
     threshold = torch.rand(cdf.shape[0], 1, device=cdf.device) * total
     token = torch.searchsorted(cdf, threshold, right=True).clamp_max(cdf.shape[1] - 1).squeeze(1)
     return token, probs.gather(1, token[:, None]).squeeze(1).log()

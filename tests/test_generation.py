@@ -1,6 +1,8 @@
 import torch
 
+from robust_rlhf.config import StageInputError
 from robust_rlhf.generation import encode_prompts, forward_response, response_mask_from_ids, sample, sample_responses
+from robust_rlhf.runtime.guards import Diverged
 
 
 def test_response_mask_keeps_first_eos_and_drops_the_rest():
@@ -174,9 +176,9 @@ def test_draw_tokens_raises_on_logits_that_are_not_finite():
     from robust_rlhf.generation import draw_tokens
 
     logits = torch.tensor([[0.0, 1.0, 2.0], [0.0, float("nan"), 1.0], [0.0, float("-inf"), 1.0]])
-    with pytest.raises(ValueError, match=r"logits were not finite .* rows \[1\]"):
+    with pytest.raises(Diverged, match=r"logits were not finite .* rows \[1\]"):
         draw_tokens(logits, temperature=1.0)
-    with pytest.raises(ValueError, match="not finite"):
+    with pytest.raises(Diverged, match="not finite"):
         draw_tokens(torch.tensor([[0.0, float("inf")]]), temperature=1.0)
     tokens, logprobs = draw_tokens(logits[[0, 2]], temperature=1.0)
     assert tokens[1] != 1 and torch.isfinite(logprobs).all()
@@ -302,7 +304,7 @@ def test_sample_refuses_sliding_window_models_before_any_forward(tiny_policy, ti
     for kind in ("qwen2", "mistral"):
         model = sliding_window_policy(kind, tiny_tokenizer)
         model.register_forward_pre_hook(lambda module, args: calls.append(module))
-        with pytest.raises(ValueError, match="full-attention .*DynamicSlidingWindowLayer"):
+        with pytest.raises(StageInputError, match="models.policy: .*full-attention .*DynamicSlidingWindowLayer"):
             sample(model, query_ids, query_mask, max_new_tokens=3, temperature=1.0, **ids)
     assert calls == []  # refused before any forward
     sampled = sample(tiny_policy, query_ids, query_mask, max_new_tokens=3, temperature=1.0, **ids)

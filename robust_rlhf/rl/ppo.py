@@ -34,7 +34,7 @@ from robust_rlhf.rl.kl import kl_k1, sequence_kl
 from robust_rlhf.rl.losses import kl_shaped_rewards, masked_mean, masked_whiten, ppo_policy_loss, ppo_value_loss
 from robust_rlhf.rl.normalization import RewardNormalizer
 from robust_rlhf.runtime.distributed import gather_from_ranks, gathered_for_generation
-from robust_rlhf.runtime.guards import check_finite
+from robust_rlhf.runtime.guards import Diverged, check_finite
 
 
 @dataclass
@@ -251,17 +251,20 @@ def ppo_step(
         t.to(device) for t in encode_prompts(tokenizer, prompts, max_prompt_tokens=max_prompt_tokens)
     )
     with gathered_for_generation(policy_module(actor)):
-        sampled = sample(
-            policy_module(actor),
-            query_ids,
-            query_mask,
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            with_logprobs=True,
-            with_hidden=shared_value_head,
-        )
+        try:
+            sampled = sample(
+                policy_module(actor),
+                query_ids,
+                query_mask,
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                with_logprobs=True,
+                with_hidden=shared_value_head,
+            )
+        except Diverged as error:  # the policy's logits broke: name the step, keep the last good checkpoint
+            raise Diverged(f"ppo: rollout at step {step}: {error}; the last checkpoint is the last good one") from None
     response_ids, response_mask, logprobs = sampled.ids, sampled.mask, sampled.logprobs
     responses = decode(tokenizer, response_ids, response_mask)
     with torch.inference_mode():
