@@ -7,6 +7,7 @@ Davison & Hinkley 1997 §3.8). Percentile intervals at the given level.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -250,6 +251,43 @@ def paired_difference(
     )
     interval = percentile_interval(float(difference.mean()), replicates, level=level)
     return Comparison(interval.estimate, interval.low, interval.high, bootstrap_p_value(replicates))
+
+
+def student_t_quantile(probability: float, df: int) -> float:
+    """The `probability` quantile of Student's t with `df` degrees of freedom: bisection on its CDF,
+    0.5 + int_0^t f(x) dx by Simpson's rule, f(x) = Gamma((df+1)/2) / (sqrt(df pi) Gamma(df/2)) *
+    (1 + x^2 / df)^(-(df+1)/2). Accurate to ~1e-6 for df >= 1 and probabilities in [0.0005, 0.9995]."""
+    if probability < 0.5:
+        return -student_t_quantile(1.0 - probability, df)
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(t: float, intervals: int = 4096) -> float:
+        x = torch.linspace(0.0, t, intervals + 1, dtype=torch.float64)
+        density = torch.exp(log_norm - (df + 1) / 2 * torch.log1p(x**2 / df))
+        weights = torch.ones_like(x)
+        weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
+        return 0.5 + float((weights * density).sum()) * t / (3 * intervals)
+
+    low, high = 0.0, 1.0
+    while cdf(high) < probability:
+        low, high = high, 2 * high
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if cdf(middle) < probability else (low, middle)
+    return (low + high) / 2
+
+
+def expanded_interval(
+    estimate: float, low: float, high: float, *, replicates: int, level: float
+) -> tuple[float, float]:
+    """A percentile interval of a mean over `replicates` units widened to the t interval's small-sample
+    width (Hesterberg 2015, the "expanded percentile interval"): each side scaled by
+    sqrt(n / (n - 1)) * t_{n-1} / z at the interval's level. A bootstrap over n = 5 units is otherwise
+    ~0.63 of the t interval's width (its variance shrunk by (n - 1) / n, z where t_4 belongs)."""
+    tail = 1.0 - (1.0 - level) / 2.0
+    z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(tail, dtype=torch.float64)))
+    factor = math.sqrt(replicates / (replicates - 1)) * student_t_quantile(tail, replicates - 1) / z
+    return estimate - factor * (estimate - low), estimate + factor * (high - estimate)
 
 
 def holm_adjust(p_values: Sequence[float]) -> list[float]:

@@ -167,3 +167,22 @@ def test_holm_adjust_hand_values():
     assert holm_adjust([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
     assert holm_adjust([]) == []
+
+
+def test_student_t_quantiles_match_the_tables():
+    from robust_rlhf.statistics import student_t_quantile
+
+    # Tables (e.g. Abramowitz & Stegun 26.10): t_{0.975} at 1, 4, 30 degrees of freedom; t_{0.995} at 1.
+    assert student_t_quantile(0.975, 1) == pytest.approx(12.7062, abs=1e-4)
+    assert student_t_quantile(0.975, 4) == pytest.approx(2.7764, abs=1e-4)
+    assert student_t_quantile(0.975, 30) == pytest.approx(2.0423, abs=1e-4)
+    assert student_t_quantile(0.995, 1) == pytest.approx(63.6567, abs=1e-3)
+    assert student_t_quantile(0.025, 4) == -student_t_quantile(0.975, 4)
+
+
+def test_an_expanded_interval_scales_each_side_by_the_small_sample_factor():
+    from robust_rlhf.statistics import expanded_interval
+
+    # 5 units at 95%: sqrt(5 / 4) * 2.7764 / 1.95996 = 1.5838, applied to each side's distance
+    low, high = expanded_interval(0.1, -0.9, 0.6, replicates=5, level=0.95)
+    assert (low, high) == (pytest.approx(0.1 - 1.5838 * 1.0, abs=1e-4), pytest.approx(0.1 + 1.5838 * 0.5, abs=1e-4))

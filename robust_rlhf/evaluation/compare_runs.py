@@ -7,21 +7,23 @@ runs of the same data and params but one are paired sample by sample (common ran
     python -m robust_rlhf.evaluation.compare_runs --params params.yaml CONTROL.jsonl TREATMENT.jsonl [--out F]
 
 What the interval covers: prompts resampled as clusters, and, for the pooled row, the PPO runs (methods and
-seeds) as replicates. A single run's row holds its PPO trajectory fixed, so a difference there mixes the
-change with that run's own draw: read the per-run rows with the pooled one.
+seeds) as replicates, its interval widened to the t interval's small-sample width over the runs
+(`expanded_interval`: a bootstrap over five runs is otherwise too narrow). A single run's row holds its PPO
+trajectory fixed, so a difference there mixes the change with that run's own draw: read the per-run rows
+with the pooled one.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-from robust_rlhf.runtime.atomic import read_jsonl
-from robust_rlhf.statistics import holm_adjust, paired_difference
+from robust_rlhf.config import policy_run_name
+from robust_rlhf.runtime.atomic import atomic_write_json, read_jsonl
+from robust_rlhf.statistics import expanded_interval, holm_adjust, paired_difference
 
 INITIAL = "initial"
 
@@ -34,7 +36,7 @@ def runs_by_step(rows: list[dict], source: str) -> dict[str, dict[int, list[dict
         missing = [key for key in ("method", "seed", "step", "prompt", "gold") if key not in row]
         if missing:
             raise ValueError(f"{source}: row {number}: no field {missing[0]!r} (not evaluate's eval_samples.jsonl?)")
-        name = INITIAL if row["method"] == INITIAL else f"{row['method']}-seed{row['seed']}"
+        name = INITIAL if row["method"] == INITIAL else policy_run_name(row["method"], row["seed"])
         runs[name][int(row["step"])].append(row)
     return runs
 
@@ -46,9 +48,11 @@ def paired_gold(control: list[dict], treatment: list[dict], *, where: str) -> tu
     if [row["prompt"] for row in control] != [row["prompt"] for row in treatment]:
         raise ValueError(f"{where}: the two runs sampled other prompts or another order; they cannot be paired")
     prompts = list(dict.fromkeys(row["prompt"] for row in control))
-    if len(control) % len(prompts):
-        raise ValueError(f"{where}: {len(control)} samples over {len(prompts)} prompts is not S per prompt")
-    shape = (len(prompts), len(control) // len(prompts))
+    samples = len(control) // len(prompts)
+    # evaluate writes a prompt's S samples together: anything else would pair samples of other prompts.
+    if [row["prompt"] for row in control] != [prompt for prompt in prompts for _ in range(samples)]:
+        raise ValueError(f"{where}: the samples are not S consecutive rows per prompt")
+    shape = (len(prompts), samples)
     return (
         torch.tensor([row["gold"] for row in control], dtype=torch.float64).view(shape),
         torch.tensor([row["gold"] for row in treatment], dtype=torch.float64).view(shape),
@@ -64,16 +68,22 @@ def compare_runs(
     the pairing presumes."""
     settings = dict(num_resamples=num_resamples, seed=seed, level=level)
     control_runs, treatment_runs = runs_by_step(control, sources[0]), runs_by_step(treatment, sources[1])
+    for source, runs in zip(sources, (control_runs, treatment_runs)):
+        if INITIAL not in runs:
+            raise ValueError(f"{source}: no sample of the initial policy (not evaluate's eval_samples.jsonl?)")
     initial_control, initial_treatment = paired_gold(
         control_runs[INITIAL][0], treatment_runs[INITIAL][0], where="the initial policy"
     )
     common = [name for name in control_runs if name != INITIAL and name in treatment_runs]
     finals, curves, stacked = {}, {}, ([], [])
     for name in common:
+        last = max(control_runs[name])
+        if max(treatment_runs[name]) != last:  # an earlier step holds only the curves' prompts: no final to pair
+            raise ValueError(
+                f"{name}: the runs end at other steps ({last} and {max(treatment_runs[name])}); compare runs of "
+                "the same length"
+            )
         steps = sorted(set(control_runs[name]) & set(treatment_runs[name]))
-        if not steps:
-            continue
-        last = steps[-1]
         a, b = paired_gold(control_runs[name][last], treatment_runs[name][last], where=f"{name} step {last}")
         finals[name] = {"step": last, **paired_difference(b[None], a[None], **settings).as_dict()}
         finals[name] |= {"control": float(a.mean()), "treatment": float(b.mean())}
@@ -85,9 +95,19 @@ def compare_runs(
     for row, p_holm in zip(finals.values(), holm_adjust([row["p_value"] for row in finals.values()])):
         row["p_holm"] = p_holm
     pooled = None
-    if stacked[0] and len({gold.shape for gold in stacked[0]}) == 1:
+    if len(stacked[0]) >= 2:  # every final is on every held-out prompt: the shapes agree
         control_gold, treatment_gold = torch.stack(stacked[0]), torch.stack(stacked[1])
-        pooled = paired_difference(treatment_gold, control_gold, **settings).as_dict() | {"runs": len(stacked[0])}
+        bootstrap = paired_difference(treatment_gold, control_gold, **settings)
+        low, high = expanded_interval(
+            bootstrap.estimate, bootstrap.low, bootstrap.high, replicates=len(stacked[0]), level=level
+        )
+        pooled = {
+            "value": bootstrap.estimate,
+            "ci_low": low,
+            "ci_high": high,
+            "bootstrap_ci": [bootstrap.low, bootstrap.high],
+            "runs": len(stacked[0]),
+        }
     return {
         "initial_max_abs_difference": float((initial_treatment - initial_control).abs().max()),
         "runs_only_in_one": sorted(set(control_runs) ^ set(treatment_runs)),
@@ -111,8 +131,8 @@ def markdown(comparison: dict, level: float) -> str:
     pooled = comparison["pooled"]
     if pooled is not None:
         lines.append(
-            f"| pooled ({pooled['runs']} runs) | final | | | "
-            f"{pooled['value']:+.3f} [{pooled['ci_low']:+.3f}, {pooled['ci_high']:+.3f}] | {pooled['p_value']:.2f} |"
+            f"| pooled ({pooled['runs']} runs, expanded interval) | final | | | "
+            f"{pooled['value']:+.3f} [{pooled['ci_low']:+.3f}, {pooled['ci_high']:+.3f}] | |"
         )
     return "\n".join(lines)
 
@@ -136,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         sources=(str(args.control), str(args.treatment)),
     )
     if args.out is not None:
-        args.out.write_text(json.dumps(comparison, indent=2) + "\n")
+        atomic_write_json(args.out, comparison)
     if comparison["initial_max_abs_difference"] > 0:
         print(f"note: the initial policy's gold differs by up to {comparison['initial_max_abs_difference']:.2g}")
     print(markdown(comparison, statistics.confidence_level))

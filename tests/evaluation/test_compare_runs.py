@@ -51,9 +51,28 @@ def test_a_planted_difference_is_found_per_run_and_pooled():
     assert brme["value"] == pytest.approx(0.025) and brme["ci_low"] == 0.0 < brme["ci_high"]
     assert (single["step"], single["control"]) == (2, pytest.approx(0.2 * 1.5 - 0.025 + 0.2))
     assert result["pooled"]["value"] == pytest.approx((0.5 + 0.025) / 2) and result["pooled"]["runs"] == 2
+    # the pooled interval is the bootstrap's, widened to t_1's small-sample width around the estimate
+    boot_low, boot_high = result["pooled"]["bootstrap_ci"]
+    assert result["pooled"]["ci_low"] < boot_low <= boot_high < result["pooled"]["ci_high"]
     assert result["curves"]["single-seed0"]["1"]["value"] == pytest.approx(0.5)
     table = markdown(result, 0.95)
-    assert "| single-seed0 | 2 |" in table and "| pooled (2 runs) | final |" in table and "+0.500" in table
+    assert "| single-seed0 | 2 |" in table and "| pooled (2 runs, expanded interval) | final |" in table
+    assert "+0.500" in table
+
+
+def test_runs_that_move_apart_widen_the_pooled_interval_over_the_runs():
+    # +0.3 for one run and -0.3 for the other: a pooled mean of 0 whose interval must hold the runs' spread
+    def apart(method, step, prompt, sample):
+        return base(method, step, prompt, sample) + (0.3 if method == "single" else -0.3)
+
+    pooled = compare_runs(samples(base), samples(apart), **SETTINGS)["pooled"]
+    assert pooled["value"] == pytest.approx(0.0, abs=1e-12)
+    assert pooled["ci_low"] < -0.3 and pooled["ci_high"] > 0.3
+
+
+def test_runs_of_other_lengths_are_refused_rather_than_compared_at_a_curve_step():
+    with pytest.raises(ValueError, match="single-seed0: the runs end at other steps \\(2 and 3\\)"):
+        compare_runs(samples(base), samples(base, steps=(1, 2, 3)), **SETTINGS)
 
 
 def test_runs_in_one_file_only_are_named_and_left_out():
@@ -73,3 +92,9 @@ def test_a_row_without_a_field_names_the_file_and_row():
     del rows[2]["gold"]
     with pytest.raises(ValueError, match="b.jsonl: row 3: no field 'gold'"):
         runs_by_step(rows, "b.jsonl")
+
+
+def test_a_file_without_the_initial_policy_is_refused():
+    rows = [row for row in samples(base) if row["method"] != "initial"]
+    with pytest.raises(ValueError, match="b: no sample of the initial policy"):
+        compare_runs(samples(base), rows, **SETTINGS)
