@@ -219,16 +219,17 @@ def load_backbone(
 
 def first_layers(config, num_layers: int):
     """A copy of a transformers `config` with only its first `num_layers` layers: `num_hidden_layers` and
-    every per-layer list (e.g. `layer_types`, a list as long as the layers) cut to that length. Raises
+    every per-layer list (a list or tuple as long as the layers, named for layers: `layer_types`) cut. Raises
     TooFewLayers when the model has fewer layers."""
     layers = config.num_hidden_layers
     if not 1 <= num_layers <= layers:
         raise TooFewLayers(f"{num_layers} layers asked of a model with {layers}")
     cut = copy.deepcopy(config)
     for name, value in vars(config).items():
-        # Per-layer settings (attention kind, sliding window, rope on/off) are lists indexed by layer.
-        if isinstance(value, list) and len(value) == layers:
-            setattr(cut, name, value[:num_layers])
+        # Per-layer settings (`layer_types`, `no_rope_layers`) are lists indexed by layer; a list of token ids
+        # (`eos_token_id`) can have the same length, but not "layer" in its name.
+        if "layer" in name and isinstance(value, list | tuple) and len(value) == layers:
+            setattr(cut, name, type(value)(value[:num_layers]))
     cut.num_hidden_layers = num_layers
     return cut
 

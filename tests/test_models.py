@@ -172,9 +172,12 @@ def test_a_bf16_backbone_scores_with_the_fp32_heads(tiny_tokenizer):
 
 def test_first_layers_cuts_the_layer_count_and_every_per_layer_list(tiny_policy):
     config = tiny_policy.config
-    config_with_types = type(config).from_dict({**config.to_dict(), "layer_types": ["full_attention"] * 2})
+    config_with_types = type(config).from_dict(
+        {**config.to_dict(), "layer_types": ["full_attention"] * 2, "eos_token_id": [1, 2]}
+    )
     cut = first_layers(config_with_types, 1)
     assert (cut.num_hidden_layers, cut.layer_types) == (1, ["full_attention"])
+    assert cut.eos_token_id == [1, 2]  # as long as the layers, but token ids
     assert (config_with_types.num_hidden_layers, len(config_with_types.layer_types)) == (2, 2)  # not changed
     assert cut.hidden_size == config.hidden_size
     for asked in (0, 3):

@@ -132,7 +132,7 @@ def build_ppo_models(
         except TooFewLayers as error:
             raise StageInputError(f"ppo.critic_layers: {error} ({paths.policy_init})") from None
         if config.critic_layers is not None:
-            logger.info("critic: the policy's first %d layers and a value head", config.critic_layers)
+            logger.info("critic: the policy's first %d layers and a value head", backbone.config.num_hidden_layers)
         return checkpointed(disable_dropout(backbone))
 
     tokenizer = load_tokenizer(paths.policy_init, trust_remote_code=remote)

@@ -304,7 +304,7 @@ def model_shape(spec: str, *, trust_remote_code: bool) -> ModelShape:
     return ModelShape(
         num_params=count(full),
         backbone_params=count(backbone),
-        layer_params=count(next(m for m in backbone.modules() if _is_layer_list(m, config.num_hidden_layers))[0]),
+        layer_params=layer_params(backbone, config.num_hidden_layers),
         largest_layer_params=max(sum(p.numel() for p in m.parameters(recurse=False)) for m in full.modules()),
         layers=config.num_hidden_layers,
         hidden=config.hidden_size,
@@ -318,10 +318,15 @@ def model_shape(spec: str, *, trust_remote_code: bool) -> ModelShape:
     )
 
 
-def _is_layer_list(module, layers: int) -> bool:
+def layer_params(backbone, layers: int) -> int:
+    """Parameters of the backbone's first transformer layer (the first ModuleList as long as its layer
+    count), or the backbone's mean per layer when it has no such list (ALBERT shares one layer)."""
     import torch
 
-    return isinstance(module, torch.nn.ModuleList) and len(module) == layers
+    stack = next((m for m in backbone.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == layers), None)
+    if stack is None:
+        return sum({id(p): p.numel() for p in backbone.parameters()}.values()) // layers
+    return sum(p.numel() for p in stack[0].parameters())
 
 
 def plan_stages(params, *, ppo_devices: int | None = None) -> list[StageMemory]:
@@ -400,9 +405,10 @@ def plan_stages(params, *, ppo_devices: int | None = None) -> list[StageMemory]:
     models = [actor]
     if pc.value_model == "separate":
         critic_params = policy.backbone_params_of(pc.critic_layers)
-        # A cut critic's adapters: the policy's, in proportion to the layers kept (every layer adapts alike).
-        critic_lora = policy.lora_params(pc.lora.rank, pc.lora.target_modules) * (pc.critic_layers or policy.layers)
-        critic_trainable = critic_lora // policy.layers if pc.lora.enabled else critic_params
+        critic_trainable = critic_params
+        if pc.lora.enabled:  # a cut critic's adapters: the policy's, in proportion to the layers kept
+            adapters = policy.lora_params(pc.lora.rank, pc.lora.target_modules)
+            critic_trainable = adapters * (pc.critic_layers or policy.layers) // policy.layers
         models.append(trained(critic_params, critic_trainable, policy.largest_layer_params, devices))
     frozen_bytes = reward_backbones * frozen(reward.backbone_params, devices)
     if not pc.lora.enabled:

@@ -38,6 +38,7 @@ def test_trl_ppo_rows_give_the_ratio_with_and_without_trls_reward_forward():
     # a critic other than params' own is measured against TRL too, with no target
     other = trl_ppo_rows(OURS, THEIRS, critic="first 8 layers", target="")[0]
     assert other.benchmark == TRL_PPO_ROW.format(critic="first 8 layers") and other.target == ""
+    assert "less work than TRL's" in other.note and "TRL's only kind" in main.note
 
 
 def test_a_missing_trl_ppo_venv_is_a_row_naming_the_make_target():
@@ -81,9 +82,10 @@ def test_the_ppo_section_runs_the_full_critic_the_cut_one_and_the_shared_head_an
 
     from bench.__main__ import critics, default_critic
 
-    assert list(critics(None)) == ["separate", "shared"]
-    variants = critics(8)
-    assert list(variants) == ["separate", "first 8 layers", "shared"]
+    assert list(critics([None, None])) == ["separate", "shared"]
+    assert list(critics([8, 8])) == ["separate", "first 8 layers", "shared"]
+    variants = critics([4, 8])  # a depth asked for beside params' own: both run
+    assert list(variants) == ["separate", "first 8 layers", "first 4 layers", "shared"]
     assert variants["first 8 layers"] == ("--value-model", "separate", "--critic-layers", "8")
     assert default_critic(SimpleNamespace(value_model="separate", critic_layers=None)) == "separate"
     assert default_critic(SimpleNamespace(value_model="separate", critic_layers=8)) == "first 8 layers"
