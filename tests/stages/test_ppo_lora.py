@@ -14,11 +14,16 @@ from tests.stages.test_ppo import run_ppo
 
 
 @pytest.mark.parametrize(
-    ("value_model", "zero_stage", "precision"),
-    [("separate", 0, "fp32"), ("shared", 0, "fp32"), ("separate", 3, "bf16")],
+    ("value_model", "zero_stage", "precision", "critic_layers"),
+    [
+        ("separate", 0, "fp32", None),
+        ("shared", 0, "fp32", None),
+        ("separate", 3, "bf16", None),
+        ("separate", 3, "bf16", 1),
+    ],
 )
 def test_ppo_with_lora_saves_adapters_and_a_loadable_merged_policy(
-    pipeline_run, tmp_path, value_model, zero_stage, precision
+    pipeline_run, tmp_path, value_model, zero_stage, precision, critic_layers
 ):
     from peft import PeftModel
 
@@ -26,12 +31,15 @@ def test_ppo_with_lora_saves_adapters_and_a_loadable_merged_policy(
         "ppo.steps": 2,
         "ppo.lora.enabled": True,
         "ppo.value_model": value_model,
+        "ppo.critic_layers": critic_layers,
         "deepspeed.zero_stage": zero_stage,
         "deepspeed.precision": precision,
     }
     params = write_params(tmp_path / "params.yaml", tiny_params(**overrides))
     result = run_ppo(pipeline_run, tmp_path, params)
     assert result.returncode == 0, result.stderr[-3000:]
+    if critic_layers is not None:  # a cut critic with adapters, sharded under ZeRO-3
+        assert f"critic: the policy's first {critic_layers} layers and a value head" in result.stderr
     checkpoints = read_checkpoints(tmp_path / "p")
     assert [c["step"] for c in checkpoints] == [1, 2]
     folder = tmp_path / "p" / checkpoints[-1]["path"]
