@@ -543,6 +543,15 @@ def main(argv: list[str] | None = None) -> None:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
+    try:
+        measure(sections, args, env, work, rows)
+    finally:  # what was measured is printed even when a later section fails
+        print()
+        print(render(rows))
+
+
+def measure(sections: list[str], args: argparse.Namespace, env: dict[str, str], work: Path, rows: list[Row]) -> None:
+    """Run the `sections`, appending their rows to `rows` as each one ends."""
     if {"ppo", "sampling", "brme", "shared"} & set(sections):
         import torch
 
@@ -667,8 +676,6 @@ def main(argv: list[str] | None = None) -> None:
             logs = work / "shared_logs"
             logs.mkdir(exist_ok=True)
             rows += shared_machine_rows(contention_times(repo, dict(os.environ), logs))
-    print()
-    print(render(rows))
 
 
 if __name__ == "__main__":
