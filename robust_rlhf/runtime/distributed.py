@@ -172,7 +172,7 @@ def training_engine(
             optimizer, lambda step: lr_multiplier(step, total_steps=total_steps, schedule=lr_schedule)
         )
 
-    return initialize_engine(
+    engine = initialize_engine(
         model,
         deepspeed_config(
             deepspeed=deepspeed,
@@ -184,6 +184,18 @@ def training_engine(
         ),
         lr_scheduler=scheduler,
     )
+    if skips_gradient_reduction(deepspeed, world_size=world_size):
+        engine.enable_backward_allreduce = False
+    return engine
+
+
+def skips_gradient_reduction(deepspeed: DeepSpeedParams, *, world_size: int) -> bool:
+    """Whether an engine may skip DeepSpeed's gradient all-reduce after each backward: with one process there
+    is nothing to reduce, yet ZeRO-0 still flattens every gradient into a buffer, all-reduces it over the one
+    rank, scales it by 1 / 1 and copies it back (the PPO step's profile: `cat`, `fill_`, `add`, `mul`).
+    The gradients are the same bit for bit either way. fp32 only: bf16's optimizer reduces its own fp32
+    copies, and ZeRO >= 1 partitions in its own reduction."""
+    return world_size == 1 and deepspeed.zero_stage == 0 and deepspeed.precision == "fp32"
 
 
 def frozen_deepspeed(deepspeed: DeepSpeedParams) -> DeepSpeedParams:

@@ -104,6 +104,63 @@ def test_engines_step_with_torchs_fused_adamw(tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_one_process_skips_the_gradient_all_reduce_and_trains_bit_for_bit_alike(tmp_path):
+    # In a subprocess (an engine joins a process group). The same model and batches, with DeepSpeed's
+    # all-reduce after each backward (as before) and without it: every parameter equal after 3 steps.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import torch
+        from robust_rlhf.config import DeepSpeedParams, LRScheduleParams
+        from robust_rlhf.runtime.distributed import init_distributed, training_engine
+        init_distributed()
+        def trained(reduce):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+            engine = training_engine(model, deepspeed=DeepSpeedParams(zero_stage=0, precision='fp32',
+                                         gradient_clipping=1.0, offload_optimizer='none', offload_param='none'),
+                                     micro_batch_size=2, gradient_accumulation_steps=2, world_size=1,
+                                     learning_rate=0.01, weight_decay=0.0, total_steps=3,
+                                     lr_schedule=LRScheduleParams(kind="constant", warmup_steps=0,
+                                                                  final_fraction=1.0))
+            assert engine.enable_backward_allreduce is False
+            engine.enable_backward_allreduce = reduce
+            calls = []
+            engine.allreduce_gradients = lambda *a, f=engine.allreduce_gradients, **k: calls.append(1) or f(*a, **k)
+            generator = torch.Generator().manual_seed(1)
+            for _ in range(6):
+                engine.backward(engine(torch.randint(0, 50, (2, 5), generator=generator)).pow(2).mean())
+                engine.step()
+            return [p.detach().clone() for p in engine.module.parameters()], len(calls)
+        (reduced, reductions), (skipped, no_reductions) = trained(True), trained(False)
+        assert reductions > 0 and no_reductions == 0, (reductions, no_reductions)
+        assert all(torch.equal(a, b) for a, b in zip(reduced, skipped))
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (
+        result.stdout[-2000:] + result.stderr[-3000:]
+    )
+
+
+def test_only_one_fp32_zero_0_process_skips_the_gradient_reduction():
+    from robust_rlhf.runtime.distributed import skips_gradient_reduction
+
+    def params(zero_stage, precision):
+        return DeepSpeedParams(
+            zero_stage=zero_stage, precision=precision, gradient_clipping=1.0, offload_optimizer="none",
+            offload_param="none",
+        )  # fmt: skip
+
+    assert skips_gradient_reduction(params(0, "fp32"), world_size=1)
+    assert not skips_gradient_reduction(params(0, "fp32"), world_size=2)
+    assert not skips_gradient_reduction(params(0, "bf16"), world_size=1)
+    assert not skips_gradient_reduction(params(2, "fp32"), world_size=1)
+
+
 _SCHEDULED_ENGINE = """
 import sys
 import torch
