@@ -37,8 +37,9 @@ SECTIONS = ("ppo", "sampling", "brme", "pipeline", "shared")
 PPO_NOTE = (
     "same policy (SmolLM2-135M), prompts, batch, generation length, epochs and reward models; "
     "ours is PPO, so it also has a critic, which TRL's GRPO (beta = our kl_coef, so with its reference "
-    "forward) lacks: `separate` (the default) trains a second 135M model, `shared` a value head on the "
-    "actor's backbone (ppo.value_model); the old log-probs come from generate's logits in both"
+    "forward) lacks: `separate` trains a second 135M model, `first N layers` the policy's first N layers "
+    "(ppo.critic_layers; params' own depth is the default critic), `shared` a value head on the actor's backbone "
+    "(ppo.value_model); the old log-probs come from the sampler's own logits in all"
 )
 TRL_PPO_ROW = "PPO step samples/s, ours ({critic} critic) vs TRL PPO"
 TRL_PPO_NOTE = (
