@@ -90,8 +90,12 @@ def sample(
     only 23% in the model's matmuls. Here the cache is allocated once (transformers' StaticCache), a
     token costs one uniform draw, and each step keeps only its token's log-prob.
 
-    With several samples per query the query is run once and its KV cache repeated (prefix
-    sharing). `with_logprobs` returns the sampled tokens' log-probs at `temperature`: the numbers of
+    With several samples per query the query is run once and its KV cache repeated. The leading
+    tokens every query shares (a chat template's system prompt) are run once for the whole batch
+    (`split_shared_prefix`): at prepare's 64 queries (24 of their ~41 tokens shared) the prefill
+    took 2.4 s instead of 5.5 s, of a ~20 s call.
+
+    `with_logprobs` returns the sampled tokens' log-probs at `temperature`: the numbers of
     `forward_response(..., temperature)` on the result, up to float rounding of cached vs
     full-sequence attention (0 after a row's EOS, where the mask is 0). `with_hidden` returns the
     last layer's hidden state at each step's input position (the query's last column, then each
@@ -100,18 +104,20 @@ def sample(
     from transformers import DynamicCache, StaticCache
 
     rows, query_length = query_ids.shape[0] * samples_per_query, query_ids.shape[1]
-    positions = (query_mask.cumsum(dim=1) - 1).clamp_min(0)
     prefill_cache = DynamicCache(config=model.config)
     check_full_attention(prefill_cache)
+    split = split_shared_prefix(query_ids, query_mask, shared_prefix_length(query_ids, query_mask))
+    run_shared_prefix(model, split, prefill_cache)
     output = model(
-        input_ids=query_ids,
-        attention_mask=query_mask,
-        position_ids=positions,
+        input_ids=split.rest_ids,
+        attention_mask=split.attention_mask,
+        position_ids=split.rest_positions,
         cache=prefill_cache,
         use_cache=True,
         logits_to_keep=1,
         output_hidden_states=with_hidden,
     )
+    query_mask, positions = split.attention_mask, split.rest_positions  # the cache's column order from here on
     cache = StaticCache(config=model.config, max_cache_len=query_length + max_new_tokens)
     for layer, (keys, values) in enumerate(zip(*_cache_tensors(prefill_cache))):
         cache.update(
@@ -165,9 +171,7 @@ def check_full_attention(cache) -> None:
     keeps a recurrent state rather than keys and values, a KV-sharing layer nothing. The layer classes are
     what transformers dispatched from the config (`layer_types`, else a non-null `sliding_window`, which
     Qwen2 nulls when `use_sliding_window` is off), so the check costs nothing per step."""
-    from transformers.cache_utils import DynamicLayer
-
-    other = sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer})
+    other = other_than_full_attention(cache)
     if other:
         from robust_rlhf.config import StageInputError  # a params problem: exit 2, no retry
 
@@ -177,6 +181,13 @@ def check_full_attention(cache) -> None:
             "copied into a StaticCache (a model with a sliding window is refused even when a response would fit "
             "inside the window)"
         )
+
+
+def other_than_full_attention(cache) -> list[str]:
+    """The class names of a DynamicCache's layers that are not plain full-attention layers (`DynamicLayer`)."""
+    from transformers.cache_utils import DynamicLayer
+
+    return sorted({type(layer).__name__ for layer in cache.layers if type(layer) is not DynamicLayer})
 
 
 def draw_tokens(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,10 +256,12 @@ def forward_response(
 
     One forward over [query; response]; the logits at column Tq - 1 + t predict response token t.
     Position ids follow the attention mask so left padding does not shift positions (as in
-    `generate`). Returns logprobs (B, T) and entropy (B, T) or None.
+    `generate`). Without gradients, the leading query tokens every row shares run once, in a pass of
+    their own whose keys and values every row reads (`shared_prefix_response_inputs`). Returns
+    logprobs (B, T) and entropy (B, T) or None.
     """
     logits = model(
-        **response_inputs(query_ids, query_mask, response_ids, response_mask),
+        **shared_prefix_response_inputs(model, query_ids, query_mask, response_ids, response_mask),
         logits_to_keep=response_logits_to_keep(response_ids),
     ).logits
     return response_logprobs(logits, response_ids, with_entropy=with_entropy, temperature=temperature)
@@ -285,3 +298,105 @@ def decode(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -
         tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip()
         for ids, mask in zip(response_ids, response_mask)
     ]
+
+
+@dataclass(frozen=True)
+class SharedPrefixSplit:
+    """Left-padded queries (B, Tq) as the S leading real tokens every row shares and the rest of each row.
+    Row i, [pad_i | prefix | rest_i], becomes [prefix | pad_i | rest_i]: the same tokens at the same
+    positions, each attending to the same ones, so a model computes the same function of it (up to float
+    rounding), with the prefix run once instead of B times."""
+
+    prefix_ids: torch.Tensor  # (1, S)
+    rest_ids: torch.Tensor  # (B, Tq - S): each row without its prefix, still left-padded
+    rest_positions: torch.Tensor  # (B, Tq - S): the position ids those tokens had in the full rows
+    attention_mask: torch.Tensor  # (B, Tq): [1 x S | the rest's mask], the cache's columns in order
+
+    @property
+    def length(self) -> int:
+        return self.prefix_ids.shape[1]
+
+
+def shared_prefix_length(query_ids: torch.Tensor, query_mask: torch.Tensor) -> int:
+    """S: how many leading real tokens all left-padded rows share, at most the shortest row's length - 1
+    (every row keeps its last query token, whose logits give the first response token). 0 for one row,
+    where nothing is shared."""
+    if query_ids.shape[0] < 2:
+        return 0
+    lengths = query_mask.sum(dim=1)
+    limit = int(lengths.min()) - 1
+    if limit < 1:
+        return 0
+    starts = query_ids.shape[1] - lengths  # first real column of each (left-padded) row
+    columns = starts[:, None] + torch.arange(limit, device=query_ids.device)
+    leading = query_ids.gather(1, columns)  # (B, limit): each row's first `limit` real tokens
+    agree = (leading == leading[:1]).all(dim=0)
+    return int(agree.long().cumprod(dim=0).sum())  # length of the run of columns where all rows agree
+
+
+def split_shared_prefix(query_ids: torch.Tensor, query_mask: torch.Tensor, length: int) -> SharedPrefixSplit:
+    """Split left-padded queries into their first `length` shared real tokens and the rest (see
+    SharedPrefixSplit); `length` from `shared_prefix_length`. Length 0 gives the rows unchanged."""
+    positions = (query_mask.cumsum(dim=1) - 1).clamp_min(0)
+    starts = query_ids.shape[1] - query_mask.sum(dim=1, keepdim=True)
+    columns = torch.arange(query_ids.shape[1] - length, device=query_ids.device).expand(query_ids.shape[0], -1)
+    kept = torch.where(columns < starts, columns, columns + length)  # skip each row's prefix columns
+    rest_mask = query_mask.gather(1, kept)
+    return SharedPrefixSplit(
+        prefix_ids=query_ids[:1, int(starts[0]) : int(starts[0]) + length],
+        rest_ids=query_ids.gather(1, kept),
+        rest_positions=positions.gather(1, kept),
+        attention_mask=torch.cat([rest_mask.new_ones(rest_mask.shape[0], length), rest_mask], dim=1),
+    )
+
+
+def run_shared_prefix(model, split: SharedPrefixSplit, cache) -> None:
+    """Run the shared prefix once (batch 1) into `cache`, an empty DynamicCache, and expand its keys and
+    values to the split's rows (views, no copy: the next forward's update concatenates them). Nothing
+    when the prefix is empty."""
+    if split.length == 0:
+        return
+    model(
+        input_ids=split.prefix_ids,
+        position_ids=torch.arange(split.length, device=split.prefix_ids.device)[None],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    rows = split.rest_ids.shape[0]
+    for layer in cache.layers:
+        layer.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
+        layer.values = layer.values.expand(rows, *layer.values.shape[1:])
+
+
+def shared_prefix_response_inputs(model, query_ids, query_mask, response_ids, response_mask) -> dict:
+    """`response_inputs` for `model`, its queries' shared prefix run first into a cache passed along
+    (SharedPrefixSplit): the model's inputs for [rest of query; response] with that cache. Plain
+    `response_inputs` when nothing is shared, when a cache does not fit (a model whose layers are not all
+    full attention), and when gradients are on.
+
+    Without gradients it saves what it skips: the reference's forward over 8 rollouts (SmolLM2-135M,
+    24 of ~41 query tokens shared, 32 response tokens) took 0.9x the plain forward's time, over 64
+    evaluation rows 0.75x. With gradients it cost more than it saved (1.1x at PPO's 4-row
+    micro-batches): the prefix pass's backward computes a second full-size gradient of every weight,
+    which costs the same whatever the number of rows."""
+    from transformers import DynamicCache
+
+    length = shared_prefix_length(query_ids, query_mask)
+    if length == 0 or torch.is_grad_enabled():
+        return response_inputs(query_ids, query_mask, response_ids, response_mask)
+    module = getattr(model, "module", model)  # a DeepSpeed engine's model; its own `config` is DeepSpeed's
+    cache = DynamicCache(config=module.config)
+    if other_than_full_attention(cache):
+        return response_inputs(query_ids, query_mask, response_ids, response_mask)
+    split = split_shared_prefix(query_ids, query_mask, length)
+    run_shared_prefix(model, split, cache)
+    full = response_inputs(query_ids, query_mask, response_ids, response_mask)
+    response_positions = full["position_ids"][:, query_ids.shape[1] :]
+    return {
+        "input_ids": torch.cat([split.rest_ids, response_ids], dim=1),
+        "attention_mask": torch.cat([split.attention_mask, response_mask], dim=1),
+        "position_ids": torch.cat([split.rest_positions, response_positions], dim=1),
+        "cache": cache,
+        "use_cache": True,
+    }

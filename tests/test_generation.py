@@ -309,3 +309,113 @@ def test_sample_refuses_sliding_window_models_before_any_forward(tiny_policy, ti
     assert calls == []  # refused before any forward
     sampled = sample(tiny_policy, query_ids, query_mask, max_new_tokens=3, temperature=1.0, **ids)
     assert sampled.ids.shape[0] == 2 and (sampled.mask[:, 0] == 1).all()
+
+
+def test_shared_prefix_is_the_leading_real_tokens_all_rows_share_and_the_rest_keeps_positions():
+    from robust_rlhf.generation import shared_prefix_length, split_shared_prefix
+
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [0, 5, 6, 7, 9, 9], [5, 6, 7, 1, 2, 3]])  # 0: left padding
+    mask = (ids != 0).long()
+    assert shared_prefix_length(ids, mask) == 3  # [5, 6, 7]; row 0 keeps its last token, 8
+    split = split_shared_prefix(ids, mask, 3)
+    assert split.prefix_ids.tolist() == [[5, 6, 7]]
+    assert split.rest_ids.tolist() == [[0, 0, 8], [0, 9, 9], [1, 2, 3]]
+    assert split.rest_positions.tolist() == [[0, 0, 3], [0, 3, 4], [3, 4, 5]]  # as in the full rows
+    assert split.attention_mask.tolist() == [[1, 1, 1, 0, 0, 1], [1, 1, 1, 0, 1, 1], [1, 1, 1, 1, 1, 1]]
+    # Every row keeps at least one query token: a row that is all prefix caps the length.
+    assert shared_prefix_length(torch.tensor([[5, 6, 7], [5, 6, 8]]), torch.ones(2, 3, dtype=torch.long)) == 2
+    assert shared_prefix_length(torch.tensor([[0, 5], [5, 6]]), torch.tensor([[0, 1], [1, 1]])) == 0
+    assert shared_prefix_length(torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long)) == 0  # one row
+    assert shared_prefix_length(torch.tensor([[4, 6, 7], [5, 6, 7]]), torch.ones(2, 3, dtype=torch.long)) == 0
+    unchanged = split_shared_prefix(ids, mask, 0)
+    assert torch.equal(unchanged.rest_ids, ids) and torch.equal(unchanged.attention_mask, mask)
+
+
+SHARED_PROMPTS = [
+    "Write a short review of the library.",
+    "Write a short review of a long flight today, please.",
+    "Write a short note.",
+]
+
+
+def full_forward(model, query_ids, query_mask, response_ids, response_mask, *, temperature=1.0):
+    """Log-probs of the response tokens and the last hidden states before them, from one plain forward
+    over [query; response] (no cache, no shared prefix): what the shared-prefix paths must reproduce."""
+    from robust_rlhf.logprobs import logprobs_of_labels
+
+    attention_mask = torch.cat([query_mask, response_mask], dim=1)
+    with torch.no_grad():
+        output = model(
+            input_ids=torch.cat([query_ids, response_ids], dim=1),
+            attention_mask=attention_mask,
+            position_ids=(attention_mask.cumsum(dim=1) - 1).clamp_min(0),
+            output_hidden_states=True,
+        )
+    columns = slice(query_ids.shape[1] - 1, -1)
+    logprobs = logprobs_of_labels(output.logits[:, columns].float() / temperature, response_ids)
+    return logprobs, output.hidden_states[-1][:, columns]
+
+
+def test_forward_response_runs_a_shared_prefix_once_without_gradients_and_matches_a_full_forward(
+    tiny_policy, tiny_tokenizer
+):
+    from robust_rlhf.generation import shared_prefix_length
+
+    query_ids, query_mask = encode_prompts(tiny_tokenizer, SHARED_PROMPTS, max_prompt_tokens=32)
+    assert shared_prefix_length(query_ids, query_mask) >= 3 and (query_mask == 0).any()
+    torch.manual_seed(4)
+    response_ids, response_mask = sample_responses(
+        tiny_policy,
+        query_ids,
+        query_mask,
+        max_new_tokens=6,
+        temperature=1.0,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+    response_ids, response_mask = response_ids.clone(), response_mask.clone()  # not inference tensors
+    expected, _ = full_forward(tiny_policy, query_ids, query_mask, response_ids, response_mask, temperature=0.8)
+    calls = []
+    hook = tiny_policy.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        with torch.no_grad():
+            shared, _ = forward_response(
+                tiny_policy, query_ids, query_mask, response_ids, response_mask, temperature=0.8
+            )
+        assert len(calls) == 2  # the prefix pass, then the rest
+        calls.clear()
+        with_grad, _ = forward_response(
+            tiny_policy, query_ids, query_mask, response_ids, response_mask, temperature=0.8
+        )
+        assert len(calls) == 1 and with_grad.requires_grad  # training runs the plain forward
+    finally:
+        hook.remove()
+    keep = response_mask.bool()
+    torch.testing.assert_close(shared[keep], expected[keep], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(with_grad.detach()[keep], expected[keep], atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_through_a_shared_prefix_keeps_the_log_probs_and_hidden_states_of_a_full_forward(
+    tiny_policy, tiny_tokenizer
+):
+    query_ids, query_mask = encode_prompts(tiny_tokenizer, SHARED_PROMPTS, max_prompt_tokens=32)
+    torch.manual_seed(5)
+    sampled = sample(
+        tiny_policy,
+        query_ids,
+        query_mask,
+        max_new_tokens=7,
+        temperature=0.9,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+        with_logprobs=True,
+        with_hidden=True,
+        samples_per_query=2,
+    )
+    repeated_ids, repeated_mask = query_ids.repeat_interleave(2, dim=0), query_mask.repeat_interleave(2, dim=0)
+    logprobs, hidden = full_forward(
+        tiny_policy, repeated_ids, repeated_mask, sampled.ids, sampled.mask, temperature=0.9
+    )
+    keep = sampled.mask.bool()
+    torch.testing.assert_close(sampled.logprobs[keep], logprobs[keep], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sampled.last_hidden[keep], hidden[keep], atol=1e-4, rtol=1e-4)
