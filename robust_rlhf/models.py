@@ -203,18 +203,27 @@ def load_backbone(
     """Load a bare backbone (no LM head) in `dtype` (see `model_options`) from safetensors or GGUF; with
     `num_layers`, only its first `num_layers` transformer layers (`first_layers`: the later layers' weights
     are never built)."""
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     check_attn_implementation(attn_implementation)
     _log_remote_code(name_or_dir, trust_remote_code)
     source, weights = _weights(name_or_dir)
     if num_layers is not None:
-        gguf = {key: value for key, value in weights.items() if key == "gguf_file"}
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **gguf)
-        weights = {**weights, "config": first_layers(config, num_layers)}
+        weights = {**weights, "config": cut_config(name_or_dir, num_layers, trust_remote_code=trust_remote_code)}
     return AutoModel.from_pretrained(
         source, trust_remote_code=trust_remote_code, dtype=dtype, attn_implementation=attn_implementation, **weights
     )
+
+
+def cut_config(name_or_dir: str | Path, num_layers: int, *, trust_remote_code: bool = False):
+    """The config of a model (safetensors folder or GGUF) cut to its first `num_layers` layers (`first_layers`),
+    read without loading any weights. Raises TooFewLayers when the model has fewer layers."""
+    from transformers import AutoConfig
+
+    source, weights = _weights(name_or_dir)
+    gguf = {key: value for key, value in weights.items() if key == "gguf_file"}
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, **gguf)
+    return first_layers(config, num_layers)
 
 
 def first_layers(config, num_layers: int):

@@ -21,6 +21,7 @@ from robust_rlhf.card import CARD_FILE, card_facts, model_card
 from robust_rlhf.config import MethodParams, Params, PretrainedRewardModelParams, StageInputError
 from robust_rlhf.models import (
     TooFewLayers,
+    cut_config,
     disable_dropout,
     enable_gradient_checkpointing,
     load_backbone,
@@ -126,11 +127,14 @@ def build_ppo_models(
             model, deepspeed=params.deepspeed, micro_batch_size=config.micro_batch_size, world_size=world_size
         )
 
-    def critic_backbone() -> torch.nn.Module:
+    if config.critic_layers is not None:  # refuse a depth the policy lacks before any weights load
         try:
-            backbone = load_backbone(paths.policy_init, **options, num_layers=config.critic_layers)
+            cut_config(paths.policy_init, config.critic_layers, trust_remote_code=remote)
         except TooFewLayers as error:
             raise StageInputError(f"ppo.critic_layers: {error} ({paths.policy_init})") from None
+
+    def critic_backbone() -> torch.nn.Module:
+        backbone = load_backbone(paths.policy_init, **options, num_layers=config.critic_layers)
         if config.critic_layers is not None:
             logger.info("critic: the policy's first %d layers and a value head", backbone.config.num_hidden_layers)
         return checkpointed(disable_dropout(backbone))

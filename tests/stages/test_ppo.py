@@ -168,3 +168,26 @@ def test_a_critic_deeper_than_the_policy_is_refused_naming_the_param(pipeline_ru
     params = write_params(tmp_path / "params.yaml", tiny_params(**{"ppo.critic_layers": 3, "ppo.steps": 1}))
     result = run_ppo(pipeline_run, tmp_path, params)
     assert result.returncode == 2 and "ppo.critic_layers: 3 layers asked of a model with 2" in result.stderr
+
+
+def test_a_critic_deeper_than_the_policy_is_refused_before_any_model_loads(pipeline_run, tmp_path, monkeypatch):
+    import robust_rlhf.rl.run as ppo_run
+    from robust_rlhf.config import Params, StageInputError
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model loaded before ppo.critic_layers was checked")
+
+    for loader in ("load_tokenizer", "load_causal_lm", "load_backbone"):
+        monkeypatch.setattr(ppo_run, loader, loaded)
+    params = Params.model_validate(tiny_params(**{"ppo.critic_layers": 3}))
+    paths = ppo_run.PPOPaths(
+        data=tmp_path,
+        policy_init=pipeline_run["policy_init"],
+        reward=tmp_path / "reward",
+        ensemble=tmp_path / "ensemble",
+        policy=tmp_path / "policy",
+        steps=tmp_path / "steps.csv",
+        resume=tmp_path / "resume",
+    )
+    with pytest.raises(StageInputError, match="ppo.critic_layers: 3 layers asked of a model with 2"):
+        ppo_run.build_ppo_models(params, paths, world_size=1)
