@@ -199,7 +199,10 @@ def draw_tokens(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor,
     Raises Diverged (exit 2, no retry) when a row has no distribution to draw from: a NaN or +inf logit, or
     every logit -inf, makes the row's softmax NaN, and the search over a NaN CDF would silently return the
     last id. A -inf logit alone is a zero probability."""
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    scaled = logits.float()  # no copy when already fp32
+    if temperature != 1.0:  # x / 1.0 == x: skip a (B, V) pass (5 ms a step at 128 rows x 49k)
+        scaled = scaled / temperature
+    probs = torch.softmax(scaled, dim=-1)
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1:]  # (B, 1): 1 up to rounding, NaN iff any of the row's probabilities is
     # One reduction and one host sync per step (the decode loop syncs on its EOS check anyway).
