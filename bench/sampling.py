@@ -5,9 +5,9 @@ the default policy, in this process; plus the machine's fp32 matmul peak and mem
 measured in the same run, which bound what any sampler can reach here.
 
 FLOPs as bench/flops.py counts them, padded positions included (the matmuls run on them): the prefill
-over every query column, each decode step over every row until the last row's EOS (`padded_tokens`); a
-decode step must read every weight once, whatever the batch, and each row's KV cache (bench/gpu_ppo.py's
-decode_bytes_per_step, fp32 here).
+over every query column (for ours, the prefix all queries share once), each decode step over every row
+until the last row's EOS (`padded_tokens`); a decode step must read every weight once, whatever the
+batch, and each row's KV cache (bench/gpu_ppo.py's decode_bytes_per_step, fp32 here).
 """
 
 from __future__ import annotations
@@ -27,13 +27,16 @@ class SamplingRun:
     flops: float  # of the matmuls, by `sampling_flops` over `padded_tokens` (the work done)
 
 
-def padded_tokens(query_mask, response_mask) -> tuple[int, int]:
+def padded_tokens(query_mask, response_mask, *, shared_prefix: int = 0) -> tuple[int, int]:
     """(prefilled, decoded) positions the matmuls run on, padding included: each query once, (Q, Tq) (the
-    prefix is shared, not run per sample), and every row at each of the T sampled columns, (B, T), a row
-    that ended included until the last one does. One count for both samplers, exact for `generate` up to Q
-    positions (it prefills Tq - 1 columns and runs the last per row); ours runs one decode step fewer (its
-    first token comes from the prefill's logits), so its share of the peak reads ~1/T high."""
-    return query_mask.numel(), response_mask.numel()
+    query is shared by its samples, not run per sample), less the `shared_prefix` tokens every query
+    starts with that ours runs once for the batch (Q - 1 times S fewer; 0 for `generate`), and every row
+    at each of the T sampled columns, (B, T), a row that ended included until the last one does. Exact for
+    `generate` up to Q positions (it prefills Tq - 1 columns and runs the last per row); ours runs one
+    decode step fewer (its first token comes from the prefill's logits), so its share of the peak reads
+    ~1/T high."""
+    queries = query_mask.shape[0]
+    return query_mask.numel() - (queries - 1) * shared_prefix, response_mask.numel()
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
@@ -120,7 +123,7 @@ def sampling_runs(
 
     from bench.flops import linear_weights, sampling_flops
     from bench.gpu_ppo import decode_bytes_per_step
-    from robust_rlhf.generation import encode_prompts, sample
+    from robust_rlhf.generation import encode_prompts, sample, shared_prefix_length
 
     model = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
@@ -151,7 +154,8 @@ def sampling_runs(
             mask = run(query_ids, query_mask)
             seconds = time.perf_counter() - started
             tokens = int(mask.sum())
-            prefilled, decoded = padded_tokens(query_mask, mask)
+            shared = shared_prefix_length(query_ids, query_mask) if name == "ours" else 0
+            prefilled, decoded = padded_tokens(query_mask, mask, shared_prefix=shared)
             flops = sampling_flops(
                 body_weights=body, head_weights=head, prefill_tokens=prefilled, decoded_tokens=decoded
             )

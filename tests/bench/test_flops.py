@@ -1,4 +1,5 @@
 import pytest
+import torch
 from torch import nn
 
 from bench.flops import linear_weights, ppo_phase_flops, sampling_flops
@@ -26,3 +27,12 @@ def test_sampling_and_ppo_phase_flops_by_hand():
     assert ppo_phase_flops(body_weights=100, head_weights=10, rows=2, prompt_len=3, response_len=4, epochs=2)[
         TRAINING_REST
     ] == pytest.approx(18000)
+
+
+def test_padded_tokens_count_a_shared_prefix_once():
+    from bench.sampling import padded_tokens
+
+    query_mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]])
+    response_mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    assert padded_tokens(query_mask, response_mask) == (12, 9)
+    assert padded_tokens(query_mask, response_mask, shared_prefix=1) == (10, 9)  # 2 of 3 queries skip it
