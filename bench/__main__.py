@@ -502,13 +502,13 @@ def shared_machine_rows(times: dict) -> list[Row]:
 def ppo_step_flops(work: Path, workload: PPOWorkload, params) -> dict[str, int]:
     """bench/flops.py's count of one measured PPO step of `ppo_ours` with params' critic: the policy's shape
     (a critic cut to N of L layers has N / L of its body's weights), the measured batches' padded prompt
-    length (mean), the response length."""
+    length and shared prefix (means), the response length."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from bench.flops import linear_weights, ppo_phase_flops
     from bench.workload import POLICY_DIR, bench_prompts
-    from robust_rlhf.generation import encode_prompts
+    from robust_rlhf.generation import encode_prompts, shared_prefix_length
 
     with torch.device("meta"):  # only the shapes are counted: no weights read
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(work / POLICY_DIR))
@@ -517,10 +517,10 @@ def ppo_step_flops(work: Path, workload: PPOWorkload, params) -> dict[str, int]:
     batches = [
         prompts[step * workload.batch_size : (step + 1) * workload.batch_size] for step in range(1, workload.steps + 1)
     ]
-    prompt_len = statistics.fmean(
-        encode_prompts(tokenizer, batch, max_prompt_tokens=params.prepare.max_prompt_tokens)[0].shape[1]
-        for batch in batches
-    )
+    limit = params.prepare.max_prompt_tokens
+    queries = [encode_prompts(tokenizer, batch, max_prompt_tokens=limit) for batch in batches]
+    prompt_len = statistics.fmean(ids.shape[1] for ids, _ in queries)
+    shared_prefix = statistics.fmean(shared_prefix_length(ids, mask) for ids, mask in queries)
     body, head = linear_weights(model, model.config.vocab_size)
     critic_layers = params.ppo.critic_layers or model.config.num_hidden_layers
     return ppo_phase_flops(
@@ -531,6 +531,7 @@ def ppo_step_flops(work: Path, workload: PPOWorkload, params) -> dict[str, int]:
         prompt_len=round(prompt_len),
         response_len=workload.max_new_tokens,
         epochs=workload.epochs,
+        shared_prefix=round(shared_prefix),
     )
 
 

@@ -37,26 +37,29 @@ def ppo_phase_flops(
     response_len: int,
     epochs: int,
     critic_body_weights: int | None = None,
+    shared_prefix: int = 0,
 ) -> dict[str, int]:
     """One PPO step's FLOPs per timed phase, separate critic (the policy's body, or `critic_body_weights`
     for a critic cut to the policy's first layers; no LM head), over `rows` sequences of `prompt_len` +
     `response_len` padded tokens; the LM head runs on the response_len + 1 kept columns (logits_to_keep) in
-    a forward over [query; response]:
-    generation   2 B (Tq body + T (body + head))
-    ref forward  2 B ((Tq + T) body + (T + 1) head)
+    a forward over [query; response]. The `shared_prefix` S tokens every query starts with run once, not
+    per row, in the passes without gradients (generation's prefill and the reference forward):
+    generation   2 (B Tq - (B - 1) S) body + 2 B T (body + head)
+    ref forward  2 (B (Tq + T) - (B - 1) S) body + 2 B (T + 1) head
     critic       2 B (Tq + T) critic + epochs x 6 B (Tq + T) critic
     training     epochs x 6 B ((Tq + T) body + (T + 1) head)   (the actor's update)"""
     critic_weights = body_weights if critic_body_weights is None else critic_body_weights
     tokens = rows * (prompt_len + response_len)
     head_columns = rows * (response_len + 1)
+    skipped = (rows - 1) * shared_prefix
     return {
         GENERATION: sampling_flops(
             body_weights=body_weights,
             head_weights=head_weights,
-            prefill_tokens=rows * prompt_len,
+            prefill_tokens=rows * prompt_len - skipped,
             decoded_tokens=rows * response_len,
         ),
-        LOGPROB_FORWARD: 2 * (body_weights * tokens + head_weights * head_columns),
+        LOGPROB_FORWARD: 2 * (body_weights * (tokens - skipped) + head_weights * head_columns),
         CRITIC: 2 * critic_weights * tokens + epochs * 6 * critic_weights * tokens,
         TRAINING_REST: epochs * 6 * (body_weights * tokens + head_weights * head_columns),
     }

@@ -27,6 +27,12 @@ def test_sampling_and_ppo_phase_flops_by_hand():
     assert ppo_phase_flops(body_weights=100, head_weights=10, rows=2, prompt_len=3, response_len=4, epochs=2)[
         TRAINING_REST
     ] == pytest.approx(18000)
+    shared = ppo_phase_flops(
+        body_weights=100, head_weights=10, rows=2, prompt_len=3, response_len=4, epochs=1, shared_prefix=2
+    )
+    assert shared[GENERATION] == 2 * 100 * (6 - 2) + 2 * 8 * 110  # the second row skips 2 prefix tokens: 2560
+    assert shared[LOGPROB_FORWARD] == 2 * (100 * 12 + 10 * 10)  # 2600
+    assert shared[CRITIC] == flops[CRITIC] and shared[TRAINING_REST] == flops[TRAINING_REST]  # with gradients
 
 
 def test_padded_tokens_count_a_shared_prefix_once():
