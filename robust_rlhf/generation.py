@@ -106,7 +106,8 @@ def sample(
     rows, query_length = query_ids.shape[0] * samples_per_query, query_ids.shape[1]
     prefill_cache = DynamicCache(config=model.config)
     check_full_attention(prefill_cache)
-    split = split_shared_prefix(query_ids, query_mask, shared_prefix_length(query_ids, query_mask))
+    length = shared_prefix_length(query_ids, query_mask) if prefix_split_is_exact(model.config) else 0
+    split = split_shared_prefix(query_ids, query_mask, length)
     run_shared_prefix(model, split, prefill_cache)
     output = model(
         input_ids=split.rest_ids,
@@ -323,8 +324,8 @@ class SharedPrefixSplit:
 def shared_prefix_length(query_ids: torch.Tensor, query_mask: torch.Tensor) -> int:
     """S: how many leading real tokens all left-padded rows share, at most the shortest row's length - 1
     (every row keeps its last query token, whose logits give the first response token). 0 for one row,
-    where nothing is shared."""
-    if query_ids.shape[0] < 2:
+    where nothing is shared, and for a mask that is not left padding ([0 ... 0 1 ... 1] in every row)."""
+    if query_ids.shape[0] < 2 or not bool((query_mask[:, 1:] >= query_mask[:, :-1]).all()):
         return 0
     lengths = query_mask.sum(dim=1)
     limit = int(lengths.min()) - 1
@@ -339,7 +340,10 @@ def shared_prefix_length(query_ids: torch.Tensor, query_mask: torch.Tensor) -> i
 
 def split_shared_prefix(query_ids: torch.Tensor, query_mask: torch.Tensor, length: int) -> SharedPrefixSplit:
     """Split left-padded queries into their first `length` shared real tokens and the rest (see
-    SharedPrefixSplit); `length` from `shared_prefix_length`. Length 0 gives the rows unchanged."""
+    SharedPrefixSplit); `length` at most `shared_prefix_length`'s (ValueError otherwise). Length 0 gives the
+    rows unchanged."""
+    if length and length > shared_prefix_length(query_ids, query_mask):
+        raise ValueError(f"the rows do not share {length} leading tokens with one left over each")
     positions = (query_mask.cumsum(dim=1) - 1).clamp_min(0)
     starts = query_ids.shape[1] - query_mask.sum(dim=1, keepdim=True)
     columns = torch.arange(query_ids.shape[1] - length, device=query_ids.device).expand(query_ids.shape[0], -1)
@@ -353,10 +357,26 @@ def split_shared_prefix(query_ids: torch.Tensor, query_mask: torch.Tensor, lengt
     )
 
 
+# RoPE variants whose frequencies a forward chooses from its own longest position (transformers'
+# dynamic NTK and LongRoPE): a prefix pass (positions < S) and the rest could get different ones.
+PER_CALL_ROPE_TYPES = frozenset({"dynamic", "longrope"})
+
+
+def prefix_split_is_exact(config) -> bool:
+    """Whether a model with this config computes, on a SharedPrefixSplit run as two passes, what it computes
+    on the plain rows (up to float rounding): attention that reads only the position ids and the mask. False
+    for a RoPE whose frequencies depend on the call (PER_CALL_ROPE_TYPES). Sliding-window and other
+    non-full-attention layers are refused by the callers through their cache's layers."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    per_layer_type = rope and all(isinstance(value, dict) for value in rope.values())
+    types = {spec.get("rope_type", spec.get("type")) for spec in (rope.values() if per_layer_type else [rope])}
+    return not types & PER_CALL_ROPE_TYPES
+
+
 def run_shared_prefix(model, split: SharedPrefixSplit, cache) -> None:
     """Run the shared prefix once (batch 1) into `cache`, an empty DynamicCache, and expand its keys and
     values to the split's rows (views, no copy: the next forward's update concatenates them). Nothing
-    when the prefix is empty."""
+    when the prefix is empty; the cache stays empty when the model does not fill it."""
     if split.length == 0:
         return
     model(
@@ -368,6 +388,8 @@ def run_shared_prefix(model, split: SharedPrefixSplit, cache) -> None:
     )
     rows = split.rest_ids.shape[0]
     for layer in cache.layers:
+        if layer.keys is None:  # a model that ignores `cache`
+            return
         layer.keys = layer.keys.expand(rows, *layer.keys.shape[1:])
         layer.values = layer.values.expand(rows, *layer.values.shape[1:])
 
@@ -375,8 +397,10 @@ def run_shared_prefix(model, split: SharedPrefixSplit, cache) -> None:
 def shared_prefix_response_inputs(model, query_ids, query_mask, response_ids, response_mask) -> dict:
     """`response_inputs` for `model`, its queries' shared prefix run first into a cache passed along
     (SharedPrefixSplit): the model's inputs for [rest of query; response] with that cache. Plain
-    `response_inputs` when nothing is shared, when a cache does not fit (a model whose layers are not all
-    full attention), and when gradients are on.
+    `response_inputs` when nothing is shared, when gradients are on, when the split is not exact for the
+    model (`prefix_split_is_exact`; layers that are not all full attention), when its parameters are
+    ZeRO-3 partitions (each forward all-gathers collectively, and the ranks' prompts decide apart whether
+    there is a prefix pass), and when the model left the prefix's cache empty.
 
     Without gradients it saves what it skips: the reference's forward over 8 rollouts (SmolLM2-135M,
     24 of ~41 query tokens shared, 32 response tokens) took 0.9x the plain forward's time, over 64
@@ -385,17 +409,24 @@ def shared_prefix_response_inputs(model, query_ids, query_mask, response_ids, re
     which costs the same whatever the number of rows."""
     from transformers import DynamicCache
 
+    plain = response_inputs(query_ids, query_mask, response_ids, response_mask)
     length = shared_prefix_length(query_ids, query_mask)
-    if length == 0 or torch.is_grad_enabled():
-        return response_inputs(query_ids, query_mask, response_ids, response_mask)
     module = getattr(model, "module", model)  # a DeepSpeed engine's model; its own `config` is DeepSpeed's
+    if (
+        length == 0
+        or torch.is_grad_enabled()
+        or not prefix_split_is_exact(module.config)
+        or any(hasattr(parameter, "ds_id") for parameter in module.parameters())
+    ):
+        return plain
     cache = DynamicCache(config=module.config)
     if other_than_full_attention(cache):
-        return response_inputs(query_ids, query_mask, response_ids, response_mask)
+        return plain
     split = split_shared_prefix(query_ids, query_mask, length)
     run_shared_prefix(model, split, cache)
-    full = response_inputs(query_ids, query_mask, response_ids, response_mask)
-    response_positions = full["position_ids"][:, query_ids.shape[1] :]
+    if cache.get_seq_length() != length:
+        return plain
+    response_positions = plain["position_ids"][:, query_ids.shape[1] :]
     return {
         "input_ids": torch.cat([split.rest_ids, response_ids], dim=1),
         "attention_mask": torch.cat([split.attention_mask, response_mask], dim=1),

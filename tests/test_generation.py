@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from robust_rlhf.config import StageInputError
@@ -171,7 +172,6 @@ def test_draw_tokens_samples_the_softmax_at_temperature_and_never_a_zero_probabi
 def test_draw_tokens_raises_on_logits_that_are_not_finite():
     """A NaN (or +inf) logit makes its row's softmax NaN, and a search over a NaN CDF returns the last id:
     that must be an error, not a token. A -inf logit is a zero probability and stays allowed."""
-    import pytest
 
     from robust_rlhf.generation import draw_tokens
 
@@ -295,7 +295,6 @@ def sliding_window_policy(kind: str, tokenizer):
 def test_sample_refuses_sliding_window_models_before_any_forward(tiny_policy, tiny_tokenizer):
     """Without the check, both models sampled a left-padded batch (window 4) with stored log-probs up to 0.1 off a
     full forward's: `sample` must refuse them before the prefill. The full-attention tiny Llama still samples."""
-    import pytest
 
     prompts = ["Write a short review of the library.", "Say hello."]
     query_ids, query_mask = encode_prompts(tiny_tokenizer, prompts, max_prompt_tokens=32)
@@ -329,6 +328,24 @@ def test_shared_prefix_is_the_leading_real_tokens_all_rows_share_and_the_rest_ke
     assert shared_prefix_length(torch.tensor([[4, 6, 7], [5, 6, 7]]), torch.ones(2, 3, dtype=torch.long)) == 0
     unchanged = split_shared_prefix(ids, mask, 0)
     assert torch.equal(unchanged.rest_ids, ids) and torch.equal(unchanged.attention_mask, mask)
+    right_padded = torch.tensor([[5, 6, 7, 0], [5, 6, 7, 8]])
+    assert shared_prefix_length(right_padded, (right_padded != 0).long()) == 0  # only left padding is split
+    with pytest.raises(ValueError, match="do not share 4 leading tokens"):
+        split_shared_prefix(ids, mask, 4)
+
+
+def test_a_prefix_split_is_exact_unless_the_rope_frequencies_depend_on_the_call():
+    from types import SimpleNamespace
+
+    from robust_rlhf.generation import prefix_split_is_exact
+
+    assert prefix_split_is_exact(SimpleNamespace())
+    assert prefix_split_is_exact(SimpleNamespace(rope_parameters={"rope_type": "default", "rope_theta": 1e4}))
+    assert prefix_split_is_exact(SimpleNamespace(rope_parameters={"rope_type": "llama3", "factor": 8.0}))
+    assert not prefix_split_is_exact(SimpleNamespace(rope_parameters={"rope_type": "dynamic", "factor": 2.0}))
+    assert not prefix_split_is_exact(SimpleNamespace(rope_scaling={"type": "longrope"}))
+    per_layer_type = {"full_attention": {"rope_type": "default"}, "sliding_attention": {"rope_type": "dynamic"}}
+    assert not prefix_split_is_exact(SimpleNamespace(rope_parameters=per_layer_type))
 
 
 SHARED_PROMPTS = [
@@ -419,3 +436,38 @@ def test_sampling_through_a_shared_prefix_keeps_the_log_probs_and_hidden_states_
     keep = sampled.mask.bool()
     torch.testing.assert_close(sampled.logprobs[keep], logprobs[keep], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(sampled.last_hidden[keep], hidden[keep], atol=1e-4, rtol=1e-4)
+
+
+def test_forward_response_runs_the_plain_forward_where_a_prefix_pass_would_not_be_exact_or_safe(
+    tiny_policy, tiny_tokenizer, monkeypatch
+):
+    """One forward, not two, for: a sliding-window model; a RoPE chosen per call; a ZeRO-3 partitioned model
+    (each forward all-gathers collectively, and the ranks' own prompts would decide apart whether to run a
+    prefix pass); a model that leaves the cache empty. The log-probs stay those of a full forward."""
+    query_ids, query_mask = encode_prompts(tiny_tokenizer, SHARED_PROMPTS, max_prompt_tokens=32)
+    response_ids = torch.full((3, 4), tiny_tokenizer.pad_token_id + 1)
+    response_mask = torch.ones_like(response_ids)
+
+    def forwards(model) -> int:
+        calls = []
+        hook = model.register_forward_hook(lambda module, args, output: calls.append(1))
+        try:
+            with torch.no_grad():
+                logprobs, _ = forward_response(model, query_ids, query_mask, response_ids, response_mask)
+        finally:
+            hook.remove()
+        expected, _ = full_forward(model, query_ids, query_mask, response_ids, response_mask)
+        torch.testing.assert_close(logprobs, expected, atol=1e-4, rtol=1e-4)
+        return len(calls)
+
+    assert forwards(tiny_policy) == 2  # the shared prefix, then the rest
+    assert forwards(sliding_window_policy("mistral", tiny_tokenizer)) == 1
+    with monkeypatch.context() as patch:
+        patch.setattr(tiny_policy.config, "rope_parameters", {"rope_type": "dynamic", "factor": 2.0}, raising=False)
+        assert forwards(tiny_policy) == 1
+    with monkeypatch.context() as patch:
+        patch.setattr(next(tiny_policy.parameters()), "ds_id", 0, raising=False)
+        assert forwards(tiny_policy) == 1
+    with monkeypatch.context() as patch:
+        patch.setattr("robust_rlhf.generation.run_shared_prefix", lambda model, split, cache: model(split.prefix_ids))
+        assert forwards(tiny_policy) == 2  # the prefix pass ran and filled nothing: the plain forward follows
