@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from robust_rlhf.logprobs import entropy_from_logits, logprobs_of_labels
+from robust_rlhf.runtime.distributed import zero3_partitioned
 from robust_rlhf.runtime.guards import Diverged
 
 
@@ -410,14 +411,11 @@ def shared_prefix_response_inputs(model, query_ids, query_mask, response_ids, re
     from transformers import DynamicCache
 
     plain = response_inputs(query_ids, query_mask, response_ids, response_mask)
+    if torch.is_grad_enabled():  # the training forward: nothing more to compute
+        return plain
     length = shared_prefix_length(query_ids, query_mask)
     module = getattr(model, "module", model)  # a DeepSpeed engine's model; its own `config` is DeepSpeed's
-    if (
-        length == 0
-        or torch.is_grad_enabled()
-        or not prefix_split_is_exact(module.config)
-        or any(hasattr(parameter, "ds_id") for parameter in module.parameters())
-    ):
+    if length == 0 or not prefix_split_is_exact(module.config) or zero3_partitioned(module):
         return plain
     cache = DynamicCache(config=module.config)
     if other_than_full_attention(cache):

@@ -254,6 +254,12 @@ def _zero3_offload(module: torch.nn.Module):
     return None
 
 
+def zero3_partitioned(module: torch.nn.Module) -> bool:
+    """Whether any parameter of `module` is a ZeRO-3 partition (DeepSpeed tags those with `ds_id`): each
+    forward then all-gathers collectively, so every rank must run the same sequence of forwards."""
+    return any(hasattr(parameter, "ds_id") for parameter in module.parameters())
+
+
 @contextlib.contextmanager
 def gathered_for_generation(module: torch.nn.Module):
     """Hold every ZeRO-3 parameter of `module` gathered for a whole rollout; a no-op for unpartitioned ones.
@@ -264,7 +270,7 @@ def gathered_for_generation(module: torch.nn.Module):
     training forwards and backwards partition again. Memory: the full model on every rank for the
     duration.
     """
-    if not any(hasattr(parameter, "ds_id") for parameter in module.parameters()):
+    if not zero3_partitioned(module):
         yield module
         return
     import deepspeed
