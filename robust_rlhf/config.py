@@ -73,6 +73,13 @@ class ModelsParams(_Section):
         "backbone): `sdpa` (torch's scaled_dot_product_attention; CPU and GPU), `eager`, or `flash_attention_2` "
         "(needs the flash-attn package and a GPU; refused at load time otherwise)."
     )
+    small_batch_linear: bool = Field(
+        description="Run a sampling policy's linear layers through our small-batch CPU kernel when a no-grad "
+        "product has few rows, as a decode step's (robust_rlhf/runtime/small_batch_linear.py: its MAX_ROWS, "
+        "its speed against MKL's matmul): x86-64 CPUs with AVX2, results equal to torch's up to rounding. Built "
+        "on first use with the C++ compiler; where it cannot run (another CPU, no compiler) torch's matmul "
+        "runs, with a warning. false: torch's matmul always (GPU profiles)."
+    )
 
 
 class DeepSpeedParams(_Section):

@@ -6,6 +6,7 @@ allocated once per call (see `sample`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,18 @@ import torch
 from robust_rlhf.logprobs import entropy_from_logits, logprobs_of_labels
 from robust_rlhf.runtime.distributed import zero3_partitioned
 from robust_rlhf.runtime.guards import Diverged
+from robust_rlhf.runtime.small_batch_linear import use_small_batch_linears
+
+logger = logging.getLogger(__name__)
+
+
+def for_sampling(model: torch.nn.Module, *, small_batch_linear: bool) -> torch.nn.Module:
+    """`model`, a policy that will sample, with its linear layers on the small-batch kernel when
+    `small_batch_linear` (params `models.small_batch_linear`; robust_rlhf/runtime/small_batch_linear.py: a
+    no-grad product of at most its MAX_ROWS rows, as a decode step's; training keeps torch's matmul)."""
+    if small_batch_linear and (changed := use_small_batch_linears(model)):
+        logger.info("models.small_batch_linear: %d linear layers on the small-batch kernel", changed)
+    return model
 
 
 def format_prompt(tokenizer, prompt: str) -> str:

@@ -45,8 +45,15 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
+def _built_sources(file: Path) -> list[Path]:
+    """The C++ a module compiles when it runs: csrc/<its name>.cpp beside it (runtime/small_batch_linear.py)."""
+    source = file.parent / "csrc" / f"{file.stem}.cpp"
+    return [source] if source.is_file() else []
+
+
 def import_closure(module: str) -> set[Path]:
-    """Every project file that running `python -m module` can import, relative to the repository root."""
+    """Every project file that running `python -m module` can import (or build, `_built_sources`), relative
+    to the repository root."""
     seen: set[Path] = set()
     todo = [module]
     while todo:
@@ -55,6 +62,7 @@ def import_closure(module: str) -> set[Path]:
         for file in files:
             if file not in seen:
                 seen.add(file)
+                seen.update(_built_sources(file))
                 todo.extend(_imported_modules(file))
     return {file.relative_to(ROOT) for file in seen}
 

@@ -12,6 +12,7 @@ from robust_rlhf.data.gold import GoldScorer
 from robust_rlhf.data.pairs import preference_stats, reject_counts, sample_preference_pairs, sample_shifted_responses
 from robust_rlhf.data.sources import SourceError, TooManyRejects, load_sources, split_pairs
 from robust_rlhf.data.task import split_prompts, tokenizer_corpus, topic_of
+from robust_rlhf.generation import for_sampling
 from robust_rlhf.models import load_causal_lm, load_tokenizer, materialise_policy, model_options
 from robust_rlhf.runtime.atomic import atomic_directory, atomic_write_jsonl
 from robust_rlhf.runtime.distributed import frozen_model, init_distributed
@@ -41,7 +42,9 @@ def run_prepare(params: Params, *, data: Path, policy: Path) -> dict:
         return _prepare_from_source(params, data, tokenizer)
     # The sampler and the gold's fluency model: the initial policy, placed and cast by DeepSpeed.
     sampler = frozen_model(
-        load_causal_lm(policy, **model_options(params)),
+        for_sampling(
+            load_causal_lm(policy, **model_options(params)), small_batch_linear=params.models.small_batch_linear
+        ),
         deepspeed=params.deepspeed,
         micro_batch_size=config.batch_size,
         world_size=world_size,

@@ -26,6 +26,7 @@ from robust_rlhf.data.gold import GoldScorer
 from robust_rlhf.evaluation.curves import best_of_n_grid, best_of_n_kl, best_of_n_per_prompt, mean_and_spread, win_rate
 from robust_rlhf.evaluation.early_warning import early_warning_table
 from robust_rlhf.evaluation.policy import evaluate_policy
+from robust_rlhf.generation import for_sampling
 from robust_rlhf.models import load_causal_lm, load_tokenizer, model_options
 from robust_rlhf.reward.pretrained import read_run_affines, score_key, used_reward_models
 from robust_rlhf.reward.scoring import load_reward_models
@@ -69,7 +70,12 @@ def run_evaluate(params: Params, paths: EvaluatePaths) -> dict:
         )
 
     tokenizer = load_tokenizer(paths.policy_init, trust_remote_code=remote)
-    ref_model = frozen(load_causal_lm(paths.policy_init, **model_options(params)))
+    ref_model = frozen(
+        for_sampling(
+            load_causal_lm(paths.policy_init, **model_options(params)),
+            small_batch_linear=params.models.small_batch_linear,
+        )
+    )
     reward_models = load_reward_models(
         paths.reward,
         paths.ensemble,
@@ -138,7 +144,13 @@ def run_evaluate(params: Params, paths: EvaluatePaths) -> dict:
             checkpoints = read_checkpoints(paths.policies / name)
             for index, checkpoint in enumerate(checkpoints):
                 last = index == len(checkpoints) - 1
-                policy = frozen(load_causal_lm(paths.policies / name / checkpoint["path"], **model_options(params)))
+                saved = paths.policies / name / checkpoint["path"]
+                policy = frozen(
+                    for_sampling(
+                        load_causal_lm(saved, **model_options(params)),
+                        small_batch_linear=params.models.small_batch_linear,
+                    )
+                )
                 result = evaluate(
                     policy, f"evaluate {name} step {checkpoint['step']}", prompts if last else curve_prompts, spp
                 )

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from robust_rlhf.card import CARD_FILE, card_facts, model_card
 from robust_rlhf.config import MethodParams, Params, PretrainedRewardModelParams, StageInputError
+from robust_rlhf.generation import for_sampling
 from robust_rlhf.models import (
     TooFewLayers,
     cut_config,
@@ -69,6 +70,7 @@ from robust_rlhf.runtime.live import LiveLog
 from robust_rlhf.runtime.memory_plan import check_stage_fits
 from robust_rlhf.runtime.metrics import StepLog
 from robust_rlhf.runtime.resume import load_state, prune_finished, restore_engines, run_key, save_state
+from robust_rlhf.runtime.small_batch_linear import kernel_in_use
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +143,13 @@ def build_ppo_models(
 
     tokenizer = load_tokenizer(paths.policy_init, trust_remote_code=remote)
     actor_module, critic_module = build_actor_critic(
-        lambda: checkpointed(disable_dropout(load_causal_lm(paths.policy_init, **options))),
+        lambda: checkpointed(
+            disable_dropout(
+                for_sampling(
+                    load_causal_lm(paths.policy_init, **options), small_batch_linear=params.models.small_batch_linear
+                )
+            )
+        ),
         critic_backbone,
         config.value_model,
         lora=config.lora,
@@ -184,6 +192,7 @@ def run_ppo(params: Params, *, method: str, seed: int, paths: PPOPaths) -> dict:
             "aggregation": params.aggregation.model_dump(),
             "deepspeed": params.deepspeed.model_dump(),
             "attn_implementation": params.models.attn_implementation,  # kernels differ in rounding
+            "small_batch_linear": kernel_in_use(params.models.small_batch_linear),
             "max_prompt_tokens": max_prompt_tokens,
             "world_size": world_size,
             # A mixture's centring samples come from `seed`, and its members' specs are part of the run.

@@ -65,6 +65,23 @@ def test_sampling_rows_compare_tokens_per_second_and_give_prepares_pairs_per_sec
     assert (pairs.ours, pairs.baseline, pairs.ratio, pairs.target) == ("4.00", "2.00", pytest.approx(2.0), ">= 3x")
 
 
+def test_sampling_rows_compare_the_small_batch_kernel_with_torchs_matmul_where_it_ran():
+    from bench.__main__ import sampling_rows
+    from bench.sampling import TORCH_MATMUL, SamplingRun
+
+    runs = {
+        "ours": [SamplingRun(8, 4.0, 256, 1e11), SamplingRun(128, 16.0, 4000, 1.6e12)],
+        "generate": [SamplingRun(8, 6.0, 256, 1e11), SamplingRun(128, 32.0, 4000, 1.6e12)],
+        TORCH_MATMUL: [SamplingRun(8, 6.4, 256, 1e11)],  # not at 128 rows: the kernel does not run there
+    }
+    step_bytes = {8: 1e9, 128: 1e9}
+    rows = {row.benchmark: row for row in sampling_rows(runs, 2e11, 2e10, step_bytes=step_bytes, stage_rows=128)}
+    kernel = rows["sampling tokens/s at 8 rows, small-batch kernel vs torch's matmul"]
+    assert (kernel.ours, kernel.baseline, kernel.ratio) == ("64", "40", pytest.approx(1.6))
+    assert "models.small_batch_linear" in kernel.note
+    assert not any("128 rows, small-batch" in name for name in rows)
+
+
 def test_a_stopped_contested_run_reads_as_at_least_its_timeout():
     from bench.__main__ import shared_machine_rows
 
