@@ -1,7 +1,13 @@
 """The report's reward-model verdicts on hand-built metrics: the interval decides, not the point,
 and an AUROC must clear chance on both held-out splits."""
 
-from robust_rlhf.evaluation.report import interval_text, reward_model_section, reward_model_text, uncertainty_findings
+from robust_rlhf.evaluation.report import (
+    best_of_n_finding,
+    interval_text,
+    reward_model_section,
+    reward_model_text,
+    uncertainty_findings,
+)
 
 
 def _interval(value, low, high):
@@ -89,3 +95,23 @@ def test_a_mixture_is_named_by_its_members_in_order_and_other_reward_models_by_t
     assert reward_model_text("mixture", ["chat", "pair", "single"]) == "mixture [chat, pair, single]"
     assert reward_model_text("ensemble", None) == "ensemble"
     assert reward_model_text("brme", []) == "brme"
+
+
+def test_a_best_of_n_fall_after_the_peak_is_read_against_the_peaks_interval():
+    curve = [
+        {"n": "32", "gold": "0.90", "gold_ci_low": "0.80", "gold_ci_high": "1.00"},
+        {"n": "48", "gold": "0.94", "gold_ci_low": "0.84", "gold_ci_high": "1.03"},
+        {"n": "64", "gold": "0.93", "gold_ci_low": "0.81", "gold_ci_high": "1.04"},
+    ]
+    row = {"best_of_n": 64, "best_of_n_gold": 0.93, "best_of_n_peak_n": 48, "best_of_n_peak_gold": 0.94}
+    dip = best_of_n_finding("mean", row | {"best_of_n_peaks_before_n": True}, curve)
+    assert dip == (
+        "Best-of-n picked by mean's reward peaks at n = 48 (0.940) and falls to 0.930 at n = 64, inside the "
+        "peak's 95% interval [0.840, 1.030]: within noise."
+    )
+    fall = best_of_n_finding("mean", row | {"best_of_n_gold": 0.70, "best_of_n_peaks_before_n": True}, curve)
+    assert fall.endswith("below the peak's 95% interval [0.840, 1.030]: beyond noise: overoptimization.")
+    flat = best_of_n_finding("mean", row | {"best_of_n_peaks_before_n": False}, curve)
+    assert flat == "Best-of-n picked by mean's reward does not peak up to n = 64 (0.930)."
+    unbanded = best_of_n_finding("mean", row | {"best_of_n_peaks_before_n": True}, [])
+    assert unbanded.endswith("falls to 0.930 at n = 64.")
