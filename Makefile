@@ -1,6 +1,6 @@
 # `make run`: set up and run the default pipeline. `make test`: set up, lint and run the tests.
 # `make test-fast`: the tests not marked `slow` (no stage, engine, Prefect server or pipeline run).
-# `make bench`: set up, add the benchmark extra (TRL) and TRL-PPO's own venv, run the benchmarks (about 15 min on 2 cores).
+# `make bench`: set up, add the benchmark extra (TRL) and TRL-PPO's own venv, run the benchmarks (12-15 min on 2 cores).
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
