@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from bench.timing import median_seconds
+from bench.timing import interleaved_median_seconds, median_seconds
 from bench.workload import bench_prompts, default_params, new_reward_model
 
 # A response of about the default generation length (32 tokens) for every prompt.
@@ -34,11 +34,16 @@ def scoring_times(
         return lambda: [score_texts(model, tokenizer, prompts, responses, batch_size=batch_size) for model in models]
 
     one_head = new_reward_model(backbone_spec, 1, max_length=max_length, seed=0, options=options)
-    heads, models = {}, {}
-    for k in head_counts:
-        # k heads share the one backbone: a new BRME around the same backbone module.
-        k_heads = BRMERewardModel(one_head.backbone, replace(one_head.config, num_heads=k), seed=k).eval()
-        heads[k] = median_seconds(score([k_heads]), repeats)
+    # k heads share the one backbone: a new BRME around the same backbone module. Timed in rounds, since the
+    # rows divide each k by k = 1's time.
+    heads = interleaved_median_seconds(
+        {
+            k: score([BRMERewardModel(one_head.backbone, replace(one_head.config, num_heads=k), seed=k).eval()])
+            for k in head_counts
+        },
+        repeats,
+    )
+    models = {}
     for k in head_counts:
         separate = [one_head] + [
             new_reward_model(backbone_spec, 1, max_length=max_length, seed=i, options=options) for i in range(1, k)

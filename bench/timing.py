@@ -67,6 +67,23 @@ def median_seconds(fn: Callable[[], object], repeats: int, clock: Callable[[], f
     return statistics.median(times)
 
 
+def interleaved_median_seconds(
+    fns: dict, repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[object, float]:
+    """Median wall time of each `fns[key]()`, the calls taken in rounds (every key once per round, in order)
+    after one untimed warm-up call each: a ratio of two keys then compares calls made minutes apart by at
+    most one round, not by the whole of the other's repeats, which on this VM moved a ratio by +-0.3."""
+    for fn in fns.values():
+        fn()
+    times: dict[object, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            started = clock()
+            fn()
+            times[key].append(clock() - started)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
 def phase_split(wall: float, measured: dict[str, float]) -> dict[str, float]:
     """The step's wall time split into the measured phases plus `training (rest)`, everything not in
     a measured phase (the optimisation epochs, and the small glue around them). Sums to `wall`."""

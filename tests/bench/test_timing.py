@@ -2,7 +2,15 @@
 
 import pytest
 
-from bench.timing import TRAINING_REST, PhaseTimer, mean_split, median_seconds, phase_split, samples_per_second
+from bench.timing import (
+    TRAINING_REST,
+    PhaseTimer,
+    interleaved_median_seconds,
+    mean_split,
+    median_seconds,
+    phase_split,
+    samples_per_second,
+)
 
 
 class FakeClock:
@@ -61,6 +69,18 @@ def test_median_seconds_skips_the_warm_up_call():
     clock = FakeClock()
     costs = iter([100.0, 1.0, 3.0, 2.0])  # the first (warm-up) call is slow and must not count
     assert median_seconds(lambda: clock.advance(next(costs)), repeats=3, clock=clock) == 2.0
+
+
+def test_interleaved_medians_time_every_key_once_per_round_after_one_warm_up_each():
+    clock, order = FakeClock(), []
+    costs = {"a": iter([50.0, 1.0, 5.0, 3.0]), "b": iter([60.0, 2.0, 2.0, 9.0])}  # first call: the warm-up
+
+    def timed(key):
+        return lambda: (order.append(key), clock.advance(next(costs[key])))
+
+    medians = interleaved_median_seconds({"a": timed("a"), "b": timed("b")}, repeats=3, clock=clock)
+    assert medians == {"a": 3.0, "b": 2.0}
+    assert order == ["a", "b", "a", "b", "a", "b", "a", "b"]  # warm-ups, then three rounds of a, b
 
 
 def test_samples_per_second_takes_the_named_phases_out_of_each_step():
