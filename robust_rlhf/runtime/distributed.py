@@ -6,7 +6,6 @@ On a machine without a GPU the same calls run on DeepSpeed's CPU accelerator wit
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import random
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from robust_rlhf.config import DeepSpeedParams, LRScheduleParams
+from robust_rlhf.runtime.jit_build_lock import build_guard
 from robust_rlhf.runtime.launcher import free_port
 from robust_rlhf.runtime.schedule import lr_multiplier
 
@@ -98,35 +98,14 @@ def init_distributed() -> int:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         # DeepSpeed JIT-loads its CPU comm op inside init_distributed; load it first, under the guard,
         # and outside the rendezvous (which waits for every rank, so must not hold the flock).
-        with _extension_build_guard("deepspeed_shm_comm"):
+        from torch.utils.cpp_extension import _get_build_directory
+
+        with build_guard(Path(_get_build_directory("deepspeed_shm_comm", verbose=False))):
             from deepspeed.comm.torch import build_shm_op
 
             build_shm_op()  # cached by DeepSpeed's op builder: init_distributed reuses the loaded module
         deepspeed.init_distributed(dist_backend=backend)
     return dist.get_world_size()
-
-
-@contextlib.contextmanager
-def _extension_build_guard(extension: str):
-    """Hold an flock while DeepSpeed JIT-loads `extension`, and clear a stale torch build lock first.
-
-    torch marks a JIT build with a plain `lock` file that only its creator removes: a stage killed
-    (SIGKILL, a flow timeout) while loading the op leaves it behind, and every later process waits
-    on it forever. Our processes load the op only under this flock, which the kernel releases when
-    its holder dies; so whoever gets the flock and still finds `lock` knows its creator is dead.
-    """
-    from torch.utils.cpp_extension import _get_build_directory
-
-    build_dir = Path(_get_build_directory(extension, verbose=False))
-    with open(build_dir.parent / f".{extension}.robust_rlhf.flock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        stale = build_dir / "lock"
-        if stale.exists():
-            stale.unlink()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def initialize_engine(model: torch.nn.Module, config: dict, *, lr_scheduler: Callable | None = None):

@@ -26,11 +26,12 @@ import logging
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from robust_rlhf.runtime.jit_build_lock import build_guard
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ MAX_ROWS = 64
 SOURCE = Path(__file__).parent / "csrc" / "small_batch_linear.cpp"
 BUILD_FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp"]  # -fopenmp: at::parallel_for is OpenMP's in torch's CPU build
 NAME = "robust_rlhf_small_batch_linear"
-# A build holds this lock for ~40 s; an older one was left by a killed build, and torch would wait on it forever.
-STALE_LOCK_SECONDS = 600
 
 
 def build_directory() -> Path:
@@ -50,21 +49,6 @@ def build_directory() -> Path:
 
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
     return root / f"{NAME}_py{sys.version_info.major}{sys.version_info.minor}"
-
-
-def remove_stale_lock(directory: Path, *, now: float | None = None) -> bool:
-    """Delete `directory`'s build lock when it is older than STALE_LOCK_SECONDS, with a warning. Returns
-    whether it did."""
-    lock = directory / "lock"
-    try:
-        age = (time.time() if now is None else now) - lock.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    if age < STALE_LOCK_SECONDS:
-        return False
-    logger.warning("models.small_batch_linear: removing a build lock left %.0f s ago by a killed build: %s", age, lock)
-    lock.unlink(missing_ok=True)
-    return True
 
 
 def unavailable_reason() -> str | None:
@@ -87,16 +71,16 @@ def load_kernel():
         directory = build_directory()
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            remove_stale_lock(directory)
             # The source's text, not its path: torch writes it into the build folder only when it changed, so
             # every checkout (and the pipeline tests' copies of the repository) reuses one build.
-            return load_inline(
-                NAME,
-                cpp_sources=[SOURCE.read_text(encoding="utf-8")],
-                extra_cflags=BUILD_FLAGS,
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(directory),
-            )
+            with build_guard(directory):
+                return load_inline(
+                    NAME,
+                    cpp_sources=[SOURCE.read_text(encoding="utf-8")],
+                    extra_cflags=BUILD_FLAGS,
+                    extra_ldflags=["-fopenmp"],
+                    build_directory=str(directory),
+                )
         except Exception as error:  # no compiler, a failed build: torch's matmul still computes the same function
             reason = f"its build failed ({type(error).__name__}: {str(error).strip().splitlines()[-1][:200]})"
     logger.warning("models.small_batch_linear: the small-batch kernel cannot run: %s; torch's matmul runs", reason)

@@ -30,14 +30,17 @@ BIN = Path(sys.executable).parent
 STAGES = ["prepare", "train_reward", "ppo@brme-0", "evaluate", "report"]
 
 
-def wait_until(condition, timeout: float, what: str, interval: float = 1.0):
+def wait_until(condition, timeout: float, what: str, interval: float = 1.0, log: Path | None = None):
+    """`condition()`'s first truthy value within `timeout` s; else fail, with the tail of `log` (a worker's or
+    server's output) so that a hang names where it hung."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    tail = f":\n{log.read_text(errors='replace')[-5000:]}" if log is not None and log.exists() else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
 
 
 def healthy(url: str) -> bool:
@@ -82,7 +85,9 @@ def prefect_api(tmp_path):
     )
     processes = [server]
     try:
-        wait_until(lambda: healthy(url) or server.poll() is not None, 180, "the Prefect server")
+        wait_until(
+            lambda: healthy(url) or server.poll() is not None, 180, "the Prefect server", log=tmp_path / "server.log"
+        )
         assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
         yield url, env, processes
     finally:
@@ -204,7 +209,7 @@ def test_deployed_pipeline_runs_on_a_work_pool_worker_and_serves_with_its_schedu
                     return None
                 return (pipeline, sweep) if pipeline.schedules else None
 
-            pipeline, sweep = wait_until(served, 120, "the served deployments", interval=2)
+            pipeline, sweep = wait_until(served, 120, "the served deployments", interval=2, log=tmp_path / "serve.log")
     assert [schedule.schedule.cron for schedule in pipeline.schedules] == ["0 3 * * *"]
     assert pipeline.parameters == {"repo": str(repo), "methods": None}
     assert sweep.schedules == []

@@ -52,20 +52,6 @@ def test_zero_stage_out_of_range_is_rejected():
         DeepSpeedParams(**tiny_section("deepspeed", zero_stage=4))
 
 
-def test_a_stale_torch_build_lock_left_by_a_killed_stage_is_cleared(tmp_path, monkeypatch):
-    # A stage killed while DeepSpeed JIT-loads its op leaves torch's `lock` file; without the guard
-    # every later stage waits on it forever.
-    from robust_rlhf.runtime.distributed import _extension_build_guard
-
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    build_dir = tmp_path / "some_op"
-    build_dir.mkdir()
-    (build_dir / "lock").touch()
-    with _extension_build_guard("some_op"):
-        assert not (build_dir / "lock").exists()
-    assert (tmp_path / ".some_op.robust_rlhf.flock").exists()
-
-
 @pytest.mark.slow
 def test_engines_step_with_torchs_fused_adamw(tmp_path):
     # In a subprocess: a DeepSpeed engine joins a process group, which must not outlive the test.
