@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 # torch first (the pinned CPU build), then deepspeed built against it, then this package.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -U pip "setuptools>=68" wheel
+	$(BIN)/pip install -q -U pip "setuptools>=77" wheel
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-build-isolation deepspeed==0.19.8
 	$(BIN)/pip install -q --no-build-isolation -e ".[test]"
