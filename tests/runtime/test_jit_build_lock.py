@@ -4,11 +4,14 @@ removed, so the next loader does not wait forever."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 from torch.utils.file_baton import FileBaton
 
@@ -29,13 +32,25 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-def test_a_live_holder_is_waited_for_and_a_killed_ones_lock_is_removed(tmp_path):
-    directory = tmp_path / "some_op"
+@contextlib.contextmanager
+def holding_the_build_lock(directory: Path) -> Iterator[subprocess.Popen]:
+    """A subprocess that holds `directory`'s guard and torch's lock in it (yielded once it does); killed on exit
+    if the test has not killed it."""
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(directory)], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
         assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+
+
+def test_a_live_holder_is_waited_for_and_a_killed_ones_lock_is_removed(tmp_path):
+    directory = tmp_path / "some_op"
+    with holding_the_build_lock(directory) as holder:
         entered = threading.Event()
         lock_seen_inside: list[bool] = []
 
@@ -55,10 +70,6 @@ def test_a_live_holder_is_waited_for_and_a_killed_ones_lock_is_removed(tmp_path)
         # Killed mid-load, it left torch's lock; the flock went with it, and the waiter removes the lock.
         assert entered.wait(30), "the guard still waits after its holder was killed"
         waiter.join(timeout=30)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
     assert lock_seen_inside == [False]
     baton = FileBaton(str(directory / "lock"))
     assert baton.try_acquire()  # torch's own loader would now build instead of waiting forever

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from robust_rlhf.generation import encode_prompts, for_sampling, forward_response, sample
 from robust_rlhf.runtime import small_batch_linear as sbl
+from tests.runtime.test_jit_build_lock import holding_the_build_lock
 
 # The fallback tests run anywhere; the kernel's need it built (an x86-64 CPU with AVX2 and a C++ compiler).
 needs_kernel = pytest.mark.skipif(sbl.load_kernel() is None, reason="the kernel cannot run here (see the warning)")
@@ -258,17 +259,9 @@ def test_a_loader_killed_holding_torchs_build_lock_does_not_block_the_next_stage
     # A stage SIGKILLed while loading the kernel (as `tests/stages/test_prepare_kill.py` does, once the
     # policy is published) leaves torch's `lock` in the shared build folder; the next stage then waited on
     # it forever. Here the lock is fresh, so no age rule could call it stale: only its dead holder tells.
-    holder = subprocess.Popen(
-        [sys.executable, "-c", KILLED_LOADER], stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with holding_the_build_lock(sbl.build_directory()) as holder:
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=30)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
     assert (sbl.build_directory() / "lock").exists()
     next_stage = subprocess.run(
         [
@@ -282,19 +275,6 @@ def test_a_loader_killed_holding_torchs_build_lock_does_not_block_the_next_stage
     )
     assert next_stage.returncode == 0 and next_stage.stdout.strip() == "True", next_stage.stderr[-2000:]
     assert not (sbl.build_directory() / "lock").exists()
-
-
-# Holds the guard and torch's lock in the kernel's real build folder, as `load_kernel` does mid-load.
-KILLED_LOADER = """
-import time
-from torch.utils.file_baton import FileBaton
-from robust_rlhf.runtime import small_batch_linear as s
-from robust_rlhf.runtime.jit_build_lock import build_guard
-with build_guard(s.build_directory()):
-    assert FileBaton(str(s.build_directory() / "lock")).try_acquire()
-    print("held", flush=True)
-    time.sleep(600)
-"""
 
 
 def test_the_resume_key_records_whether_the_kernel_runs(monkeypatch):
